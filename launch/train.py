@@ -1,0 +1,66 @@
+"""fmnist-train: train, evaluate and checkpoint a Fashion-MNIST CNN.
+
+  fmnist-train --workdir=runs/default
+  fmnist-train --workdir=runs/seed --preset=seed
+  fmnist-launch --num_workers=2 -- fmnist-train --workdir=runs/mw --strategy=multi_worker
+
+Rerun the same command with the same --workdir to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags, logging
+
+from launch import common
+
+flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).", required=True)
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
+                  "auto: mirror over local GPUs when there are 2+, else one device.")  # fmt: skip
+flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1.")
+flags.DEFINE_integer("logical_cpus", None, "Split the CPU into N logical devices (try mirrored without GPUs).",
+                     lower_bound=1)  # fmt: skip
+flags.DEFINE_float("collective_timeout", 120.0, "Multi-worker: seconds to wait for a peer before failing.",
+                   lower_bound=1.0)  # fmt: skip
+common.define_config_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(f"unexpected arguments {argv[1:]}; all options are --flags", 2)
+    from pipeline import config as config_lib
+    from pipeline import data as data_lib
+    from pipeline import distribution, workdir
+
+    try:
+        config = common.config_from_flags()
+    except config_lib.ConfigError as e:
+        common.fail(str(e), 2)
+    if FLAGS.logical_cpus:
+        distribution.use_logical_cpus(FLAGS.logical_cpus)
+    from pipeline.train import train_and_evaluate
+
+    try:
+        strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices, FLAGS.collective_timeout)
+        metrics = train_and_evaluate(config, FLAGS.workdir, strategy)
+    except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ValueError) as e:
+        common.fail(str(e))
+    except KeyboardInterrupt:
+        common.fail(f"interrupted; rerun the same command to resume from the last completed epoch in {FLAGS.workdir}",
+                    130)  # fmt: skip
+    if distribution.is_chief(strategy):
+        summary = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
+                                           "generalization_gap", "epochs_completed", "wall_seconds")}  # fmt: skip
+        logging.info("metrics written to %s/metrics.json", FLAGS.workdir)
+        print(json.dumps(summary, indent=2))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,247 @@
+"""Typed, frozen run configuration with named presets.
+
+Every default lives here. A run's configuration is written to
+`WORKDIR/config.json`; loading a dict with an unknown key fails loudly so a
+typo in a config file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Literal
+
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+Schedule = Literal["constant", "cosine"]
+Optimizer = Literal["adam", "adamw"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is split."""
+
+    data_dir: str | None = None  # None: search the standard locations in order.
+    validation_size: int = 5000
+    split_seed: int = 0
+    # Cap on training examples (after the validation split); None uses all.
+    # Used by the `smoke` preset and by tests, never by real runs.
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A family of plain CNNs; the `seed` preset is the tutorial's model."""
+
+    filters: tuple[int, ...] = (32, 64, 128)  # One entry per block.
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    padding: Literal["same", "valid"] = "same"
+    batch_norm: bool = True
+    # Dropout rate after every block and before the classifier; None is off.
+    dropout: float | None = 0.3
+    dense_units: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-batch augmentation; evaluation data is never augmented."""
+
+    enabled: bool = True
+    flip: bool = True
+    max_shift: int = 2  # Padded random crop: pixels of shift in each direction.
+    erase_probability: float = 0.0  # Random erasing (cutout) per example.
+    erase_max_fraction: float = 0.25  # Largest erased area as image fraction.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, precision and stopping."""
+
+    epochs: int = 30
+    global_batch_size: int = 128
+    learning_rate: float = 2e-3
+    optimizer: Optimizer = "adamw"
+    weight_decay: float = 5e-4
+    schedule: Schedule = "cosine"
+    warmup_epochs: float = 1.0
+    # Linear scaling rule: lr *= global_batch_size / base_batch_size.
+    scale_learning_rate: bool = False
+    base_batch_size: int = 128
+    label_smoothing: float = 0.0
+    # Stop after this many epochs without a better validation accuracy and
+    # restore the best weights; None trains every epoch and keeps the last.
+    early_stopping_patience: int | None = None
+    precision: Precision = "auto"
+    steps_per_execution: int = 16
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs; saved as `config.json` in the workdir."""
+
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+
+    def replace(self, **sections) -> Config:
+        """Returns a copy with top-level fields or whole sections replaced."""
+        return dataclasses.replace(self, **sections)
+
+
+def _seed() -> Config:
+    # The tutorial exactly: no augmentation, Adam at 1e-3, batch 32, float32.
+    return Config(
+        name="seed",
+        model=ModelConfig(
+            filters=(64, 64),
+            convs_per_block=1,
+            kernel_size=3,
+            padding="valid",
+            batch_norm=False,
+            dropout=None,
+            dense_units=128,
+        ),
+        augment=AugmentConfig(enabled=False),
+        train=TrainConfig(
+            epochs=50,
+            global_batch_size=32,
+            learning_rate=1e-3,
+            optimizer="adam",
+            weight_decay=0.0,
+            schedule="constant",
+            warmup_epochs=0.0,
+            base_batch_size=32,
+            precision="float32",
+            steps_per_execution=16,
+        ),
+    )
+
+
+def _smoke() -> Config:
+    # Seconds, not minutes: for tests and for checking an installation.
+    return Config(
+        name="smoke",
+        data=DataConfig(validation_size=200, max_train_examples=1024, max_eval_examples=512),
+        model=ModelConfig(filters=(8, 16), convs_per_block=1, dense_units=32),
+        train=TrainConfig(epochs=1, global_batch_size=64, steps_per_execution=4),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = {
+    "default": Config,
+    "seed": _seed,
+    "smoke": _smoke,
+}
+
+
+def preset(name: str) -> Config:
+    """Returns the named preset, or raises ConfigError listing valid names."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def to_dict(config) -> dict:
+    """Converts a config dataclass to plain JSON-compatible data."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value, hint, where: str):
+    """Checks `value` against a type hint, converting lists to tuples."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {value!r}")
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, _) = typing.get_args(hint)
+        return tuple(_coerce(v, inner, f"{where}[]") for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Builds dataclass `cls` from `data`; unknown or mistyped keys raise ConfigError.
+
+    Missing keys take the dataclass default, so a file may hold only overrides.
+    """
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(hints)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def validate(config: Config) -> Config:
+    """Rejects values no run could use, naming the field; returns the config."""
+    t, m, d, a = config.train, config.model, config.data, config.augment
+    checks = [
+        (t.epochs >= 1, "train.epochs must be >= 1"),
+        (t.global_batch_size >= 1, "train.global_batch_size must be >= 1"),
+        (t.learning_rate > 0, "train.learning_rate must be > 0"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (t.steps_per_execution >= 1, "train.steps_per_execution must be >= 1"),
+        (t.base_batch_size >= 1, "train.base_batch_size must be >= 1"),
+        (t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+         "train.early_stopping_patience must be >= 1 or null"),
+        (len(m.filters) >= 1 and min(m.filters) >= 1, "model.filters needs positive entries"),
+        (m.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
+        (m.kernel_size in (1, 3, 5, 7), "model.kernel_size must be 1, 3, 5 or 7"),
+        (m.dropout is None or 0 < m.dropout < 1, "model.dropout must be in (0, 1) or null"),
+        (m.dense_units >= 1, "model.dense_units must be >= 1"),
+        (d.validation_size >= 1, "data.validation_size must be >= 1"),
+        (0 <= a.max_shift <= 8, "augment.max_shift must be in [0, 8]"),
+        (0 <= a.erase_probability <= 1, "augment.erase_probability must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return config
+
+
+def save(config: Config, path: Path) -> None:
+    """Writes the config as JSON, atomically."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load(path: str | Path) -> Config:
+    """Reads a config JSON file written by `save` (or a partial override file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    return validate(from_dict(Config, data, where=str(path)))

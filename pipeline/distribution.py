@@ -1,0 +1,158 @@
+"""Strategies, the chief rule, and per-worker output directories.
+
+The strategy is always an object passed into the library; code never reaches
+for a global one. `is_chief` is the single rule that gates every write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import tensorflow as tf
+
+StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
+log = logging.getLogger(__name__)
+
+
+class ClusterError(ValueError):
+    """The cluster description (TF_CONFIG or Slurm) is unusable."""
+
+
+def use_logical_cpus(count: int) -> None:
+    """Splits the CPU into `count` logical devices (multi-device code on a laptop).
+
+    Must run before TensorFlow initialises its devices.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def parse_tf_config(text: str) -> dict:
+    """Parses and checks a TF_CONFIG value, raising ClusterError naming the fault."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ClusterError(f"TF_CONFIG is not valid JSON ({e}); see WORKSPACE.md for its format") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict):
+        raise ClusterError('TF_CONFIG needs a "cluster" object, e.g. {"cluster": {"worker": ["host:port", ...]}, ...}')
+    task = spec.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ClusterError('TF_CONFIG needs a "task" object with "type" and "index"')
+    members = spec["cluster"].get(task["type"])
+    if not isinstance(members, list) or not all(isinstance(m, str) and ":" in m for m in members):
+        raise ClusterError(f'TF_CONFIG cluster has no list of "host:port" for task type {task["type"]!r}')
+    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(members):
+        raise ClusterError(f"TF_CONFIG task index {task['index']!r} is outside 0..{len(members) - 1}")
+    return spec
+
+
+def _cluster_resolver():
+    if "SLURM_JOB_ID" in os.environ and "TF_CONFIG" not in os.environ:
+        log.info("cluster from Slurm (SlurmClusterResolver)")
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    if "TF_CONFIG" not in os.environ:
+        raise ClusterError(
+            "--strategy=multi_worker needs TF_CONFIG (or a Slurm job); start the workers with "
+            "fmnist-launch, the Slurm script or the TFJob manifest (see README)"
+        )
+    parse_tf_config(os.environ["TF_CONFIG"])
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def make_strategy(kind: StrategyKind, devices: list[str] | None = None,
+                  collective_timeout_seconds: float | None = None) -> tf.distribute.Strategy:  # fmt: skip
+    """Creates the strategy named by `kind`.
+
+    Args:
+      kind: `auto` mirrors over local GPUs when there are two or more and uses
+        the default strategy otherwise; `mirrored` uses `devices` (all local
+        GPUs, or the CPU, when None); `multi_worker` reads the cluster from
+        TF_CONFIG or Slurm.
+      devices: device names for `mirrored`.
+      collective_timeout_seconds: for `multi_worker`, how long a collective may
+        wait for a peer before the job fails instead of hanging.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "auto":
+        kind = "mirrored" if len(gpus) >= 2 else "default"
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices or None)
+    if kind == "multi_worker":
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_seconds)
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=_cluster_resolver(), communication_options=options
+        )
+    raise ValueError(f"unknown strategy {kind!r}; choose auto, default, mirrored or multi_worker")
+
+
+def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:
+    """(task_type, task_id) of this process, or (None, None) outside a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return None, None
+    return resolver.task_type, resolver.task_id
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes taking part in training (one input pipeline each)."""
+    if task(strategy)[0] is None:
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(spec.get("chief", [])) + len(spec.get("worker", []))
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the one process that writes the run's outputs.
+
+    A single process is its own chief; in a cluster the chief is task `chief`,
+    or `worker` 0 when the cluster has no `chief` task (TensorFlow's rule).
+    """
+    task_type, task_id = task(strategy)
+    if task_type is None:
+        return True
+    has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+
+
+def write_dir(workdir: Path, strategy: tf.distribute.Strategy) -> Path:
+    """Where this process writes: the workdir for the chief, a temp dir otherwise.
+
+    Non-chief workers must still write checkpoints (saving is collective), so
+    they get a private temporary directory removed by `cleanup_write_dir`.
+    """
+    if is_chief(strategy):
+        return workdir
+    task_type, task_id = task(strategy)
+    return Path(tempfile.mkdtemp(prefix=f"fmnist-{task_type}{task_id}-"))
+
+
+def cleanup_write_dir(path: Path, workdir: Path) -> None:
+    """Removes a non-chief's temporary directory; never touches the workdir."""
+    if path.resolve() != workdir.resolve():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_precision(precision: str) -> str:
+    """Maps `auto` to the fastest safe Keras dtype policy on this machine.
+
+    bfloat16 pays off on CPUs with native bf16 math (AVX512_BF16 or AMX) and on
+    GPUs of compute capability 8.0+; everywhere else float32 is faster.
+    """
+    if precision != "auto":
+        return precision
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

@@ -1,0 +1,49 @@
+"""The CNN family. `ModelConfig` describes it; the `seed` preset is the tutorial's."""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.config import ModelConfig
+from pipeline.data import NUM_CLASSES
+
+
+def _block(x, filters: int, config: ModelConfig, index: int, dtype: str):
+    for j in range(config.convs_per_block):
+        name = f"block{index}_conv{j}"
+        # With batch norm the conv bias is redundant (BN's beta replaces it).
+        x = keras.layers.Conv2D(
+            filters, config.kernel_size, padding=config.padding,
+            use_bias=not config.batch_norm, activation=None if config.batch_norm else "relu",
+            name=name, dtype=dtype,
+        )(x)  # fmt: skip
+        if config.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+            x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
+    x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
+    if config.dropout is not None:
+        x = keras.layers.Dropout(config.dropout, name=f"block{index}_dropout", dtype=dtype)(x)
+    return x
+
+
+def build_model(config: ModelConfig, dtype: str = "float32") -> keras.Model:
+    """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, softmax.
+
+    Input is float32 [B, 28, 28, 1] in [0, 1] (see `input_pipeline.normalize`).
+    The classifier runs in float32 so probabilities stay float32 under mixed
+    precision.
+
+    Args:
+      config: the architecture.
+      dtype: a Keras dtype policy name, e.g. "float32" or "mixed_bfloat16".
+    """
+    inputs = keras.Input((28, 28, 1), name="images")
+    x = inputs
+    for index, filters in enumerate(config.filters):
+        x = _block(x, filters, config, index, dtype)
+    x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense", dtype=dtype)(x)
+    if config.dropout is not None:
+        x = keras.layers.Dropout(config.dropout, name="head_dropout", dtype=dtype)(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="fmnist_cnn")

@@ -1,0 +1,90 @@
+"""The run workdir: config, history and metrics files, written atomically.
+
+Layout (see WORKSPACE.md): config.json, history.json, metrics.json,
+checkpoints/, best/, tensorboard/, report/, export/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipeline import config as config_lib
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used for this run; the message says why and what to do."""
+
+
+def write_json(path: Path, data) -> None:
+    """Writes JSON via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    """Reads a JSON file written by `write_json`."""
+    return json.loads(Path(path).read_text())
+
+
+def ensure_writable(workdir: Path) -> None:
+    """Creates the workdir if needed and fails early when it cannot be written."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir") from None
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    found = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found
+
+
+# Changing these only extends or relabels a run; anything else would make the
+# resumed checkpoint belong to a different experiment.
+RESUMABLE_CHANGES = ("train.epochs", "train.early_stopping_patience", "data.data_dir")
+
+
+def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
+    """True when the workdir holds an earlier run of this config (resume).
+
+    Raises:
+      WorkdirError: when the workdir belongs to a run with another config.
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return False
+    try:
+        old = read_json(path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
+    changes = [
+        d for d in _differences(old, config_lib.to_dict(config))
+        if not d.startswith(RESUMABLE_CHANGES)
+    ]  # fmt: skip
+    if changes:
+        raise WorkdirError(
+            f"workdir {workdir} holds a run with a different config ({'; '.join(changes)}); "
+            "use a new --workdir, or the same settings to resume"
+        )
+    return True
+
+
+def load_history(workdir: Path, epochs_done: int) -> list[dict]:
+    """Per-epoch records of the completed epochs (those the checkpoint holds)."""
+    path = workdir / "history.json"
+    if not path.exists():
+        return []
+    return read_json(path)[:epochs_done]
