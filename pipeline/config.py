@@ -211,8 +211,10 @@ def validate(config: Config) -> Config:
         (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (t.steps_per_execution >= 1, "train.steps_per_execution must be >= 1"),
         (t.base_batch_size >= 1, "train.base_batch_size must be >= 1"),
-        (t.early_stopping_patience is None or t.early_stopping_patience >= 1,
-         "train.early_stopping_patience must be >= 1 or null"),
+        (
+            t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+            "train.early_stopping_patience must be >= 1 or null",
+        ),
         (len(m.filters) >= 1 and min(m.filters) >= 1, "model.filters needs positive entries"),
         (m.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
         (m.kernel_size in (1, 3, 5, 7), "model.kernel_size must be 1, 3, 5 or 7"),

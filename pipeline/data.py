@@ -220,7 +220,7 @@ def stratified_split(labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarr
     quota = counts * size / len(labels)
     take = np.floor(quota).astype(int)
     take[np.argsort(take - quota)[: size - take.sum()]] += 1
-    held = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
+    held = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take, strict=False)]
     held_out = np.sort(np.concatenate(held))
     keep = np.setdiff1d(np.arange(len(labels)), held_out)
     return keep, held_out

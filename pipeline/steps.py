@@ -28,9 +28,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         warm = tf.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
         if not self.decay:
             return self.peak * warm
-        progress = tf.clip_by_value(
-            (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0
-        )
+        progress = tf.clip_by_value((step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
         return self.peak * warm * 0.5 * (1.0 + tf.cos(math.pi * progress))
 
     def get_config(self):
@@ -85,7 +83,7 @@ def make_train_steps(strategy, model, optimizer, config: TrainConfig):
             loss = tf.reduce_sum(per_example) / config.global_batch_size
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
         return _statistics(labels, probabilities, per_example, tf.ones_like(per_example))
 
     return _looped(strategy, step)

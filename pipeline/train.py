@@ -29,9 +29,9 @@ def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, pr
     train_fn, eval_fn = train_lib.distributed_datasets(config, strategy, dataset)
     writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0
-    for epoch in range(int(state.epoch) + 1, config.train.epochs + 1):
+    for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
         if train_lib.should_stop(config, state, epoch - 1):
-            log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch))
+            log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
             break
         start = time.perf_counter()
         if progress:
@@ -73,8 +73,8 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],
-        epochs_completed=int(state.epoch),
-        best_epoch=int(state.best_epoch),
+        epochs_completed=int(state.epoch.numpy()),
+        best_epoch=int(state.best_epoch.numpy()),
         weights="best" if config.train.early_stopping_patience else "last",
         train_seconds=history[-1]["elapsed_seconds"] if history else 0.0,
         wall_seconds=time.perf_counter() - started,
@@ -109,6 +109,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy:
     if chief:
         workdir_lib.ensure_writable(workdir)
         workdir_lib.check_resume_compatible(workdir, config)
+    # Batch arithmetic first: an indivisible batch must fail before any work.
+    ip.per_replica_batch_size(config.train.global_batch_size, strategy.num_replicas_in_sync)
     d = config.data
     dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
     policy = distribution.resolve_precision(config.train.precision)

@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, models, steps, workdir as workdir_lib
+from pipeline import distribution, models, steps
 from pipeline import input_pipeline as ip
+from pipeline import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def restore(state: TrainState, workdir: Path, strategy) -> int:
     latest = tf.train.latest_checkpoint(workdir / "checkpoints")
     if latest:
         state.manager.checkpoint.restore(latest).assert_existing_objects_matched()
-        log.info("resumed from %s (epoch %d completed)", latest, int(state.epoch))
-    _check_workers_agree(strategy, int(state.epoch))
-    return int(state.epoch)
+        log.info("resumed from %s (epoch %d completed)", latest, int(state.epoch.numpy()))
+    _check_workers_agree(strategy, int(state.epoch.numpy()))
+    return int(state.epoch.numpy())
 
 
 def _check_workers_agree(strategy, epoch: int) -> None:
@@ -145,7 +146,7 @@ def write_summaries(writers: dict, epoch: int, record: dict) -> None:
 
 
 def record_if_best(state: TrainState, record: dict) -> bool:
-    if record["val_accuracy"] > float(state.best_val_accuracy):
+    if record["val_accuracy"] > float(state.best_val_accuracy.numpy()):
         state.best_val_accuracy.assign(record["val_accuracy"])
         state.best_epoch.assign(record["epoch"])
         return True
@@ -154,4 +155,4 @@ def record_if_best(state: TrainState, record: dict) -> bool:
 
 def should_stop(config: config_lib.Config, state: TrainState, epoch: int) -> bool:
     patience = config.train.early_stopping_patience
-    return patience is not None and epoch - int(state.best_epoch) >= patience
+    return patience is not None and epoch - int(state.best_epoch.numpy()) >= patience

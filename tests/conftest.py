@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny synthetic IDX data sets and the real data beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import data as data_lib
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
+
+
+def make_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Learnable synthetic images: class k lights up row band k, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
+    for k in range(10):
+        images[labels == k, 2 + 2 * k : 4 + 2 * k, 4:24] = 250
+    return images
+
+
+def write_dataset(directory: Path, n_train: int = 640, n_test: int = 160, compress: bool = True) -> Path:
+    """Writes four IDX files with `n_train` / `n_test` examples; returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for part, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        stem = "t10k" if part == "test" else "train"
+        suffix = ".gz" if compress else ""
+        data_lib.write_idx(directory / f"{stem}-images-idx3-ubyte{suffix}", make_images(labels, n), compress)
+        data_lib.write_idx(directory / f"{stem}-labels-idx1-ubyte{suffix}", labels, compress)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real Fashion-MNIST not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_data(monkeypatch):
+    # Tests name their data explicitly; a developer's environment must not leak in.
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+
+
+def subprocess_env() -> dict:
+    """Environment for running our entry points in a child process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("FASHION_MNIST_DIR", None)
+    return env

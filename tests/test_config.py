@@ -1,0 +1,48 @@
+"""Config presets, JSON round trip and loud failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import config as config_lib
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+def test_presets_round_trip(name, tmp_path):
+    config = config_lib.validate(config_lib.preset(name))
+    config_lib.save(config, tmp_path / "config.json")
+    assert config_lib.load(tmp_path / "config.json") == config
+
+
+def test_partial_file_keeps_defaults(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"filters": [16, 32]}, "train": {"epochs": 3}}))
+    config = config_lib.load(tmp_path / "c.json")
+    assert config.model.filters == (16, 32) and config.train.epochs == 3
+    assert config.train.global_batch_size == config_lib.Config().train.global_batch_size
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"train": {"epoch": 3}}, "unknown key"),
+        ({"modle": {}}, "unknown key"),
+        ({"train": {"epochs": "3"}}, "expected int"),
+        ({"train": {"epochs": 0}}, "epochs must be >= 1"),
+        ({"train": {"precision": "fp8"}}, "not one of"),
+        ({"model": {"dropout": 1.5}}, "dropout"),
+    ],
+)
+def test_bad_configs_fail_loudly(tmp_path, content, message):
+    (tmp_path / "c.json").write_text(json.dumps(content))
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load(tmp_path / "c.json")
+
+
+def test_unknown_preset_and_bad_json(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="unknown preset 'nope'"):
+        config_lib.preset("nope")
+    (tmp_path / "c.json").write_text("{")
+    with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
+        config_lib.load(tmp_path / "c.json")

@@ -1,0 +1,102 @@
+"""The tf.data pipeline: shapes, ranges, batch arithmetic, determinism, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_images
+
+from pipeline import input_pipeline as ip
+from pipeline.config import AugmentConfig
+
+LABELS = np.arange(200) % 10
+IMAGES = make_images(LABELS, seed=1)
+NO_AUGMENT = AugmentConfig(enabled=False)
+STRONG = AugmentConfig(enabled=True, flip=True, max_shift=3, erase_probability=0.5)
+
+
+def _first(ds, n=1):
+    return [tuple(t.numpy() for t in batch) for batch in ds.take(n)]
+
+
+def test_per_replica_batch_size():
+    assert ip.per_replica_batch_size(128, 4) == 32
+    assert ip.per_replica_batch_size(32, 1) == 32
+    with pytest.raises(ValueError, match="global batch size 130 is not divisible by the 4 replicas"):
+        ip.per_replica_batch_size(130, 4)
+
+
+def test_train_batches_shapes_dtypes_range():
+    images, labels = _first(ip.train_dataset(IMAGES, LABELS, 32, seed=0, epoch=0, augment=NO_AUGMENT))[0]
+    assert images.shape == (32, 28, 28, 1) and images.dtype == np.float32
+    assert labels.shape == (32,) and labels.dtype == np.int64
+    assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_train_order_is_seeded_and_reshuffled_per_epoch():
+    def labels_of(seed, epoch):
+        ds = ip.train_dataset(IMAGES, np.arange(200), 50, seed=seed, epoch=epoch, augment=NO_AUGMENT)
+        return np.concatenate([b[1] for b in _first(ds, 4)])
+
+    first = labels_of(0, 0)
+    np.testing.assert_array_equal(first, labels_of(0, 0))
+    assert sorted(first) == list(range(200))  # One epoch is a permutation.
+    assert not np.array_equal(first, labels_of(0, 1))
+    assert not np.array_equal(first, labels_of(1, 0))
+
+
+def test_normalisation_matches_the_raw_pixels():
+    ds = ip.train_dataset(IMAGES, np.arange(200), 200, seed=0, epoch=0, augment=NO_AUGMENT)
+    images, order = _first(ds)[0]
+    np.testing.assert_allclose(images[..., 0], IMAGES[order] / 255.0, atol=1e-6)
+
+
+def test_augmentation_keeps_shapes_dtypes_labels_and_changes_pixels():
+    plain = _first(ip.train_dataset(IMAGES, LABELS, 64, seed=0, epoch=0, augment=NO_AUGMENT))[0]
+    augmented = _first(ip.train_dataset(IMAGES, LABELS, 64, seed=0, epoch=0, augment=STRONG))[0]
+    assert augmented[0].shape == plain[0].shape and augmented[0].dtype == plain[0].dtype
+    np.testing.assert_array_equal(augmented[1], plain[1])
+    assert not np.allclose(augmented[0], plain[0])
+    assert 0.0 <= augmented[0].min() and augmented[0].max() <= 1.0
+    again = _first(ip.train_dataset(IMAGES, LABELS, 64, seed=0, epoch=0, augment=STRONG))[0]
+    np.testing.assert_array_equal(augmented[0], again[0])
+
+
+def test_shift_moves_content_without_losing_it():
+    image = np.zeros((1, 28, 28, 1), np.float32)
+    image[0, 10:14, 10:14] = 1.0
+    config = AugmentConfig(flip=False, max_shift=2)
+    shifted = ip.augment_batch(tf.constant(image), config, tf.constant([1, 2], tf.int64)).numpy()
+    assert shifted.sum() == image.sum()
+
+
+def test_eval_is_deterministic_unaugmented_and_padded():
+    ds = ip.eval_dataset(IMAGES[:70], LABELS[:70], 32, steps=3)
+    batches = _first(ds, 3)
+    assert len(list(ds)) == 3
+    images = np.concatenate([b[0] for b in batches])[..., 0]
+    weights = np.concatenate([b[2] for b in batches])
+    np.testing.assert_allclose(images[:70], IMAGES[:70] / 255.0, atol=1e-6)
+    assert weights.sum() == 70 and weights[70:].sum() == 0
+    for x, y in zip(batches, _first(ds, 3), strict=False):
+        np.testing.assert_array_equal(x[0], y[0])
+
+
+def test_shards_cover_every_example_once():
+    class Context:
+        num_input_pipelines, input_pipeline_id = 3, 0
+
+    seen = []
+    for shard in range(3):
+        Context.input_pipeline_id = shard
+        steps = ip.eval_steps(200, 16, 3)
+        for _, labels, weights in _first(ip.eval_dataset(IMAGES, np.arange(200), 16, steps, Context), steps):
+            seen += list(labels[weights > 0])
+    assert sorted(seen) == list(range(200))
+
+
+def test_steps_per_epoch():
+    assert ip.steps_per_epoch(1000, 128) == 7
+    with pytest.raises(ValueError, match="smaller --global_batch_size"):
+        ip.steps_per_epoch(100, 128)

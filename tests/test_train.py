@@ -1,0 +1,145 @@
+"""Training end to end on tiny data: metrics, resume after kill -9, mirrored == default."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import subprocess_env
+
+from pipeline import config as config_lib
+from pipeline.train import train_and_evaluate
+
+METRIC_KEYS = {"train_accuracy", "train_loss", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
+               "epochs_completed", "wall_seconds"}  # fmt: skip
+
+
+def tiny_config(data_dir, **train) -> config_lib.Config:
+    base = config_lib.preset("smoke")
+    return base.replace(
+        data=config_lib.DataConfig(data_dir=str(data_dir), validation_size=64),
+        train=dataclasses.replace(base.train, **train),
+    )
+
+
+def test_one_epoch_writes_metrics_config_history_and_checkpoint(tiny_data_dir, tmp_path):
+    metrics = train_and_evaluate(tiny_config(tiny_data_dir), tmp_path, tf.distribute.get_strategy(), progress=False)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(saved) and saved == json.loads(json.dumps(metrics))
+    assert saved["epochs_completed"] == 1 and saved["examples"] == {"train": 576, "val": 64, "test": 160}
+    assert 0 <= saved["test_accuracy"] <= 1 and saved["test_loss"] > 0
+    assert config_lib.load(tmp_path / "config.json") == tiny_config(tiny_data_dir)
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 1
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-1")
+    assert list((tmp_path / "tensorboard" / "train").iterdir())
+
+
+def test_learns_and_resumes_to_more_epochs(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir, epochs=2, learning_rate=3e-3)
+    first = train_and_evaluate(config, tmp_path, tf.distribute.get_strategy(), progress=False)
+    assert first["val_accuracy"] > 0.5  # The synthetic classes are easy to separate.
+    longer = dataclasses.replace(config.train, epochs=3)
+    resumed = train_and_evaluate(config.replace(train=longer), tmp_path, tf.distribute.get_strategy(), False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert resumed["epochs_completed"] == 3 and [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_workdir_of_another_config_is_refused(tiny_data_dir, tmp_path):
+    train_and_evaluate(tiny_config(tiny_data_dir), tmp_path, tf.distribute.get_strategy(), progress=False)
+    other = tiny_config(tiny_data_dir, learning_rate=0.5)
+    with pytest.raises(Exception, match="different config .*learning_rate"):
+        train_and_evaluate(other, tmp_path, tf.distribute.get_strategy(), progress=False)
+
+
+def _train_command(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "launch.train", f"--workdir={workdir}", "--preset=smoke",
+            f"--data_dir={data_dir}", *extra]  # fmt: skip
+
+
+def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
+    command = _train_command(tmp_path, tiny_data_dir, "--epochs=40", "--max_train_examples=256")
+    child = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "checkpoints" / "ckpt-2.index").exists():
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
+    assert 2 <= killed_at < 40, "the run should have been killed mid-way"
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stderr and f"ckpt-{killed_at}" in done.stderr
+    assert f"Epoch {killed_at + 1}/40" in done.stdout and "Epoch 1/40" not in done.stdout
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 41))
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_completed"] == 40
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs=-1"], "epochs"),
+        (["--global_batch_size=0"], "global_batch_size"),
+        (["--preset=nope"], "unknown preset 'nope'"),
+        (["--dropout=lots"], "--dropout='lots'"),
+        (["--global_batch_size=4096"], "smaller --global_batch_size"),
+        (
+            ["--strategy=mirrored", "--logical_cpus=2", "--global_batch_size=65"],
+            "global batch size 65 is not divisible by the 2 replicas",
+        ),
+    ],
+)
+def test_bad_flags_exit_nonzero_with_a_message(tiny_data_dir, tmp_path, flags, message):
+    done = subprocess.run(_train_command(tmp_path / "w", tiny_data_dir, *flags), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_unwritable_workdir_and_missing_data(tiny_data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = subprocess.run(_train_command(blocker / "w", tiny_data_dir), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "not writable" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(_train_command(tmp_path / "w", tmp_path / "no_data"), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_mirrored_over_two_cpus_matches_default(tiny_data_dir, tmp_path):
+    # BN statistics and dropout masks are per replica by design, so compare on
+    # the architecture where the two strategies must agree to float rounding.
+    script = f"""
+import dataclasses, json
+from pipeline import distribution
+distribution.use_logical_cpus(2)
+import tensorflow as tf
+from pipeline import config as C
+from pipeline.train import train_and_evaluate
+base = C.preset("smoke")
+config = base.replace(
+    data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64),
+    model=dataclasses.replace(base.model, batch_norm=False, dropout=None),
+    augment=C.AugmentConfig(enabled=False), train=dataclasses.replace(base.train, epochs=2))
+out = {{}}
+for name, strategy in [("default", tf.distribute.get_strategy()),
+                       ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+    out[name] = train_and_evaluate(config, {str(tmp_path)!r} + "/" + name, strategy, progress=False)
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
+        assert np.isclose(out["mirrored"][key], out["default"][key], atol=2e-3), key
