@@ -31,6 +31,9 @@ setup(
     entry_points={
         "console_scripts": [
             "fmnist-train=launch.train:run",
+            "fmnist-report=launch.report:run",
+            "fmnist-export=launch.export:run",
+            "fmnist-predict=launch.predict:run",
         ]
     },
 )

@@ -23,6 +23,9 @@ flags.DEFINE_integer("logical_cpus", None, "Split the CPU into N logical devices
                      lower_bound=1)  # fmt: skip
 flags.DEFINE_float("collective_timeout", 120.0, "Multi-worker: seconds to wait for a peer before failing.",
                    lower_bound=1.0)  # fmt: skip
+flags.DEFINE_boolean("export", True, "Export the final model for TF Serving (chief only).")
+flags.DEFINE_string("export_base", None, "Export base directory (default WORKDIR/export).")
+flags.DEFINE_boolean("report", True, "Write WORKDIR/report/ (plots and tables) at the end.")
 common.define_config_flags()
 FLAGS = flags.FLAGS
 
@@ -40,12 +43,14 @@ def main(argv: list[str]) -> None:
         common.fail(str(e), 2)
     if FLAGS.logical_cpus:
         distribution.use_logical_cpus(FLAGS.logical_cpus)
+    from pipeline.export import ExportError
     from pipeline.train import train_and_evaluate
 
     try:
         strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices, FLAGS.collective_timeout)
-        metrics = train_and_evaluate(config, FLAGS.workdir, strategy)
-    except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ValueError) as e:
+        metrics = train_and_evaluate(config, FLAGS.workdir, strategy, make_report=FLAGS.report,
+                                     export=FLAGS.export, export_base=FLAGS.export_base)  # fmt: skip
+    except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ExportError, ValueError) as e:
         common.fail(str(e))
     except KeyboardInterrupt:
         common.fail(f"interrupted; rerun the same command to resume from the last completed epoch in {FLAGS.workdir}",

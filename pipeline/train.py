@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, steps, train_lib
+from pipeline import distribution, final_model, report, steps, train_lib
+from pipeline import export as export_lib
 from pipeline import input_pipeline as ip
 from pipeline import workdir as workdir_lib
 
@@ -90,8 +91,22 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
     return metrics
 
 
+def _export_once(workdir: Path, export_base, metrics: dict) -> Path:
+    """Exports unless this same final model was already exported (a rerun of a finished run)."""
+    previous = workdir / "exported_epoch.json"
+    if previous.exists():
+        record = workdir_lib.read_json(previous)
+        if record["epochs_completed"] == metrics["epochs_completed"] and Path(record["path"]).exists():
+            log.info("final model already exported to %s", record["path"])
+            return Path(record["path"])
+    path = export_lib.export_run(workdir, export_base)
+    workdir_lib.write_json(previous, {"epochs_completed": metrics["epochs_completed"], "path": str(path)})
+    return path
+
+
 def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy: tf.distribute.Strategy,
-                       progress: bool = True) -> dict:  # fmt: skip
+                       progress: bool = True, make_report: bool = True, export: bool = True,
+                       export_base: str | Path | None = None) -> dict:  # fmt: skip
     """Trains (resuming if the workdir holds a checkpoint), evaluates, writes metrics.json.
 
     Args:
@@ -99,6 +114,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy:
       workdir: output directory; only the chief writes there.
       strategy: the distribution strategy (the default strategy for one device).
       progress: show a per-epoch progress bar on the chief.
+      make_report: write WORKDIR/report/ (plots and tables) at the end.
+      export: export the final model for TF Serving at the end.
+      export_base: where to export (default WORKDIR/export).
 
     Returns:
       The metrics dict also written to `WORKDIR/metrics.json`.
@@ -128,8 +146,14 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy:
         if config.train.early_stopping_patience:
             state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
         metrics = final_metrics(config, strategy, state, dataset, history, policy, started)
+        final_model.save_final_model(state.model, out_dir)
         if chief:
             workdir_lib.write_json(workdir / "metrics.json", metrics)
+            if make_report:
+                report.build_report(workdir)
+            if export:
+                metrics["export"] = str(_export_once(workdir, export_base, metrics))
+                workdir_lib.write_json(workdir / "metrics.json", metrics)
         return metrics
     finally:
         distribution.cleanup_write_dir(out_dir, workdir)

@@ -1,0 +1,40 @@
+"""fmnist-export: write a finished run as a TensorFlow Serving SavedModel version.
+
+fmnist-export --workdir=runs/default --export_base=/models/fmnist [--version=N] [--tflite]
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from launch import common
+
+flags.DEFINE_string("workdir", None, "A finished fmnist-train run directory.", required=True)
+flags.DEFINE_string("export_base", None, "Model base directory served by TF Serving (default WORKDIR/export).")
+flags.DEFINE_integer("version", None, "Numeric version (default: next free). Never overwrites.", lower_bound=1)
+flags.DEFINE_boolean("tflite", False, "Also write float and dynamic-range quantised TFLite models.")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(f"unexpected arguments {argv[1:]}", 2)
+    from pipeline import config as config_lib
+    from pipeline import data as data_lib
+    from pipeline import workdir
+    from pipeline.export import ExportError, export_run
+
+    try:
+        path = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.tflite)
+    except (ExportError, workdir.WorkdirError, config_lib.ConfigError, data_lib.DataError, OSError) as e:
+        common.fail(str(e))
+    print(path)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+"""fmnist-predict: classify PNG/JPEG files with an exported model.
+
+fmnist-predict --model=runs/default/export photo.jpg shirt.png
+fmnist-predict --model=runs/default/export/3 --invert --json photo.jpg
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from launch import common
+
+flags.DEFINE_string("model", None, "Model base directory (newest version used) or one version directory.",
+                    required=True)  # fmt: skip
+flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1, upper_bound=10)
+flags.DEFINE_boolean("invert", False, "Invert grey levels (dark object on light background, e.g. photos).")
+flags.DEFINE_boolean("json", False, "Print one JSON list of per-file results.")
+FLAGS = flags.FLAGS
+
+
+def _print_text(results: list[dict]) -> None:
+    for result in results:
+        if "error" in result:
+            print(f"{result['file']}: error: {result['error']}")
+            continue
+        best = ", ".join(f"{t['class_name']} {t['probability']:.1%}" for t in result["top"])
+        print(f"{result['file']}: {best}")
+
+
+def main(argv: list[str]) -> None:
+    files = argv[1:]
+    if not files:
+        common.fail("no image files given: fmnist-predict --model=DIR IMAGE...", 2)
+    from pipeline.predict import ModelNotFoundError, predict_files, resolve_model_dir
+
+    try:
+        model_dir = resolve_model_dir(FLAGS.model)
+    except ModelNotFoundError as e:
+        common.fail(str(e), 2)
+    results = predict_files(model_dir, files, FLAGS.top_k, FLAGS.invert)
+    if FLAGS.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print_text(results)
+    if any("error" in r for r in results):
+        raise SystemExit(1)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,143 @@
+"""SavedModel export in the TensorFlow Serving layout: BASE/<version>/saved_model.pb.
+
+A version is written into a hidden temporary directory inside BASE and
+renamed into place only when complete: a server polling BASE never sees a
+half-written model, and an existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import input_pipeline as ip
+from pipeline import workdir as workdir_lib
+from pipeline.final_model import load_final_model
+from pipeline.images import decode_to_grayscale_28
+
+log = logging.getLogger(__name__)
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+class ExportError(RuntimeError):
+    """The export cannot be written; the message names the problem and the fix."""
+
+
+class ServingModule(tf.Module):
+    """The model plus its preprocessing and class names, as serving signatures."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.class_names = tf.constant(data_lib.CLASS_NAMES)
+
+    def _outputs(self, images_uint8):
+        probabilities = self.model(ip.normalize(images_uint8), training=False)
+        class_id = tf.argmax(probabilities, axis=-1)
+        return {
+            "probabilities": tf.cast(probabilities, tf.float32),
+            "class_id": class_id,
+            "class_name": tf.gather(self.class_names, class_id),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+    def serve_images(self, images):
+        """uint8 [N, 28, 28] or [N, 28, 28, 1], light object on dark (as in Fashion-MNIST)."""
+        shape = tf.shape(images)
+        rank_ok = tf.logical_or(tf.equal(tf.rank(images), 3),
+                                tf.logical_and(tf.equal(tf.rank(images), 4), tf.equal(shape[-1], 1)))  # fmt: skip
+        tf.debugging.Assert(rank_ok, ["images must be [N,28,28] or [N,28,28,1]; got shape", shape])
+        tf.debugging.Assert(tf.reduce_all(tf.equal(shape[1:3], [28, 28])), ["images must be 28x28; got", shape])
+        return self._outputs(tf.reshape(images, [-1, 28, 28]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_image_bytes(self, image_bytes):
+        """Encoded PNG/JPEG images of any size and colour (REST: {"b64": ...})."""
+        images = tf.map_fn(decode_to_grayscale_28, image_bytes, fn_output_signature=tf.TensorSpec([28, 28], tf.uint8))
+        return self._outputs(images)
+
+
+def next_version(base: Path) -> int:
+    """One more than the highest numeric version in BASE (1 when there is none)."""
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _write_warmup(directory: Path, images: np.ndarray) -> None:
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    extra = directory / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+        for batch in (images[:1], images[:8]):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name="fmnist", signature_name="serving_default")
+            )
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch))
+            record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(record.SerializeToString())
+
+
+def _write_metadata(directory: Path, workdir: Path) -> None:
+    extra = directory / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    (extra / "class_names.txt").write_text("\n".join(data_lib.CLASS_NAMES) + "\n")
+    for name in ("config.json", "metrics.json"):
+        shutil.copy(workdir / name, extra / name)
+    (extra / "preprocessing.json").write_text(json.dumps({
+        "images": "uint8 [N,28,28] or [N,28,28,1], light object on dark background, scaled to [0,1] in the graph",
+        "image_bytes": "PNG/JPEG decoded, converted to grayscale, padded to square, resized to 28x28 (area)",
+    }, indent=2))  # fmt: skip
+
+
+def export_run(workdir: str | Path, export_base: str | Path | None = None, version: int | None = None,
+               tflite: bool = False) -> Path:  # fmt: skip
+    """Exports a finished run's final model; returns BASE/<version>.
+
+    Args:
+      workdir: a finished fmnist-train run.
+      export_base: the model base directory (default WORKDIR/export).
+      version: numeric version; default the next free one. An existing
+        version is an error, never overwritten.
+      tflite: also write float and dynamic-range-quantised TFLite models.
+    """
+    workdir = Path(workdir)
+    base = Path(export_base) if export_base else workdir / "export"
+    if not (workdir / "metrics.json").exists():
+        raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish the run with fmnist-train first")
+    config = config_lib.load(workdir / "config.json")
+    version = next_version(base) if version is None else version
+    target = base / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists; pass another --version or omit it to use {next_version(base)}")
+    base.mkdir(parents=True, exist_ok=True)
+    model = load_final_model(workdir, config)
+    d = config.data
+    warmup_images = data_lib.load(d.data_dir, d.validation_size, d.split_seed).test.images[:8]
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.incomplete-", dir=base))
+    try:
+        module = ServingModule(model)
+        signatures = {"serving_default": module.serve_images, "serving_image_bytes": module.serve_image_bytes}
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+        _write_warmup(staging, warmup_images)
+        _write_metadata(staging, workdir)
+        if tflite:
+            from pipeline.tflite import write_tflite_models
+
+            write_tflite_models(module, staging / "tflite")
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; servers may run as another user.
+        os.rename(staging, target)  # Atomic on one file system; fails if target appeared.
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %s", target)
+    return target

@@ -1,0 +1,50 @@
+"""The run's final model: the weights whose numbers are in metrics.json.
+
+Training saves them to WORKDIR/final/ (best weights under early stopping,
+otherwise the last); the report and the export read them from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import input_pipeline as ip
+from pipeline import models
+from pipeline import workdir as workdir_lib
+
+FINAL_DIR = "final"
+
+
+def save_final_model(model: keras.Model, out_dir: Path) -> None:
+    """Writes the model's weights as a TF checkpoint under OUT_DIR/final/."""
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), out_dir / FINAL_DIR, max_to_keep=1)
+    manager.save()
+
+
+def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
+    """Builds the configured model (float32) and loads the run's final weights.
+
+    Raises:
+      WorkdirError: when the run has not finished, so there are no final weights.
+    """
+    latest = tf.train.latest_checkpoint(Path(workdir) / FINAL_DIR)
+    if latest is None:
+        raise workdir_lib.WorkdirError(
+            f"{workdir}/{FINAL_DIR} holds no final weights: finish the run with fmnist-train first"
+        )
+    # Inference in float32 whatever the training precision: the checkpoint
+    # stores float32 master weights either way.
+    model = models.build_model(config.model, dtype="float32")
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    return model
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities [N, 10] for uint8 images, with the training preprocessing."""
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(ip.normalize)
+    return np.concatenate([model(batch, training=False).numpy() for batch in ds])

@@ -1,0 +1,67 @@
+"""Predicting image files with an exported SavedModel (TensorFlow only at run time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.images import decode_to_grayscale_28
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No SavedModel at the given path."""
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A version directory as given, or the highest numeric version under a base."""
+    path = Path(path)
+    if (path / "saved_model.pb").exists():
+        return path
+    versions = (
+        sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if path.is_dir() else []
+    )
+    if not versions:
+        raise ModelNotFoundError(
+            f"{path} is neither a SavedModel version directory nor a base holding numeric versions"
+        )
+    return versions[-1]
+
+
+def load_image(path: Path, invert: bool) -> np.ndarray:
+    """uint8 [28, 28] from an image file, as the export's bytes signature converts it.
+
+    Raises:
+      ValueError: when the file is not a decodable image.
+    """
+    try:
+        image = decode_to_grayscale_28(tf.constant(path.read_bytes())).numpy()
+    except tf.errors.InvalidArgumentError:
+        raise ValueError("not a PNG, JPEG, GIF or BMP image") from None
+    # Fashion-MNIST is a light object on a dark ground; photos are usually the reverse.
+    return 255 - image if invert else image
+
+
+def predict_files(model_dir: Path, files: list[str], top_k: int, invert: bool) -> list[dict]:
+    """One result per file: {"file", "top": [{class_name, class_id, probability}]} or {"file", "error"}."""
+    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    names = _class_names(model_dir)
+    results = []
+    for name in files:
+        try:
+            image = load_image(Path(name), invert)
+        except (OSError, ValueError) as e:
+            results.append({"file": name, "error": getattr(e, "strerror", None) or str(e)})
+            continue
+        out = serve(images=tf.constant(image[np.newaxis]))
+        probabilities = out["probabilities"].numpy()[0]
+        best = np.argsort(-probabilities)[:top_k]
+        results.append({"file": name, "top": [
+            {"class_name": names[k], "class_id": int(k), "probability": float(probabilities[k])} for k in best
+        ]})  # fmt: skip
+    return results
+
+
+def _class_names(model_dir: Path) -> list[str]:
+    return (model_dir / "assets.extra" / "class_names.txt").read_text().splitlines()

@@ -1,0 +1,176 @@
+"""Export for TF Serving: round trip without our packages, atomic publish, versions, warmup, predict."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, subprocess_env
+from PIL import Image
+
+from pipeline import config as config_lib
+from pipeline import export as export_lib
+from pipeline.train import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    base = config_lib.preset("smoke")
+    config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
+    metrics = train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, make_report=False)
+    return workdir, metrics
+
+
+def test_train_exports_version_1_with_warmup_and_metadata(trained):
+    workdir, metrics = trained
+    version = workdir / "export" / "1"
+    assert metrics["export"] == str(version) and (version / "saved_model.pb").exists()
+    extra = version / "assets.extra"
+    assert (extra / "class_names.txt").read_text().splitlines()[0] == "T-shirt/top"
+    assert json.loads((extra / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = list(tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests")))
+    assert records
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        assert request.model_spec.signature_name == "serving_default"
+        assert tf.make_ndarray(request.inputs["images"]).shape[1:] == (28, 28)
+
+
+ROUND_TRIP = """
+import json, sys
+import numpy as np, tensorflow as tf
+assert not any(m.split(".")[0] in ("pipeline", "tuning", "launch") for m in sys.modules)
+model = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out = model.signatures["serving_default"](images=tf.constant(images))
+as_4d = model.signatures["serving_default"](images=tf.constant(images[..., None]))
+encoded = [open(p, "rb").read() for p in sys.argv[3:]]
+from_bytes = model.signatures["serving_image_bytes"](image_bytes=tf.constant(encoded))
+print(json.dumps({
+    "probabilities": out["probabilities"].numpy().tolist(),
+    "dtype": out["probabilities"].dtype.name,
+    "class_id": out["class_id"].numpy().tolist(),
+    "class_name": [s.decode() for s in out["class_name"].numpy()],
+    "same_4d": bool(np.array_equal(out["class_id"].numpy(), as_4d["class_id"].numpy())),
+    "bytes_class_id": from_bytes["class_id"].numpy().tolist(),
+}))
+"""
+
+
+def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tmp_path):
+    from pipeline import data as data_lib
+    from pipeline.final_model import load_final_model, predict_probabilities
+
+    workdir, _ = trained
+    test = data_lib.load(str(tiny_data_dir), 64, 0).test
+    images = test.images[:40]
+    np.save(tmp_path / "images.npy", images)
+    pngs = []
+    for i, image in enumerate(images[:5]):
+        pngs.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(pngs[-1])
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(workdir / "export" / "1"),
+                           str(tmp_path / "images.npy"), *pngs], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = predict_probabilities(load_final_model(workdir, config_lib.load(workdir / "config.json")), images)
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+    assert out["dtype"] == "float32" and out["same_4d"]
+    assert out["class_id"] == expected.argmax(1).tolist()
+    assert out["class_name"][0] == data_lib.CLASS_NAMES[out["class_id"][0]]
+    assert out["bytes_class_id"] == out["class_id"][:5]
+
+
+def test_versions_increment_and_never_overwrite(trained, tmp_path):
+    workdir, _ = trained
+    assert export_lib.export_run(workdir, tmp_path).name == "1"
+    assert export_lib.export_run(workdir, tmp_path).name == "2"
+    with pytest.raises(export_lib.ExportError, match="already exists"):
+        export_lib.export_run(workdir, tmp_path, version=2)
+    assert export_lib.export_run(workdir, tmp_path, version=7).name == "7"
+    assert export_lib.next_version(tmp_path) == 8
+
+
+def test_failure_midway_leaves_no_numbered_directory(trained, tmp_path, monkeypatch):
+    workdir, _ = trained
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_lib, "_write_warmup", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_lib.export_run(workdir, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_unfinished_run_is_refused(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], env=subprocess_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "finish the run" in done.stderr and "Traceback" not in done.stderr
+
+
+def _encode(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_dir, tmp_path):
+    from pipeline import data as data_lib
+
+    workdir, _ = trained
+    image = data_lib.load(str(tiny_data_dir), 64, 0).test.images[0]
+    files = {
+        "gray.png": _encode(image, "PNG"),
+        "colour.jpg": _encode(np.stack([np.kron(image, np.ones((3, 3), np.uint8))] * 3, -1), "JPEG"),
+        "wide.png": _encode(np.zeros((20, 50), np.uint8) + 200, "PNG"),
+        "text.png": b"this is not an image",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    paths = [str(tmp_path / n) for n in files] + [str(tmp_path / "missing.jpg")]
+    done = subprocess.run([sys.executable, "-m", "launch.predict", f"--model={workdir / 'export'}", "--json",
+                           "--top_k=2", *paths], env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    assert [r["file"] for r in results] == paths
+    for result in results[:3]:
+        assert len(result["top"]) == 2 and result["top"][0]["probability"] >= result["top"][1]["probability"]
+        assert set(result["top"][0]) == {"class_name", "class_id", "probability"}
+    assert "not a PNG" in results[3]["error"] and "No such file" in results[4]["error"]
+
+
+def test_bytes_decoding_matches_dataset_pixels():
+    from pipeline.images import decode_to_grayscale_28
+
+    image = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
+    decoded = decode_to_grayscale_28(tf.constant(_encode(image, "PNG"))).numpy()
+    np.testing.assert_array_equal(decoded, image)
+    rgb = decode_to_grayscale_28(tf.constant(_encode(np.stack([image] * 3, -1), "PNG"))).numpy()
+    assert np.abs(rgb.astype(int) - image).max() <= 1
+
+
+def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_path):
+    from pipeline import data as data_lib
+    from pipeline.tflite import tflite_probabilities
+
+    workdir, _ = trained
+    version = export_lib.export_run(workdir, tmp_path, tflite=True)
+    test = data_lib.load(str(tiny_data_dir), 64, 0).test
+    served = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(test.images))
+    reference = served["class_id"].numpy()
+    for variant in ("float", "dynamic_range"):
+        predicted = tflite_probabilities(version / "tflite" / f"model_{variant}.tflite", test.images).argmax(1)
+        assert (predicted == reference).mean() >= 0.995 - (0.01 if variant == "dynamic_range" else 0), variant
