@@ -48,7 +48,7 @@ class ModelConfig:
     padding: Literal["same", "valid"] = "same"
     batch_norm: bool = True
     # Dropout rate after every block and before the classifier; None is off.
-    dropout: float | None = 0.25
+    dropout: float | None = 0.2
     dense_units: int = 256
 
 

@@ -133,7 +133,7 @@ def export_run(workdir: str | Path, export_base: str | Path | None = None, versi
         if tflite:
             from pipeline.tflite import write_tflite_models
 
-            write_tflite_models(module, staging / "tflite")
+            write_tflite_models(model, staging / "tflite")
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; servers may run as another user.
         os.rename(staging, target)  # Atomic on one file system; fails if target appeared.
     except BaseException:

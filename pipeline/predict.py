@@ -26,7 +26,6 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise ModelNotFoundError(
             f"{path} is neither a SavedModel version directory nor a base holding numeric versions"
         )
-    return versions[-1]
 
 
 def load_image(path: Path, invert: bool) -> np.ndarray:

@@ -6,33 +6,43 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from pipeline import input_pipeline as ip
 
 VARIANTS = {"float": [], "dynamic_range": [tf.lite.Optimize.DEFAULT]}
 
 
-def write_tflite_models(module: tf.Module, directory: Path) -> dict[str, Path]:
-    """Writes DIRECTORY/model_<variant>.tflite: uint8 [N,28,28] in, probabilities out."""
+def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
+    """Writes DIRECTORY/model_<variant>.tflite: uint8 [N,28,28] in, probabilities [N,10] out."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
     def probabilities(images):
-        return {"probabilities": module.model(ip.normalize(images), training=False)}
+        return {"probabilities": model(ip.normalize(images), training=False)}
 
+    # Freeze first: converting Keras 3 variables as-is leaves READ_VARIABLE ops
+    # that TFLite never initialises (NaN or zero outputs).
+    frozen = convert_variables_to_constants_v2(probabilities.get_concrete_function())
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, optimizations in VARIANTS.items():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([probabilities.get_concrete_function()], module)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
         converter.optimizations = optimizations
-        path = directory / f"model_{name}.tflite"
-        path.write_bytes(converter.convert())
-        written[name] = path
+        written[name] = directory / f"model_{name}.tflite"
+        written[name].write_bytes(converter.convert())
     return written
 
 
 def tflite_probabilities(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Runs a TFLite model from `write_tflite_models` over uint8 images [N, 28, 28]."""
     interpreter = tf.lite.Interpreter(model_path=str(path))
-    runner = interpreter.get_signature_runner()
-    parts = [runner(images=images[i : i + batch_size])["probabilities"] for i in range(0, len(images), batch_size)]
+    source, target = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        interpreter.resize_tensor_input(source, batch.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source, batch)
+        interpreter.invoke()
+        parts.append(interpreter.get_tensor(target))
     return np.concatenate(parts)
