@@ -34,6 +34,7 @@ setup(
             "fmnist-report=launch.report:run",
             "fmnist-export=launch.export:run",
             "fmnist-predict=launch.predict:run",
+            "fmnist-launch=launch.launch:run",
         ]
     },
 )

@@ -43,6 +43,8 @@ def main(argv: list[str]) -> None:
         common.fail(str(e), 2)
     if FLAGS.logical_cpus:
         distribution.use_logical_cpus(FLAGS.logical_cpus)
+    import tensorflow as tf
+
     from pipeline.export import ExportError
     from pipeline.train import train_and_evaluate
 
@@ -52,6 +54,9 @@ def main(argv: list[str]) -> None:
                                      export=FLAGS.export, export_base=FLAGS.export_base)  # fmt: skip
     except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ExportError, ValueError) as e:
         common.fail(str(e))
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
+        common.fail(f"lost contact with a peer worker ({type(e).__name__}); the last completed epoch is saved: "
+                    "restart the same command on every worker to resume", 3)  # fmt: skip
     except KeyboardInterrupt:
         common.fail(f"interrupted; rerun the same command to resume from the last completed epoch in {FLAGS.workdir}",
                     130)  # fmt: skip

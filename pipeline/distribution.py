@@ -52,6 +52,13 @@ def parse_tf_config(text: str) -> dict:
     return spec
 
 
+def _in_cluster() -> bool:
+    if "TF_CONFIG" not in os.environ:
+        return False
+    cluster = parse_tf_config(os.environ["TF_CONFIG"])["cluster"]
+    return sum(len(members) for members in cluster.values()) > 1
+
+
 def _cluster_resolver():
     if "SLURM_JOB_ID" in os.environ and "TF_CONFIG" not in os.environ:
         log.info("cluster from Slurm (SlurmClusterResolver)")
@@ -70,17 +77,20 @@ def make_strategy(kind: StrategyKind, devices: list[str] | None = None,
     """Creates the strategy named by `kind`.
 
     Args:
-      kind: `auto` mirrors over local GPUs when there are two or more and uses
-        the default strategy otherwise; `mirrored` uses `devices` (all local
+      kind: `auto` is multi-worker when TF_CONFIG names several tasks, else
+        mirrors over local GPUs when there are two or more, else the default
+        strategy; `mirrored` uses `devices` (all local
         GPUs, or the CPU, when None); `multi_worker` reads the cluster from
         TF_CONFIG or Slurm.
       devices: device names for `mirrored`.
       collective_timeout_seconds: for `multi_worker`, how long a collective may
         wait for a peer before the job fails instead of hanging.
     """
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical, devices: listing logical ones initialises the
+    # runtime, after which collective ops can no longer be configured.
+    gpus = tf.config.list_physical_devices("GPU")
     if kind == "auto":
-        kind = "mirrored" if len(gpus) >= 2 else "default"
+        kind = "multi_worker" if _in_cluster() else "mirrored" if len(gpus) >= 2 else "default"
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
@@ -107,6 +117,15 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
         return 1
     spec = strategy.cluster_resolver.cluster_spec().as_dict()
     return len(spec.get("chief", [])) + len(spec.get("worker", []))
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The --strategy value that builds a strategy like this one."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "default"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -6,6 +6,7 @@ otherwise the last); the report and the export read them from there.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import keras
@@ -24,6 +25,14 @@ def save_final_model(model: keras.Model, out_dir: Path) -> None:
     """Writes the model's weights as a TF checkpoint under OUT_DIR/final/."""
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), out_dir / FINAL_DIR, max_to_keep=1)
     manager.save()
+
+
+def fingerprint(model: keras.Model) -> str:
+    """A short digest of all weights, to compare replicas or runs."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.asarray(weight.numpy(), np.float32).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:

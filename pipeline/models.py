@@ -8,7 +8,7 @@ from pipeline.config import ModelConfig
 from pipeline.data import NUM_CLASSES
 
 
-def _block(x, filters: int, config: ModelConfig, index: int, dtype: str):
+def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
     for j in range(config.convs_per_block):
         name = f"block{index}_conv{j}"
         # With batch norm the conv bias is redundant (BN's beta replaces it).
@@ -18,7 +18,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str):
             name=name, dtype=dtype,
         )(x)  # fmt: skip
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, synchronized=sync_bn)(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
     if config.dropout is not None:
@@ -26,7 +26,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str):
     return x
 
 
-def build_model(config: ModelConfig, dtype: str = "float32") -> keras.Model:
+def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bool = False) -> keras.Model:
     """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, softmax.
 
     Input is float32 [B, 28, 28, 1] in [0, 1] (see `input_pipeline.normalize`).
@@ -36,11 +36,15 @@ def build_model(config: ModelConfig, dtype: str = "float32") -> keras.Model:
     Args:
       config: the architecture.
       dtype: a Keras dtype policy name, e.g. "float32" or "mixed_bfloat16".
+      sync_batch_norm: compute batch statistics over the global batch (all
+        replicas). Needed with several replicas: Keras 3 updates moving
+        statistics per replica (aggregation "none"), so without it every
+        replica would end with different statistics.
     """
     inputs = keras.Input((28, 28, 1), name="images")
     x = inputs
     for index, filters in enumerate(config.filters):
-        x = _block(x, filters, config, index, dtype)
+        x = _block(x, filters, config, index, dtype, sync_batch_norm)
     x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
     x = keras.layers.Dense(config.dense_units, activation="relu", name="dense", dtype=dtype)(x)
     if config.dropout is not None:

@@ -81,7 +81,7 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         wall_seconds=time.perf_counter() - started,
         parameters=int(state.model.count_params()),
         precision=policy,
-        strategy=type(strategy).__name__,
+        strategy=distribution.strategy_name(strategy),
         replicas=strategy.num_replicas_in_sync,
         workers=distribution.num_workers(strategy),
         global_batch_size=config.train.global_batch_size,
@@ -132,7 +132,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy:
     d = config.data
     dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
     policy = distribution.resolve_precision(config.train.precision)
-    log.info("precision %s, strategy %s with %d replicas", policy, type(strategy).__name__,
+    log.info("precision %s, strategy %s with %d replicas", policy, distribution.strategy_name(strategy),
              strategy.num_replicas_in_sync)  # fmt: skip
     out_dir = distribution.write_dir(workdir, strategy)
     try:
@@ -147,6 +147,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy:
             state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
         metrics = final_metrics(config, strategy, state, dataset, history, policy, started)
         final_model.save_final_model(state.model, out_dir)
+        # Every worker logs this; equal fingerprints prove the replicas agree.
+        log.info("final weights fingerprint %s", final_model.fingerprint(state.model))
         if chief:
             workdir_lib.write_json(workdir / "metrics.json", metrics)
             if make_report:

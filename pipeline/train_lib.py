@@ -41,7 +41,7 @@ def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoc
     """Builds model, optimiser and counters under the strategy, with checkpoint managers."""
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = models.build_model(config.model, dtype=policy)
+        model = models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
         optimizer = steps.build_optimizer(config.train, steps_per_epoch, policy)
         # Build slots now so a restore fills them instead of deferring.
         optimizer.build(model.trainable_variables)

@@ -1,0 +1,46 @@
+"""fmnist-launch: run a command as a local multi-worker or tuner cluster on 127.0.0.1.
+
+  fmnist-launch --num_workers=2 -- fmnist-train --workdir=runs/mw --strategy=multi_worker
+  fmnist-launch --tuner_workers=2 -- fmnist-tune --workdir=runs/tune
+
+Across hosts use TensorFlow's own runtime via Slurm or Kubeflow (launch/cluster/).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from absl import app, flags
+
+from launch import common
+
+flags.DEFINE_integer("num_workers", None, "MultiWorkerMirroredStrategy workers (sets TF_CONFIG).", lower_bound=1)
+flags.DEFINE_integer("tuner_workers", None, "KerasTuner workers besides the oracle chief.", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    from launch import local_cluster
+
+    command = argv[1:]
+    if not command:
+        common.fail("no command: fmnist-launch --num_workers=2 -- fmnist-train --workdir=DIR ...", 2)
+    if (FLAGS.num_workers is None) == (FLAGS.tuner_workers is None):
+        common.fail("give exactly one of --num_workers or --tuner_workers", 2)
+    if shutil.which(command[0]) is None:
+        common.fail(f"command {command[0]!r} not found on PATH (is the project installed: pip install -e .?)", 2)
+    if FLAGS.num_workers is not None:
+        tasks = local_cluster.tf_config_tasks(FLAGS.num_workers)
+    else:
+        tasks = local_cluster.tuner_tasks(FLAGS.tuner_workers)
+    sys.exit(local_cluster.run_cluster(tasks, command))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,123 @@
+"""Start N local processes as one TensorFlow (or KerasTuner) cluster on 127.0.0.1.
+
+Each process gets its own TF_CONFIG (or KERASTUNER_* variables) and free
+ports; its output is streamed with a `[worker i]` prefix. When one process
+fails, the others are stopped and the failure is named; Ctrl-C stops all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """One process to start: its name for logs and its extra environment."""
+
+    name: str
+    env: dict[str, str]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS reports free on 127.0.0.1 (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_config_tasks(num_workers: int) -> list[Task]:
+    """One MultiWorkerMirroredStrategy worker per process; worker 0 is the chief."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+    return [
+        Task(f"worker {i}", {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                        "task": {"type": "worker", "index": i}})})
+        for i in range(num_workers)
+    ]  # fmt: skip
+
+
+def tuner_tasks(num_workers: int) -> list[Task]:
+    """A KerasTuner oracle chief plus `num_workers` tuner workers."""
+    (port,) = free_ports(1)
+    common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief"})
+    return [chief] + [Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(num_workers)]
+
+
+def _stream(name: str, pipe, lock: threading.Lock) -> None:
+    for line in iter(pipe.readline, b""):
+        with lock:
+            sys.stdout.buffer.write(f"[{name}] ".encode() + line)
+            sys.stdout.flush()
+
+
+def _stop(processes: dict[str, subprocess.Popen]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.time() + GRACE_SECONDS
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_cluster(tasks: list[Task], command: list[str]) -> int:
+    """Runs `command` once per task and returns 0 when all succeed.
+
+    Returns a non-zero code (and prints which task failed) as soon as one task
+    fails; the remaining tasks are stopped so nothing waits on a dead peer.
+    """
+    lock = threading.Lock()
+    processes: dict[str, subprocess.Popen] = {}
+    threads = []
+    try:
+        for task in tasks:
+            env = {**os.environ, **task.env, "PYTHONUNBUFFERED": "1"}
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            processes[task.name] = process
+            print(f"launcher: started {task.name} (pid {process.pid})", flush=True)
+            threads.append(threading.Thread(target=_stream, args=(task.name, process.stdout, lock), daemon=True))
+            threads[-1].start()
+        return _wait(processes)
+    except KeyboardInterrupt:
+        print("launcher: interrupted; stopping every task", file=sys.stderr, flush=True)
+        _stop(processes)
+        return 130
+    finally:
+        _stop(processes)
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def _wait(processes: dict[str, subprocess.Popen]) -> int:
+    while True:
+        codes = {name: p.poll() for name, p in processes.items()}
+        failed = [(name, code) for name, code in codes.items() if code not in (None, 0)]
+        if failed:
+            name, code = failed[0]
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            print(f"launcher: {name} failed ({how}); stopping the others", file=sys.stderr, flush=True)
+            _stop(processes)
+            return code if code > 0 else 1
+        if all(code == 0 for code in codes.values()):
+            return 0
+        time.sleep(0.2)

@@ -1,0 +1,107 @@
+"""Multi-worker training over 127.0.0.1: agreement, chief-only outputs, kill and resume, cluster errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+from conftest import REPO, subprocess_env
+
+from pipeline import distribution
+
+LAUNCH = [sys.executable, "-m", "launch.launch"]
+
+
+def _train(workdir, data_dir, *extra):
+    return ["fmnist-train", f"--workdir={workdir}", "--preset=smoke", f"--data_dir={data_dir}", "--noexport",
+            "--noreport", *extra]  # fmt: skip
+
+
+def _env(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    return dict(subprocess_env(), TMPDIR=str(scratch)), scratch
+
+
+def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
+    env, scratch = _env(tmp_path)
+    workdir = tmp_path / "run"
+    done = subprocess.run([*LAUNCH, "--num_workers=2", "--", *_train(workdir, tiny_data_dir, "--epochs=2")],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    prints = re.findall(r"\[(worker \d)\] .*final weights fingerprint (\w+)", done.stdout)
+    assert len(prints) == 2 and prints[0][1] == prints[1][1], prints
+    assert "global batch 64 = 2 replicas x per-replica batch 32" in done.stdout
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and metrics["epochs_completed"] == 2
+    assert metrics["strategy"] == "multi_worker"
+    assert list(scratch.iterdir()) == [], "non-chief temporary directories must be removed"
+
+
+def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path):
+    env, _ = _env(tmp_path)
+    workdir = tmp_path / "run"
+    command = [*LAUNCH, "--num_workers=2", "--", *_train(workdir, tiny_data_dir, "--epochs=30",
+                                                          "--max_train_examples=256")]  # fmt: skip
+    launcher = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+    pids, lines = {}, []
+    deadline = time.time() + 300
+    for line in launcher.stdout:
+        lines.append(line)
+        if match := re.match(r"launcher: started (worker \d) \(pid (\d+)\)", line):
+            pids[match[1]] = int(match[2])
+        if (workdir / "checkpoints" / "ckpt-3.index").exists() or time.time() > deadline:
+            break
+    import os
+
+    os.kill(pids["worker 1"], signal.SIGKILL)
+    rest, _ = launcher.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert launcher.returncode != 0
+    assert "worker 1 failed (signal 9)" in output
+    killed_at = int(tf.train.latest_checkpoint(workdir / "checkpoints").rsplit("-", 1)[1])
+    assert killed_at < 30
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert f"ckpt-{killed_at}" in done.stdout and "resumed from" in done.stdout
+    history = json.loads((workdir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 31))
+    assert json.loads((workdir / "metrics.json").read_text())["epochs_completed"] == 30
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', 'needs a "cluster" object'),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'needs a "task" object'),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
+        ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+    ],
+)
+def test_malformed_tf_config_is_a_clear_error(tf_config, message, tiny_data_dir, tmp_path):
+    with pytest.raises(distribution.ClusterError, match=message):
+        distribution.parse_tf_config(tf_config)
+    env = dict(subprocess_env(), TF_CONFIG=tf_config)
+    done = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path}", "--preset=smoke",
+                           f"--data_dir={tiny_data_dir}", "--strategy=multi_worker"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_launcher_names_a_failing_worker(tmp_path):
+    script = "import json, os, sys; sys.exit(json.loads(os.environ['TF_CONFIG'])['task']['index'] * 7)"
+    done = subprocess.run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script], env=subprocess_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 7 and "worker 1 failed (exit code 7)" in done.stderr
+
+
+def test_chief_rule():
+    assert distribution.is_chief(tf.distribute.get_strategy())
