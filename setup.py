@@ -35,6 +35,7 @@ setup(
             "fmnist-export=launch.export:run",
             "fmnist-predict=launch.predict:run",
             "fmnist-launch=launch.launch:run",
+            "fmnist-tune=launch.tune:run",
         ]
     },
 )

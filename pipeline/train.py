@@ -19,8 +19,13 @@ from pipeline import workdir as workdir_lib
 log = logging.getLogger(__name__)
 
 
-def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, progress: bool) -> list[dict]:
+def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, progress: bool,
+        on_epoch_end=None, deadline: float | None = None) -> list[dict]:  # fmt: skip
     """Trains from the restored epoch to `config.train.epochs`, checkpointing each epoch.
+
+    Args:
+      on_epoch_end: optional `fn(record)` called after each epoch (tuning).
+      deadline: optional `time.time()` after which no new epoch starts.
 
     Returns the full per-epoch history (earlier sessions' epochs included).
     """
@@ -33,6 +38,9 @@ def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, pr
     for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
         if train_lib.should_stop(config, state, epoch - 1):
             log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
+            break
+        if deadline is not None and time.time() > deadline:
+            log.info("time budget reached before epoch %d", epoch)
             break
         start = time.perf_counter()
         if progress:
@@ -60,6 +68,8 @@ def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, pr
         if distribution.is_chief(strategy):
             workdir_lib.write_json(out_dir / "history.json", history)
         state.manager.save(checkpoint_number=epoch)
+        if on_epoch_end:
+            on_epoch_end(record)
     return history
 
 

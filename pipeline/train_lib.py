@@ -36,12 +36,17 @@ class TrainState:
     best_manager: tf.train.CheckpointManager
 
 
-def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int,
-                out_dir: Path) -> TrainState:  # fmt: skip
-    """Builds model, optimiser and counters under the strategy, with checkpoint managers."""
+def build_model(config: config_lib.Config, strategy, policy: str) -> keras.Model:
+    """The configured model, seeded; call under `strategy.scope()`."""
     keras.utils.set_random_seed(config.train.seed)
+    return models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+
+
+def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int, out_dir: Path,
+                model: keras.Model | None = None) -> TrainState:  # fmt: skip
+    """Builds (or adopts) the model, then optimiser and counters, with checkpoint managers."""
     with strategy.scope():
-        model = models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+        model = model or build_model(config, strategy, policy)
         optimizer = steps.build_optimizer(config.train, steps_per_epoch, policy)
         # Build slots now so a restore fills them instead of deferring.
         optimizer.build(model.trainable_variables)

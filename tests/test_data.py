@@ -136,3 +136,29 @@ def test_stratified_split_is_balanced_seeded_and_disjoint():
 def test_load_splits(tiny_data_dir):
     dataset = data_lib.load(str(tiny_data_dir), validation_size=64, split_seed=0)
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (576, 64, 160)
+
+
+def test_debian_package_is_found_without_flags(monkeypatch):
+    if not data_lib.DEBIAN_DIR.is_dir():
+        pytest.skip("Debian package dataset-fashion-mnist not installed (CI installs it)")
+    train, test, source = data_lib.load_train_test(None)
+    assert "Debian package" in source and (len(train), len(test)) == (60000, 10000)
+
+
+def test_tfds_manual_dir_is_the_last_resort(real_data_dir, tmp_path, monkeypatch):
+    # No local directory anywhere: the TFDS builder prepares from manual_dir
+    # (the exact upstream files) without touching the network.
+    monkeypatch.setattr(data_lib, "DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(data_lib, "KERAS_CACHE_DIR", tmp_path / "none")
+    monkeypatch.setenv("FASHION_MNIST_MANUAL_DIR", str(real_data_dir))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    train, test, source = data_lib.load_train_test(None)
+    assert source.startswith("tensorflow-datasets") and (len(train), len(test)) == (60000, 10000)
+    # TFDS stores examples in its own shuffled order: compare as multisets.
+    reference, _ = data_lib.load_directory(real_data_dir)
+
+    def keys(split):
+        weights = np.arange(1, 28 * 28 + 1, dtype=np.int64)
+        return np.sort(split.images.reshape(len(split), -1).astype(np.int64) @ weights * 10 + split.labels)
+
+    np.testing.assert_array_equal(keys(train), keys(reference))

@@ -1,0 +1,66 @@
+"""fmnist-tune: KerasTuner search; the result is DIR/best_config.json for fmnist-train.
+
+  fmnist-tune --workdir=runs/tune --tuner=hyperband --time_budget=3600 --retrain_best
+  fmnist-tune --workdir=runs/tune --search_space=filters,dropout --tuner=random --max_trials=10
+  fmnist-launch --tuner_workers=2 -- fmnist-tune --workdir=runs/tune
+
+Rerun the same command to resume an interrupted search.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from launch import common
+
+flags.DEFINE_string("workdir", None, "Search directory (created; reused to resume).", required=True)
+flags.DEFINE_enum("tuner", "hyperband", ["hyperband", "bayesian", "random"], "Search algorithm.")
+flags.DEFINE_integer("max_trials", 30, "Trials for bayesian and random search.", lower_bound=1)
+flags.DEFINE_integer("max_epochs", 12, "Epochs of a full trial (Hyperband's largest bracket).", lower_bound=1)
+flags.DEFINE_integer("hyperband_factor", 3, "Hyperband reduction factor.", lower_bound=2)
+flags.DEFINE_float("time_budget", None, "Wall-clock seconds after which no trial or epoch starts.", lower_bound=1)
+flags.DEFINE_list("search_space", None, "Groups to search (others fixed at the base config): "
+                  "filters,kernel_size,dense_units,dropout,batch_norm,learning_rate,augment.")  # fmt: skip
+flags.DEFINE_boolean("retrain_best", False, "Retrain the best config through fmnist-train's path and export it.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"], "Strategy inside each trial.")
+common.define_config_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(f"unexpected arguments {argv[1:]}", 2)
+    from pipeline import config as config_lib
+    from pipeline import data as data_lib
+    from pipeline import distribution, workdir
+    from tuning import search_space
+    from tuning.search import run_search
+    from tuning.tuner import TuneConfig
+
+    try:
+        base = common.config_from_flags()
+        search = tuple(FLAGS.search_space) if FLAGS.search_space else search_space.GROUPS
+        search_space.config_from_hp(search_space.kt.HyperParameters(), base, search)  # Validates the groups.
+    except config_lib.ConfigError as e:
+        common.fail(str(e), 2)
+    tune = TuneConfig(tuner=FLAGS.tuner, max_trials=FLAGS.max_trials, max_epochs=FLAGS.max_epochs,
+                      hyperband_factor=FLAGS.hyperband_factor, time_budget_seconds=FLAGS.time_budget,
+                      search=search, seed=base.train.seed)  # fmt: skip
+    try:
+        strategy = distribution.make_strategy(FLAGS.strategy)
+        summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best)
+    except (data_lib.DataError, workdir.WorkdirError, ValueError) as e:
+        common.fail(str(e))
+    if summary:
+        print(json.dumps(summary, indent=2, default=str))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,97 @@
+"""KerasTuner search: hp to config mapping, a tiny search, resume, chief with workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import keras_tuner as kt
+import pytest
+from conftest import REPO, subprocess_env
+
+from pipeline import config as config_lib
+from tuning.search_space import GROUPS, config_from_hp
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+def test_empty_hyperparameters_give_the_base_config(name):
+    base = config_lib.preset(name)
+    assert config_from_hp(kt.HyperParameters(), base) == base
+
+
+def test_fixed_values_override_only_their_field():
+    base = config_lib.preset("default")
+    hp = kt.HyperParameters()
+    config_from_hp(hp, base)
+    hp.values.update(filters_1=96, dropout=False)
+    config = config_from_hp(hp, base)
+    assert config.model == dataclasses.replace(base.model, filters=(32, 96, 128), dropout=None)
+    assert config.replace(model=base.model) == base
+    hp.values.update(dropout=True, dropout_rate=0.4, learning_rate=1e-3)
+    config = config_from_hp(hp, base)
+    assert config.model.dropout == 0.4 and config.train.learning_rate == 1e-3
+
+
+def test_groups_not_searched_stay_fixed():
+    hp = kt.HyperParameters()
+    config_from_hp(hp, config_lib.preset("default"), search=("filters", "dropout"))
+    fixed = {p.name for p in hp.space if isinstance(p, kt.engine.hyperparameters.Fixed)}
+    assert {"kernel_size", "learning_rate", "batch_norm", "dense_units"} <= fixed
+    assert not {"filters_0", "dropout"} & fixed
+    with pytest.raises(config_lib.ConfigError, match="unknown search group"):
+        config_from_hp(kt.HyperParameters(), config_lib.preset("default"), search=("colour",))
+    assert "dropout" in GROUPS
+
+
+def _tune(workdir, data_dir, *extra):
+    return ["fmnist-tune", f"--workdir={workdir}", "--preset=smoke", f"--data_dir={data_dir}", "--tuner=random",
+            "--max_epochs=1", "--search_space=filters,dropout", *extra]  # fmt: skip
+
+
+def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_dir, tmp_path):
+    done = subprocess.run(_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=2"), env=subprocess_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    tune = tmp_path / "tune"
+    for name in ("best_config.json", "trials.csv", "trials.md", "trials.png", "summary.json"):
+        assert (tune / name).exists(), name
+    assert len((tune / "trials.csv").read_text().splitlines()) == 3
+    assert list((tune / "tensorboard").iterdir())
+    train = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
+                            f"--config={tune / 'best_config.json'}", "--epochs=1", "--noexport", "--noreport"],
+                           env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    best = config_lib.load(tune / "best_config.json")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_lib.to_dict(best.model)
+
+
+def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
+    command = _tune(tmp_path / "tune", tiny_data_dir, "--max_trials=4", "--max_epochs=2")
+    child = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "tune" / "search").glob("trial_1/checkpoints/ckpt-1*")):
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    finished = [p for p in (tmp_path / "tune" / "search").glob("trial_*/trial.json")
+                if json.loads(p.read_text())["status"] == "COMPLETED"]  # fmt: skip
+    assert 1 <= len(finished) < 4
+    done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "tune" / "summary.json").read_text())["trials"] == 4
+    assert len((tmp_path / "tune" / "trials.csv").read_text().splitlines()) == 5
+
+
+def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
+    command = [sys.executable, "-m", "launch.launch", "--tuner_workers=2", "--",
+               *_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=3")]  # fmt: skip
+    done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "[tuner0]" in done.stdout and "[tuner1]" in done.stdout
+    summary = json.loads((tmp_path / "tune" / "summary.json").read_text())
+    assert summary["trials"] == 3 and (tmp_path / "tune" / "best_config.json").exists()

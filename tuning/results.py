@@ -1,0 +1,95 @@
+"""What a search leaves for a person: trials table, plots, HParams logs, best config."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorboard.plugins.hparams import api as hparams_api  # noqa: E402
+
+from pipeline import config as config_lib  # noqa: E402
+from tuning import search_space  # noqa: E402
+
+MAIN_HYPERPARAMETERS = ("filters_0", "filters_1", "filters_2", "kernel_size", "dropout_rate", "learning_rate",
+                        "dense_units", "augment_shift")  # fmt: skip
+
+
+def trial_rows(oracle) -> list[dict]:
+    """One row per finished trial: id, status, objective, epochs, seconds, hyperparameters."""
+    rows = []
+    for trial in sorted(oracle.trials.values(), key=lambda t: t.trial_id):
+        metrics = trial.metrics
+        row = {
+            "trial_id": trial.trial_id,
+            "status": trial.status,
+            "val_accuracy": trial.score,
+            "epochs": int(metrics.get_last_value("epochs")) if metrics.exists("epochs") else None,
+            "seconds": round(metrics.get_last_value("seconds"), 1) if metrics.exists("seconds") else None,
+        }
+        row.update({k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")})
+        rows.append(row)
+    return rows
+
+
+def write_tables(rows: list[dict], directory: Path) -> None:
+    """trials.csv and trials.md, best first."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    ordered = sorted(rows, key=lambda r: -(r["val_accuracy"] or 0.0))
+    with (directory / "trials.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(ordered)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in ordered:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    (directory / "trials.md").write_text("\n".join(lines) + "\n")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def plot_trials(rows: list[dict], path: Path) -> None:
+    """Validation accuracy per trial, and against each main hyperparameter."""
+    done = [r for r in rows if r["val_accuracy"] is not None]
+    names = [n for n in MAIN_HYPERPARAMETERS if len({r.get(n) for r in done if r.get(n) is not None}) > 1]
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.6), squeeze=False)
+    axes[0, 0].plot(range(len(done)), [r["val_accuracy"] for r in done], "o")
+    axes[0, 0].set(xlabel="trial", ylabel="validation accuracy", title="per trial")
+    for ax, name in zip(axes[0, 1:], names, strict=True):
+        points = [(r[name], r["val_accuracy"]) for r in done if r.get(name) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.7)
+        ax.set(xlabel=name, title=f"by {name}")
+        if name == "learning_rate":
+            ax.set_xscale("log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_hparams_logs(rows: list[dict], directory: Path) -> None:
+    """One TensorBoard run per trial for the HParams dashboard."""
+    for row in rows:
+        if row["val_accuracy"] is None:
+            continue
+        values = {k: v for k, v in row.items() if k not in ("trial_id", "status", "val_accuracy", "epochs", "seconds")}
+        with tf.summary.create_file_writer(str(directory / f"trial_{row['trial_id']}")).as_default():
+            hparams_api.hparams(values, trial_id=str(row["trial_id"]))
+            tf.summary.scalar("val_accuracy", row["val_accuracy"], step=row["epochs"] or 0)
+
+
+def best_config(oracle, base: config_lib.Config, search) -> config_lib.Config:
+    """The best trial's config, with the base's full training length (trials are short)."""
+    (best,) = oracle.get_best_trials(1)
+    config = search_space.config_from_hp(best.hyperparameters, base, search)
+    return config.replace(name=f"tuned-{base.name}", train=dataclasses.replace(config.train, epochs=base.train.epochs))

@@ -1,0 +1,74 @@
+"""`run_search`: the one library call behind `fmnist-tune`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from pipeline import config as config_lib
+from pipeline import workdir as workdir_lib
+from pipeline.train import train_and_evaluate
+from tuning import results
+from tuning.tuner import TuneConfig, build_tuner
+
+log = logging.getLogger(__name__)
+
+
+def is_tuning_chief() -> bool:
+    """KerasTuner's rule: the oracle chief, or a process not in a tuning cluster."""
+    return "KERASTUNER_TUNER_ID" not in os.environ or os.environ["KERASTUNER_TUNER_ID"] == "chief"
+
+
+def _check_same_search(directory: Path, base: config_lib.Config, tune: TuneConfig) -> None:
+    record = {"base": config_lib.to_dict(base), "tune": config_lib.to_dict(tune)}
+    path = directory / "search_config.json"
+    if path.exists() and workdir_lib.read_json(path) != json.loads(json.dumps(record)):
+        raise workdir_lib.WorkdirError(
+            f"{directory} holds a different search ({path}); use a new --workdir, or the same flags to resume"
+        )
+    workdir_lib.write_json(path, record)
+
+
+def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneConfig) -> config_lib.Config:
+    """Writes trials.{csv,md,png}, HParams logs and best_config.json; returns the best config."""
+    rows = results.trial_rows(tuner.oracle)
+    results.write_tables(rows, directory)
+    results.plot_trials(rows, directory / "trials.png")
+    results.write_hparams_logs(rows, directory / "tensorboard")
+    best = results.best_config(tuner.oracle, base, tune.search)
+    config_lib.save(best, directory / "best_config.json")
+    return best
+
+
+def run_search(directory: str | Path, base: config_lib.Config, tune: TuneConfig, strategy,
+               retrain_best: bool = False) -> dict:  # fmt: skip
+    """Runs (or resumes) a search; the chief writes the results and optionally retrains the best.
+
+    Returns:
+      {"best_config": path, "best_val_accuracy": float, "trials": n} and, with
+      `retrain_best`, the retrained run's metrics under "retrained".
+    """
+    directory = Path(directory)
+    chief = is_tuning_chief()
+    if chief:
+        workdir_lib.ensure_writable(directory)
+        _check_same_search(directory, base, tune)
+    tuner = build_tuner(directory, base, tune, strategy)
+    tuner.search()
+    if not chief:
+        return {}
+    best = write_results(directory, tuner, base, tune)
+    (best_trial,) = tuner.oracle.get_best_trials(1)
+    summary = {
+        "best_config": str(directory / "best_config.json"),
+        "best_val_accuracy": best_trial.score,
+        "trials": len(tuner.oracle.trials),
+    }
+    log.info("best trial %s: val accuracy %.4f; config %s", best_trial.trial_id, best_trial.score,
+             json.dumps(config_lib.to_dict(best.model)))  # fmt: skip
+    if retrain_best:
+        summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy)
+    workdir_lib.write_json(directory / "summary.json", summary)
+    return summary

@@ -1,0 +1,121 @@
+"""KerasTuner search over the project's own training path; the result is a config.
+
+Trials train with `pipeline.train.fit` (our tf.data pipeline, custom
+distributed step, checkpoints) under the strategy passed in, so a trial on a
+multi-GPU host mirrors across its GPUs. The objective is validation accuracy
+on the validation split; the test set is never touched here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import keras_tuner as kt
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import distribution, final_model, train_lib
+from pipeline import input_pipeline as ip
+from pipeline import train as train_driver
+from tuning import search_space
+
+log = logging.getLogger(__name__)
+OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The search itself; saved as DIR/tune_config.json."""
+
+    tuner: Literal["hyperband", "bayesian", "random"] = "hyperband"
+    max_trials: int = 30  # Bayesian and random; Hyperband derives its own count.
+    max_epochs: int = 12  # Epochs of a full trial (Hyperband's largest bracket).
+    hyperband_factor: int = 3
+    time_budget_seconds: float | None = None  # No new trial or epoch starts after it.
+    search: tuple[str, ...] = search_space.GROUPS
+    seed: int = 0
+
+
+def _budgeted(oracle_class):
+    """An oracle subclass that stops handing out trials after a deadline."""
+
+    class BudgetedOracle(oracle_class):
+        deadline: float | None = None
+
+        def populate_space(self, trial_id):
+            if self.deadline is not None and time.time() > self.deadline:
+                log.info("time budget reached: no new trials")
+                return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
+            return super().populate_space(trial_id)
+
+    return BudgetedOracle
+
+
+def make_oracle(tune: TuneConfig, deadline: float | None):
+    """The KerasTuner oracle for `tune.tuner`, with the time budget applied."""
+    if tune.tuner == "hyperband":
+        oracle = _budgeted(kt.oracles.HyperbandOracle)(
+            OBJECTIVE, max_epochs=tune.max_epochs, factor=tune.hyperband_factor, seed=tune.seed
+        )
+    elif tune.tuner == "bayesian":
+        oracle = _budgeted(kt.oracles.BayesianOptimizationOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
+    else:
+        oracle = _budgeted(kt.oracles.RandomSearchOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
+    oracle.deadline = deadline
+    return oracle
+
+
+class PipelineTuner(kt.Tuner):
+    """Runs each trial through the project's training loop instead of `model.fit`."""
+
+    def __init__(self, oracle, base: config_lib.Config, tune: TuneConfig, strategy, dataset, **kwargs):
+        super().__init__(oracle, **kwargs)
+        self.base, self.tune, self.strategy, self.dataset = base, tune, strategy, dataset
+
+    def trial_config(self, hp: kt.HyperParameters) -> config_lib.Config:
+        """The config a trial trains: the mapped hp with the trial's epoch budget."""
+        config = search_space.config_from_hp(hp, self.base, self.tune.search)
+        epochs = hp.values["tuner/epochs"] if "tuner/epochs" in hp.values else self.tune.max_epochs
+        return config.replace(train=dataclasses.replace(config.train, epochs=epochs))
+
+    def run_trial(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        config = self.trial_config(hp)
+        trial_dir = Path(self.get_trial_dir(trial.trial_id))
+        policy = distribution.resolve_precision(config.train.precision)
+        steps = ip.steps_per_epoch(len(self.dataset.train), config.train.global_batch_size)
+        state = train_lib.build_state(config, self.strategy, policy, steps, trial_dir)
+        if not train_lib.restore(state, trial_dir, self.strategy) and "tuner/trial_id" in hp.values:
+            self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps)
+        started = time.time()
+
+        def report(record):
+            self.oracle.update_trial(trial.trial_id, {"val_accuracy": record["val_accuracy"]}, step=record["epoch"])
+
+        history = train_driver.fit(config, self.strategy, state, self.dataset, [], trial_dir, progress=False,
+                                   on_epoch_end=report, deadline=self.oracle.deadline)  # fmt: skip
+        final_model.save_final_model(state.model, trial_dir)
+        best = max((h["val_accuracy"] for h in history), default=0.0)
+        return {"val_accuracy": best, "epochs": float(len(history)), "seconds": time.time() - started}
+
+    def _warm_start(self, state, previous_trial: str, initial_epoch: int, steps_per_epoch: int) -> None:
+        # Hyperband continues a promising trial: start from its final weights.
+        latest = tf.train.latest_checkpoint(Path(self.get_trial_dir(previous_trial)) / final_model.FINAL_DIR)
+        if latest:
+            tf.train.Checkpoint(model=state.model).restore(latest).expect_partial()
+            state.epoch.assign(initial_epoch)
+            state.optimizer.iterations.assign(initial_epoch * steps_per_epoch)
+
+
+def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy) -> PipelineTuner:
+    """Creates (or reloads, to resume) the tuner whose state lives in DIRECTORY/search."""
+    d = base.data
+    dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
+    deadline = time.time() + tune.time_budget_seconds if tune.time_budget_seconds else None
+    return PipelineTuner(make_oracle(tune, deadline), base, tune, strategy, dataset,
+                         directory=str(directory), project_name="search", overwrite=False)  # fmt: skip
