@@ -26,9 +26,7 @@ def _choice(hp, name: str, values, default, searched: bool):
 
 def _filters(hp, base: config_lib.ModelConfig, searched: bool) -> tuple[int, ...]:
     choices = FILTER_CHOICES + (FILTER_CHOICES[-1],) * max(0, len(base.filters) - len(FILTER_CHOICES))
-    return tuple(
-        _choice(hp, f"filters_{i}", choices[i], default, searched) for i, default in enumerate(base.filters)
-    )
+    return tuple(_choice(hp, f"filters_{i}", choices[i], default, searched) for i, default in enumerate(base.filters))
 
 
 def _dropout(hp, base: config_lib.ModelConfig, searched: bool) -> float | None:

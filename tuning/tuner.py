@@ -74,6 +74,9 @@ class PipelineTuner(kt.Tuner):
     """Runs each trial through the project's training loop instead of `model.fit`."""
 
     def __init__(self, oracle, base: config_lib.Config, tune: TuneConfig, strategy, dataset, **kwargs):
+        # In a tuning cluster `self.oracle` becomes a client proxy, so the
+        # deadline is kept here too (each tuner worker counts from its start).
+        self.deadline = oracle.deadline
         super().__init__(oracle, **kwargs)
         self.base, self.tune, self.strategy, self.dataset = base, tune, strategy, dataset
 
@@ -98,7 +101,7 @@ class PipelineTuner(kt.Tuner):
             self.oracle.update_trial(trial.trial_id, {"val_accuracy": record["val_accuracy"]}, step=record["epoch"])
 
         history = train_driver.fit(config, self.strategy, state, self.dataset, [], trial_dir, progress=False,
-                                   on_epoch_end=report, deadline=self.oracle.deadline)  # fmt: skip
+                                   on_epoch_end=report, deadline=self.deadline)  # fmt: skip
         final_model.save_final_model(state.model, trial_dir)
         best = max((h["val_accuracy"] for h in history), default=0.0)
         return {"val_accuracy": best, "epochs": float(len(history)), "seconds": time.time() - started}
