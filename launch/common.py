@@ -28,14 +28,20 @@ def define_config_flags() -> None:
     flags.DEFINE_integer("kernel_size", None, "Conv kernel size.", lower_bound=1)
     flags.DEFINE_float("weight_decay", None, "AdamW decoupled weight decay.", lower_bound=0.0)
     flags.DEFINE_float("label_smoothing", None, "Label smoothing.", lower_bound=0.0, upper_bound=0.99)
-    flags.DEFINE_integer("early_stopping_patience", None, "Stop after N epochs without a better val accuracy.",
-                         lower_bound=1)  # fmt: skip
+    flags.DEFINE_integer(
+        "early_stopping_patience", None, "Stop after N epochs without a better val accuracy.", lower_bound=1
+    )
     flags.DEFINE_boolean("scale_learning_rate", None, "Scale the learning rate linearly with the global batch.")
-    flags.DEFINE_enum("precision", None, ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
-                      "Dtype policy; auto picks bfloat16 where the hardware has it.")  # fmt: skip
+    flags.DEFINE_enum(
+        "precision",
+        None,
+        ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+        "Dtype policy; auto picks bfloat16 where the hardware has it.",
+    )
     flags.DEFINE_integer("steps_per_execution", None, "Training steps per compiled call.", lower_bound=1)
-    flags.DEFINE_integer("max_train_examples", None, "Use only this many training examples (quick checks).",
-                         lower_bound=1)  # fmt: skip
+    flags.DEFINE_integer(
+        "max_train_examples", None, "Use only this many training examples (quick checks).", lower_bound=1
+    )
 
 
 def _dropout(text: str) -> float | None:
@@ -67,8 +73,18 @@ def config_from_flags() -> config_lib.Config:
     augment = {"enabled": FLAGS.augment} if given("augment") else {}
     data = {**pick("data_dir"), **pick("max_train_examples")}
     train = {}
-    for name in ("epochs", "global_batch_size", "learning_rate", "seed", "weight_decay", "label_smoothing",
-                 "early_stopping_patience", "scale_learning_rate", "precision", "steps_per_execution"):  # fmt: skip
+    for name in (
+        "epochs",
+        "global_batch_size",
+        "learning_rate",
+        "seed",
+        "weight_decay",
+        "label_smoothing",
+        "early_stopping_patience",
+        "scale_learning_rate",
+        "precision",
+        "steps_per_execution",
+    ):
         train.update(pick(name))
     config = base.replace(
         model=dataclasses.replace(base.model, **model),

@@ -46,10 +46,12 @@ def tf_config_tasks(num_workers: int) -> list[Task]:
     """One MultiWorkerMirroredStrategy worker per process; worker 0 is the chief."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
     return [
-        Task(f"worker {i}", {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                                        "task": {"type": "worker", "index": i}})})
+        Task(
+            f"worker {i}",
+            {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})},
+        )
         for i in range(num_workers)
-    ]  # fmt: skip
+    ]
 
 
 def tuner_tasks(num_workers: int) -> list[Task]:

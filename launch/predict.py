@@ -12,8 +12,9 @@ from absl import app, flags
 
 from launch import common
 
-flags.DEFINE_string("model", None, "Model base directory (newest version used) or one version directory.",
-                    required=True)  # fmt: skip
+flags.DEFINE_string(
+    "model", None, "Model base directory (newest version used) or one version directory.", required=True
+)
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1, upper_bound=10)
 flags.DEFINE_boolean("invert", False, "Invert grey levels (dark object on light background, e.g. photos).")
 flags.DEFINE_boolean("json", False, "Print one JSON list of per-file results.")

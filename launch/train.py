@@ -16,13 +16,19 @@ from absl import app, flags, logging
 from launch import common
 
 flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).", required=True)
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
-                  "auto: mirror over local GPUs when there are 2+, else one device.")  # fmt: skip
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    ["auto", "default", "mirrored", "multi_worker"],
+    "auto: mirror over local GPUs when there are 2+, else one device.",
+)
 flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1.")
-flags.DEFINE_integer("logical_cpus", None, "Split the CPU into N logical devices (try mirrored without GPUs).",
-                     lower_bound=1)  # fmt: skip
-flags.DEFINE_float("collective_timeout", 120.0, "Multi-worker: seconds to wait for a peer before failing.",
-                   lower_bound=1.0)  # fmt: skip
+flags.DEFINE_integer(
+    "logical_cpus", None, "Split the CPU into N logical devices (try mirrored without GPUs).", lower_bound=1
+)
+flags.DEFINE_float(
+    "collective_timeout", 120.0, "Multi-worker: seconds to wait for a peer before failing.", lower_bound=1.0
+)
 flags.DEFINE_boolean("export", True, "Export the final model for TF Serving (chief only).")
 flags.DEFINE_string("export_base", None, "Export base directory (default WORKDIR/export).")
 flags.DEFINE_boolean("report", True, "Write WORKDIR/report/ (plots and tables) at the end.")
@@ -50,19 +56,39 @@ def main(argv: list[str]) -> None:
 
     try:
         strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices, FLAGS.collective_timeout)
-        metrics = train_and_evaluate(config, FLAGS.workdir, strategy, make_report=FLAGS.report,
-                                     export=FLAGS.export, export_base=FLAGS.export_base)  # fmt: skip
+        metrics = train_and_evaluate(
+            config,
+            FLAGS.workdir,
+            strategy,
+            make_report=FLAGS.report,
+            export=FLAGS.export,
+            export_base=FLAGS.export_base,
+        )
     except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ExportError, ValueError) as e:
         common.fail(str(e))
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
-        common.fail(f"lost contact with a peer worker ({type(e).__name__}); the last completed epoch is saved: "
-                    "restart the same command on every worker to resume", 3)  # fmt: skip
+        common.fail(
+            f"lost contact with a peer worker ({type(e).__name__}); the last completed epoch is saved: "
+            "restart the same command on every worker to resume",
+            3,
+        )
     except KeyboardInterrupt:
-        common.fail(f"interrupted; rerun the same command to resume from the last completed epoch in {FLAGS.workdir}",
-                    130)  # fmt: skip
+        common.fail(
+            f"interrupted; rerun the same command to resume from the last completed epoch in {FLAGS.workdir}", 130
+        )
     if distribution.is_chief(strategy):
-        summary = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
-                                           "generalization_gap", "epochs_completed", "wall_seconds")}  # fmt: skip
+        summary = {
+            k: metrics[k]
+            for k in (
+                "train_accuracy",
+                "val_accuracy",
+                "test_accuracy",
+                "test_loss",
+                "generalization_gap",
+                "epochs_completed",
+                "wall_seconds",
+            )
+        }
         logging.info("metrics written to %s/metrics.json", FLAGS.workdir)
         print(json.dumps(summary, indent=2))
 

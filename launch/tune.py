@@ -21,8 +21,12 @@ flags.DEFINE_integer("max_trials", 30, "Trials for bayesian and random search.",
 flags.DEFINE_integer("max_epochs", 12, "Epochs of a full trial (Hyperband's largest bracket).", lower_bound=1)
 flags.DEFINE_integer("hyperband_factor", 3, "Hyperband reduction factor.", lower_bound=2)
 flags.DEFINE_float("time_budget", None, "Wall-clock seconds after which no trial or epoch starts.", lower_bound=1)
-flags.DEFINE_list("search_space", None, "Groups to search (others fixed at the base config): "
-                  "filters,kernel_size,dense_units,dropout,batch_norm,learning_rate,augment.")  # fmt: skip
+flags.DEFINE_list(
+    "search_space",
+    None,
+    "Groups to search (others fixed at the base config): "
+    "filters,kernel_size,dense_units,dropout,batch_norm,learning_rate,augment.",
+)
 flags.DEFINE_boolean("retrain_best", False, "Retrain the best config through fmnist-train's path and export it.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"], "Strategy inside each trial.")
 common.define_config_flags()
@@ -45,9 +49,15 @@ def main(argv: list[str]) -> None:
         search_space.config_from_hp(search_space.kt.HyperParameters(), base, search)  # Validates the groups.
     except config_lib.ConfigError as e:
         common.fail(str(e), 2)
-    tune = TuneConfig(tuner=FLAGS.tuner, max_trials=FLAGS.max_trials, max_epochs=FLAGS.max_epochs,
-                      hyperband_factor=FLAGS.hyperband_factor, time_budget_seconds=FLAGS.time_budget,
-                      search=search, seed=base.train.seed)  # fmt: skip
+    tune = TuneConfig(
+        tuner=FLAGS.tuner,
+        max_trials=FLAGS.max_trials,
+        max_epochs=FLAGS.max_epochs,
+        hyperband_factor=FLAGS.hyperband_factor,
+        time_budget_seconds=FLAGS.time_budget,
+        search=search,
+        seed=base.train.seed,
+    )
     try:
         strategy = distribution.make_strategy(FLAGS.strategy)
         summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best)

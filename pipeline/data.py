@@ -18,9 +18,17 @@ from pathlib import Path
 import numpy as np
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 NUM_CLASSES = len(CLASS_NAMES)
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -160,9 +168,12 @@ def _load_tfds() -> tuple[Split, Split]:
     manual_dir = os.environ.get("FASHION_MNIST_MANUAL_DIR")
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     splits = tfds.load(
-        "fashion_mnist", split=["train", "test"], batch_size=-1, as_supervised=True,
+        "fashion_mnist",
+        split=["train", "test"],
+        batch_size=-1,
+        as_supervised=True,
         download_and_prepare_kwargs={"download_config": config} if config else None,
-    )  # fmt: skip
+    )
     (train_x, train_y), (test_x, test_y) = tfds.as_numpy(splits)
     return (
         Split(train_x[..., 0].astype(np.uint8), train_y.astype(np.uint8)),
@@ -230,9 +241,13 @@ def _subset(split: Split, indices: np.ndarray) -> Split:
     return Split(split.images[indices], split.labels[indices])
 
 
-def load(data_dir: str | None, validation_size: int, split_seed: int,
-         max_train_examples: int | None = None,
-         max_eval_examples: int | None = None) -> Dataset:  # fmt: skip
+def load(
+    data_dir: str | None,
+    validation_size: int,
+    split_seed: int,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
+) -> Dataset:
     """Loads, validates and splits Fashion-MNIST into train, validation and test."""
     train, test, source = load_train_test(data_dir)
     keep, held_out = stratified_split(train.labels, validation_size, split_seed)

@@ -72,8 +72,9 @@ def _cluster_resolver():
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
-def make_strategy(kind: StrategyKind, devices: list[str] | None = None,
-                  collective_timeout_seconds: float | None = None) -> tf.distribute.Strategy:  # fmt: skip
+def make_strategy(
+    kind: StrategyKind, devices: list[str] | None = None, collective_timeout_seconds: float | None = None
+) -> tf.distribute.Strategy:
     """Creates the strategy named by `kind`.
 
     Args:

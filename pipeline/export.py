@@ -53,8 +53,9 @@ class ServingModule(tf.Module):
     def serve_images(self, images):
         """uint8 [N, 28, 28] or [N, 28, 28, 1], light object on dark (as in Fashion-MNIST)."""
         shape = tf.shape(images)
-        rank_ok = tf.logical_or(tf.equal(tf.rank(images), 3),
-                                tf.logical_and(tf.equal(tf.rank(images), 4), tf.equal(shape[-1], 1)))  # fmt: skip
+        rank_ok = tf.logical_or(
+            tf.equal(tf.rank(images), 3), tf.logical_and(tf.equal(tf.rank(images), 4), tf.equal(shape[-1], 1))
+        )
         tf.debugging.Assert(rank_ok, ["images must be [N,28,28] or [N,28,28,1]; got shape", shape])
         tf.debugging.Assert(tf.reduce_all(tf.equal(shape[1:3], [28, 28])), ["images must be 28x28; got", shape])
         return self._outputs(tf.reshape(images, [-1, 28, 28]))
@@ -93,14 +94,20 @@ def _write_metadata(directory: Path, workdir: Path) -> None:
     (extra / "class_names.txt").write_text("\n".join(data_lib.CLASS_NAMES) + "\n")
     for name in ("config.json", "metrics.json"):
         shutil.copy(workdir / name, extra / name)
-    (extra / "preprocessing.json").write_text(json.dumps({
-        "images": "uint8 [N,28,28] or [N,28,28,1], light object on dark background, scaled to [0,1] in the graph",
-        "image_bytes": "PNG/JPEG decoded, converted to grayscale, padded to square, resized to 28x28 (area)",
-    }, indent=2))  # fmt: skip
+    (extra / "preprocessing.json").write_text(
+        json.dumps(
+            {
+                "images": "uint8 [N,28,28] or [N,28,28,1], light object on dark ground, scaled to [0,1] in the graph",
+                "image_bytes": "PNG/JPEG decoded, converted to grayscale, padded to square, resized to 28x28 (area)",
+            },
+            indent=2,
+        )
+    )
 
 
-def export_run(workdir: str | Path, export_base: str | Path | None = None, version: int | None = None,
-               tflite: bool = False) -> Path:  # fmt: skip
+def export_run(
+    workdir: str | Path, export_base: str | Path | None = None, version: int | None = None, tflite: bool = False
+) -> Path:
     """Exports a finished run's final model; returns BASE/<version>.
 
     Args:

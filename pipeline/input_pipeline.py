@@ -68,10 +68,7 @@ def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tens
     y = tf.range(height, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
     x = tf.range(width, dtype=tf.float32)[tf.newaxis, tf.newaxis, :]
     top, left = corner[:, 0, None, None], corner[:, 1, None, None]
-    inside = (
-        (y >= top) & (y < top + size[:, 0, None, None])
-        & (x >= left) & (x < left + size[:, 1, None, None])
-    )  # fmt: skip
+    inside = (y >= top) & (y < top + size[:, 0, None, None]) & (x >= left) & (x < left + size[:, 1, None, None])
     erase = (inside & apply[:, None, None])[..., tf.newaxis]
     return tf.where(erase, tf.zeros_like(images), images)
 
@@ -98,9 +95,15 @@ def _shard(images: np.ndarray, labels: np.ndarray, context: tf.distribute.InputC
     return images[mine], labels[mine]
 
 
-def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                  epoch: int, augment: AugmentConfig,
-                  context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:  # fmt: skip
+def train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    augment: AugmentConfig,
+    context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented, normalised training batches.
 
     Args:
@@ -146,8 +149,13 @@ def _prepare_train(batch, augment: AugmentConfig, seed):
     return images, labels
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
-                 context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:  # fmt: skip
+def eval_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    steps: int,
+    context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """Unshuffled, unaugmented batches with a weight of 0 on padding examples.
 
     Every pipeline yields exactly `steps` full batches, padded with weight-0

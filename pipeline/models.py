@@ -13,10 +13,14 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
         name = f"block{index}_conv{j}"
         # With batch norm the conv bias is redundant (BN's beta replaces it).
         x = keras.layers.Conv2D(
-            filters, config.kernel_size, padding=config.padding,
-            use_bias=not config.batch_norm, activation=None if config.batch_norm else "relu",
-            name=name, dtype=dtype,
-        )(x)  # fmt: skip
+            filters,
+            config.kernel_size,
+            padding=config.padding,
+            use_bias=not config.batch_norm,
+            activation=None if config.batch_norm else "relu",
+            name=name,
+            dtype=dtype,
+        )(x)
         if config.batch_norm:
             x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, synchronized=sync_bn)(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)

@@ -56,9 +56,14 @@ def predict_files(model_dir: Path, files: list[str], top_k: int, invert: bool) -
         out = serve(images=tf.constant(image[np.newaxis]))
         probabilities = out["probabilities"].numpy()[0]
         best = np.argsort(-probabilities)[:top_k]
-        results.append({"file": name, "top": [
-            {"class_name": names[k], "class_id": int(k), "probability": float(probabilities[k])} for k in best
-        ]})  # fmt: skip
+        results.append(
+            {
+                "file": name,
+                "top": [
+                    {"class_name": names[k], "class_id": int(k), "probability": float(probabilities[k])} for k in best
+                ],
+            }
+        )
     return results
 
 

@@ -56,8 +56,7 @@ def plot_confusion_matrix(counts: np.ndarray, path: Path) -> None:
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix (counts)")
     for (i, j), value in np.ndenumerate(counts):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -68,11 +67,16 @@ def per_class_rows(counts: np.ndarray) -> list[dict]:
     rows = []
     for k, name in enumerate(data_lib.CLASS_NAMES):
         support, correct, predicted = counts[k].sum(), counts[k, k], counts[:, k].sum()
-        rows.append({
-            "class_id": k, "class_name": name, "support": int(support), "correct": int(correct),
-            "accuracy": correct / support if support else float("nan"),
-            "precision": correct / predicted if predicted else float("nan"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "class_id": k,
+                "class_name": name,
+                "support": int(support),
+                "correct": int(correct),
+                "accuracy": correct / support if support else float("nan"),
+                "precision": correct / predicted if predicted else float("nan"),
+            }
+        )
     return rows
 
 

@@ -105,11 +105,13 @@ def _looped(strategy, step):
 
 def _statistics(labels, probabilities, per_example_loss, weights):
     correct = tf.cast(tf.equal(tf.argmax(probabilities, -1), labels), tf.float32)
-    return tf.stack([
-        tf.reduce_sum(per_example_loss * weights),
-        tf.reduce_sum(correct * weights),
-        tf.reduce_sum(weights),
-    ])  # fmt: skip
+    return tf.stack(
+        [
+            tf.reduce_sum(per_example_loss * weights),
+            tf.reduce_sum(correct * weights),
+            tf.reduce_sum(weights),
+        ]
+    )
 
 
 def make_eval_steps(strategy, model):

@@ -19,8 +19,17 @@ from pipeline import workdir as workdir_lib
 log = logging.getLogger(__name__)
 
 
-def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, progress: bool,
-        on_epoch_end=None, deadline: float | None = None) -> list[dict]:  # fmt: skip
+def fit(
+    config,
+    strategy,
+    state,
+    dataset,
+    history: list[dict],
+    out_dir: Path,
+    progress: bool,
+    on_epoch_end=None,
+    deadline: float | None = None,
+) -> list[dict]:
     """Trains from the restored epoch to `config.train.epochs`, checkpointing each epoch.
 
     Args:
@@ -45,19 +54,31 @@ def fit(config, strategy, state, dataset, history: list[dict], out_dir: Path, pr
         start = time.perf_counter()
         if progress:
             print(f"Epoch {epoch}/{config.train.epochs}", flush=True)
-        running = train_lib.train_epoch(train_steps, train_fn(epoch), steps_per_epoch,
-                                        config.train.steps_per_execution, progress)  # fmt: skip
+        running = train_lib.train_epoch(
+            train_steps, train_fn(epoch), steps_per_epoch, config.train.steps_per_execution, progress
+        )
         val = train_lib.evaluate(strategy, eval_steps, eval_fn, dataset.validation)
         seconds = time.perf_counter() - start
         elapsed += seconds
         record = {
-            "epoch": epoch, "train_loss": running["loss"], "train_accuracy": running["accuracy"],
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "epoch": epoch,
+            "train_loss": running["loss"],
+            "train_accuracy": running["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
             "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
-            "seconds": seconds, "elapsed_seconds": elapsed,
-        }  # fmt: skip
-        log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs", epoch,
-                 record["train_loss"], record["train_accuracy"], val["loss"], val["accuracy"], seconds)  # fmt: skip
+            "seconds": seconds,
+            "elapsed_seconds": elapsed,
+        }
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
+            epoch,
+            record["train_loss"],
+            record["train_accuracy"],
+            val["loss"],
+            val["accuracy"],
+            seconds,
+        )
         if train_lib.record_if_best(state, record):
             state.best_manager.save(checkpoint_number=epoch)
         history.append(record)
@@ -114,9 +135,15 @@ def _export_once(workdir: Path, export_base, metrics: dict) -> Path:
     return path
 
 
-def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy: tf.distribute.Strategy,
-                       progress: bool = True, make_report: bool = True, export: bool = True,
-                       export_base: str | Path | None = None) -> dict:  # fmt: skip
+def train_and_evaluate(
+    config: config_lib.Config,
+    workdir: str | Path,
+    strategy: tf.distribute.Strategy,
+    progress: bool = True,
+    make_report: bool = True,
+    export: bool = True,
+    export_base: str | Path | None = None,
+) -> dict:
     """Trains (resuming if the workdir holds a checkpoint), evaluates, writes metrics.json.
 
     Args:
@@ -142,8 +169,12 @@ def train_and_evaluate(config: config_lib.Config, workdir: str | Path, strategy:
     d = config.data
     dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
     policy = distribution.resolve_precision(config.train.precision)
-    log.info("precision %s, strategy %s with %d replicas", policy, distribution.strategy_name(strategy),
-             strategy.num_replicas_in_sync)  # fmt: skip
+    log.info(
+        "precision %s, strategy %s with %d replicas",
+        policy,
+        distribution.strategy_name(strategy),
+        strategy.num_replicas_in_sync,
+    )
     out_dir = distribution.write_dir(workdir, strategy)
     try:
         steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)

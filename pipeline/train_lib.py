@@ -42,8 +42,14 @@ def build_model(config: config_lib.Config, strategy, policy: str) -> keras.Model
     return models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
 
 
-def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int, out_dir: Path,
-                model: keras.Model | None = None) -> TrainState:  # fmt: skip
+def build_state(
+    config: config_lib.Config,
+    strategy,
+    policy: str,
+    steps_per_epoch: int,
+    out_dir: Path,
+    model: keras.Model | None = None,
+) -> TrainState:
     """Builds (or adopts) the model, then optimiser and counters, with checkpoint managers."""
     with strategy.scope():
         model = model or build_model(config, strategy, policy)
@@ -92,28 +98,31 @@ def distributed_datasets(config: config_lib.Config, strategy, dataset: data_lib.
     """Returns (train_fn(epoch) -> distributed dataset, eval_fn(split) -> (dataset, steps))."""
     replicas = strategy.num_replicas_in_sync
     per_replica = ip.per_replica_batch_size(config.train.global_batch_size, replicas)
-    log.info("global batch %d = %d replicas x per-replica batch %d",
-             config.train.global_batch_size, replicas, per_replica)  # fmt: skip
+    log.info(
+        "global batch %d = %d replicas x per-replica batch %d", config.train.global_batch_size, replicas, per_replica
+    )
     train = dataset.train
     # Batch-per-replica is what distribute_datasets_from_function expects.
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
 
     def train_fn(epoch: int):
         return strategy.distribute_datasets_from_function(
-            lambda ctx: ip.train_dataset(train.images, train.labels, per_replica,
-                                         config.train.seed, epoch, config.augment, ctx),
+            lambda ctx: ip.train_dataset(
+                train.images, train.labels, per_replica, config.train.seed, epoch, config.augment, ctx
+            ),
             options,
-        )  # fmt: skip
+        )
 
     def eval_fn(split: data_lib.Split):
         pipelines = distribution.num_workers(strategy)
         replicas_per_pipeline = replicas // pipelines
         num_steps = ip.eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
         ds = strategy.distribute_datasets_from_function(
-            lambda ctx: ip.eval_dataset(split.images, split.labels, per_replica,
-                                        num_steps * replicas_per_pipeline, ctx),
+            lambda ctx: ip.eval_dataset(
+                split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx
+            ),
             options,
-        )  # fmt: skip
+        )
         return ds, num_steps
 
     return train_fn, eval_fn

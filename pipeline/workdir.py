@@ -70,10 +70,7 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
         old = read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
-    changes = [
-        d for d in _differences(old, config_lib.to_dict(config))
-        if not d.startswith(RESUMABLE_CHANGES)
-    ]  # fmt: skip
+    changes = [d for d in _differences(old, config_lib.to_dict(config)) if not d.startswith(RESUMABLE_CHANGES)]
     if changes:
         raise WorkdirError(
             f"workdir {workdir} holds a run with a different config ({'; '.join(changes)}); "

@@ -19,8 +19,15 @@ LAUNCH = [sys.executable, "-m", "launch.launch"]
 
 
 def _train(workdir, data_dir, *extra):
-    return ["fmnist-train", f"--workdir={workdir}", "--preset=smoke", f"--data_dir={data_dir}", "--noexport",
-            "--noreport", *extra]  # fmt: skip
+    return [
+        "fmnist-train",
+        f"--workdir={workdir}",
+        "--preset=smoke",
+        f"--data_dir={data_dir}",
+        "--noexport",
+        "--noreport",
+        *extra,
+    ]
 
 
 def _env(tmp_path):
@@ -32,8 +39,14 @@ def _env(tmp_path):
 def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     env, scratch = _env(tmp_path)
     workdir = tmp_path / "run"
-    done = subprocess.run([*LAUNCH, "--num_workers=2", "--", *_train(workdir, tiny_data_dir, "--epochs=2")],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [*LAUNCH, "--num_workers=2", "--", *_train(workdir, tiny_data_dir, "--epochs=2")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     prints = re.findall(r"\[(worker \d)\] .*final weights fingerprint (\w+)", done.stdout)
     assert len(prints) == 2 and prints[0][1] == prints[1][1], prints
@@ -47,10 +60,13 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
 def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path):
     env, _ = _env(tmp_path)
     workdir = tmp_path / "run"
-    command = [*LAUNCH, "--num_workers=2", "--", *_train(workdir, tiny_data_dir, "--epochs=30",
-                                                          "--max_train_examples=256")]  # fmt: skip
-    launcher = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)  # fmt: skip
+    command = [
+        *LAUNCH,
+        "--num_workers=2",
+        "--",
+        *_train(workdir, tiny_data_dir, "--epochs=30", "--max_train_examples=256"),
+    ]
+    launcher = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pids, lines = {}, []
     deadline = time.time() + 300
     for line in launcher.stdout:
@@ -90,16 +106,35 @@ def test_malformed_tf_config_is_a_clear_error(tf_config, message, tiny_data_dir,
     with pytest.raises(distribution.ClusterError, match=message):
         distribution.parse_tf_config(tf_config)
     env = dict(subprocess_env(), TF_CONFIG=tf_config)
-    done = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path}", "--preset=smoke",
-                           f"--data_dir={tiny_data_dir}", "--strategy=multi_worker"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.train",
+            f"--workdir={tmp_path}",
+            "--preset=smoke",
+            f"--data_dir={tiny_data_dir}",
+            "--strategy=multi_worker",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_launcher_names_a_failing_worker(tmp_path):
     script = "import json, os, sys; sys.exit(json.loads(os.environ['TF_CONFIG'])['task']['index'] * 7)"
-    done = subprocess.run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script], env=subprocess_env(),
-                          cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 7 and "worker 1 failed (exit code 7)" in done.stderr
 
 

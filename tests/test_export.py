@@ -79,9 +79,14 @@ def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tm
         pngs.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(image).save(pngs[-1])
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(workdir / "export" / "1"),
-                           str(tmp_path / "images.npy"), *pngs], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP, str(workdir / "export" / "1"), str(tmp_path / "images.npy"), *pngs],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     expected = predict_probabilities(load_final_model(workdir, config_lib.load(workdir / "config.json")), images)
@@ -115,8 +120,14 @@ def test_failure_midway_leaves_no_numbered_directory(trained, tmp_path, monkeypa
 
 
 def test_export_of_unfinished_run_is_refused(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], env=subprocess_env(),
-                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "finish the run" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -140,9 +151,14 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     paths = [str(tmp_path / n) for n in files] + [str(tmp_path / "missing.jpg")]
-    done = subprocess.run([sys.executable, "-m", "launch.predict", f"--model={workdir / 'export'}", "--json",
-                           "--top_k=2", *paths], env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.predict", f"--model={workdir / 'export'}", "--json", "--top_k=2", *paths],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     results = json.loads(done.stdout)
     assert [r["file"] for r in results] == paths

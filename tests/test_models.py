@@ -20,8 +20,15 @@ def test_seed_is_the_tutorial_model():
     model = build_model(config_lib.preset("seed").model)
     assert model.count_params() == 243_786
     assert _layer_types(model) == [
-        "InputLayer", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense",
-    ]  # fmt: skip
+        "InputLayer",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     assert model.output_shape == (None, 10)
 
 

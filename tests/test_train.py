@@ -17,8 +17,16 @@ from conftest import subprocess_env
 from pipeline import config as config_lib
 from pipeline.train import train_and_evaluate
 
-METRIC_KEYS = {"train_accuracy", "train_loss", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
-               "epochs_completed", "wall_seconds"}  # fmt: skip
+METRIC_KEYS = {
+    "train_accuracy",
+    "train_loss",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "epochs_completed",
+    "wall_seconds",
+}
 
 
 def tiny_config(data_dir, **train) -> config_lib.Config:
@@ -59,8 +67,15 @@ def test_workdir_of_another_config_is_refused(tiny_data_dir, tmp_path):
 
 
 def _train_command(workdir, data_dir, *extra):
-    return [sys.executable, "-m", "launch.train", f"--workdir={workdir}", "--preset=smoke",
-            f"--data_dir={data_dir}", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--workdir={workdir}",
+        "--preset=smoke",
+        f"--data_dir={data_dir}",
+        *extra,
+    ]
 
 
 def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
@@ -97,8 +112,13 @@ def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     ],
 )
 def test_bad_flags_exit_nonzero_with_a_message(tiny_data_dir, tmp_path, flags, message):
-    done = subprocess.run(_train_command(tmp_path / "w", tiny_data_dir, *flags), env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        _train_command(tmp_path / "w", tiny_data_dir, *flags),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
@@ -107,11 +127,17 @@ def test_bad_flags_exit_nonzero_with_a_message(tiny_data_dir, tmp_path, flags, m
 def test_unwritable_workdir_and_missing_data(tiny_data_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    done = subprocess.run(_train_command(blocker / "w", tiny_data_dir), env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        _train_command(blocker / "w", tiny_data_dir), env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "not writable" in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run(_train_command(tmp_path / "w", tmp_path / "no_data"), env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        _train_command(tmp_path / "w", tmp_path / "no_data"),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -136,8 +162,9 @@ for name, strategy in [("default", tf.distribute.get_strategy()),
     out[name] = train_and_evaluate(config, {str(tmp_path)!r} + "/" + name, strategy, progress=False)
 print(json.dumps(out))
 """
-    done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1

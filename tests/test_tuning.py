@@ -48,22 +48,50 @@ def test_groups_not_searched_stay_fixed():
 
 
 def _tune(workdir, data_dir, *extra):
-    return ["fmnist-tune", f"--workdir={workdir}", "--preset=smoke", f"--data_dir={data_dir}", "--tuner=random",
-            "--max_epochs=1", "--search_space=filters,dropout", *extra]  # fmt: skip
+    return [
+        "fmnist-tune",
+        f"--workdir={workdir}",
+        "--preset=smoke",
+        f"--data_dir={data_dir}",
+        "--tuner=random",
+        "--max_epochs=1",
+        "--search_space=filters,dropout",
+        *extra,
+    ]
 
 
 def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_dir, tmp_path):
-    done = subprocess.run(_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=2"), env=subprocess_env(),
-                          cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        _tune(tmp_path / "tune", tiny_data_dir, "--max_trials=2"),
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     tune = tmp_path / "tune"
     for name in ("best_config.json", "trials.csv", "trials.md", "trials.png", "summary.json"):
         assert (tune / name).exists(), name
     assert len((tune / "trials.csv").read_text().splitlines()) == 3
     assert list((tune / "tensorboard").iterdir())
-    train = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
-                            f"--config={tune / 'best_config.json'}", "--epochs=1", "--noexport", "--noreport"],
-                           env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.train",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config={tune / 'best_config.json'}",
+            "--epochs=1",
+            "--noexport",
+            "--noreport",
+        ],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     best = config_lib.load(tune / "best_config.json")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_lib.to_dict(best.model)
@@ -71,15 +99,19 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
 
 def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
     command = _tune(tmp_path / "tune", tiny_data_dir, "--max_trials=4", "--max_epochs=2")
-    child = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    child = subprocess.Popen(
+        command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list((tmp_path / "tune" / "search").glob("trial_1/checkpoints/ckpt-1*")):
         time.sleep(0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    finished = [p for p in (tmp_path / "tune" / "search").glob("trial_*/trial.json")
-                if json.loads(p.read_text())["status"] == "COMPLETED"]  # fmt: skip
+    finished = [
+        p
+        for p in (tmp_path / "tune" / "search").glob("trial_*/trial.json")
+        if json.loads(p.read_text())["status"] == "COMPLETED"
+    ]
     assert 1 <= len(finished) < 4
     done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,8 +120,14 @@ def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
 
 
 def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
-    command = [sys.executable, "-m", "launch.launch", "--tuner_workers=2", "--",
-               *_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=3")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "launch.launch",
+        "--tuner_workers=2",
+        "--",
+        *_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=3"),
+    ]
     done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "[tuner0]" in done.stdout and "[tuner1]" in done.stdout

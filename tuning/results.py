@@ -16,8 +16,16 @@ from tensorboard.plugins.hparams import api as hparams_api  # noqa: E402
 from pipeline import config as config_lib  # noqa: E402
 from tuning import search_space  # noqa: E402
 
-MAIN_HYPERPARAMETERS = ("filters_0", "filters_1", "filters_2", "kernel_size", "dropout_rate", "learning_rate",
-                        "dense_units", "augment_shift")  # fmt: skip
+MAIN_HYPERPARAMETERS = (
+    "filters_0",
+    "filters_1",
+    "filters_2",
+    "kernel_size",
+    "dropout_rate",
+    "learning_rate",
+    "dense_units",
+    "augment_shift",
+)
 
 
 def trial_rows(oracle) -> list[dict]:

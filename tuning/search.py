@@ -42,8 +42,9 @@ def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneCon
     return best
 
 
-def run_search(directory: str | Path, base: config_lib.Config, tune: TuneConfig, strategy,
-               retrain_best: bool = False) -> dict:  # fmt: skip
+def run_search(
+    directory: str | Path, base: config_lib.Config, tune: TuneConfig, strategy, retrain_best: bool = False
+) -> dict:
     """Runs (or resumes) a search; the chief writes the results and optionally retrains the best.
 
     Returns:
@@ -66,8 +67,12 @@ def run_search(directory: str | Path, base: config_lib.Config, tune: TuneConfig,
         "best_val_accuracy": best_trial.score,
         "trials": len(tuner.oracle.trials),
     }
-    log.info("best trial %s: val accuracy %.4f; config %s", best_trial.trial_id, best_trial.score,
-             json.dumps(config_lib.to_dict(best.model)))  # fmt: skip
+    log.info(
+        "best trial %s: val accuracy %.4f; config %s",
+        best_trial.trial_id,
+        best_trial.score,
+        json.dumps(config_lib.to_dict(best.model)),
+    )
     if retrain_best:
         summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy)
     workdir_lib.write_json(directory / "summary.json", summary)

@@ -66,9 +66,12 @@ def config_from_hp(hp: kt.HyperParameters, base: config_lib.Config, search=GROUP
         kernel_size=_choice(hp, "kernel_size", (3, 5), m.kernel_size, "kernel_size" in search),
         dense_units=_choice(hp, "dense_units", (128, 256, 512), m.dense_units, "dense_units" in search),
         dropout=_dropout(hp, m, "dropout" in search),
-        batch_norm=(hp.Boolean("batch_norm", default=m.batch_norm) if "batch_norm" in search
-                    else hp.Fixed("batch_norm", m.batch_norm)),
-    )  # fmt: skip
+        batch_norm=(
+            hp.Boolean("batch_norm", default=m.batch_norm)
+            if "batch_norm" in search
+            else hp.Fixed("batch_norm", m.batch_norm)
+        ),
+    )
     if "learning_rate" in search:
         rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=t.learning_rate)
     else:

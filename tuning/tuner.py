@@ -100,8 +100,17 @@ class PipelineTuner(kt.Tuner):
         def report(record):
             self.oracle.update_trial(trial.trial_id, {"val_accuracy": record["val_accuracy"]}, step=record["epoch"])
 
-        history = train_driver.fit(config, self.strategy, state, self.dataset, [], trial_dir, progress=False,
-                                   on_epoch_end=report, deadline=self.deadline)  # fmt: skip
+        history = train_driver.fit(
+            config,
+            self.strategy,
+            state,
+            self.dataset,
+            [],
+            trial_dir,
+            progress=False,
+            on_epoch_end=report,
+            deadline=self.deadline,
+        )
         final_model.save_final_model(state.model, trial_dir)
         best = max((h["val_accuracy"] for h in history), default=0.0)
         return {"val_accuracy": best, "epochs": float(len(history)), "seconds": time.time() - started}
@@ -120,5 +129,13 @@ def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, stra
     d = base.data
     dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
     deadline = time.time() + tune.time_budget_seconds if tune.time_budget_seconds else None
-    return PipelineTuner(make_oracle(tune, deadline), base, tune, strategy, dataset,
-                         directory=str(directory), project_name="search", overwrite=False)  # fmt: skip
+    return PipelineTuner(
+        make_oracle(tune, deadline),
+        base,
+        tune,
+        strategy,
+        dataset,
+        directory=str(directory),
+        project_name="search",
+        overwrite=False,
+    )

@@ -1,0 +1,31 @@
+"""Side-by-side timing helpers: alternate the contenders, repeat, report medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def alternate(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
+    """Runs each contender `repeats` times in turn (A B C A B C ...).
+
+    Each callable does its work and returns how many examples it processed;
+    the result is the median examples per second of each contender.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            examples = run()
+            rates[name].append(examples / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def table(title: str, rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table with a title line."""
+    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:,.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

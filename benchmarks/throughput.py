@@ -1,0 +1,154 @@
+"""Comparisons 1-3: training throughput, input headroom, hardware utilisation."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.common import alternate
+from pipeline import config as config_lib
+from pipeline import distribution, models, steps
+from pipeline import input_pipeline as ip
+
+
+def _our_trainer(config: config_lib.Config, images, labels, num_steps: int):
+    """A callable training `num_steps` steps of our pipeline; returns examples done."""
+    strategy = tf.distribute.get_strategy()
+    policy = distribution.resolve_precision(config.train.precision)
+    model = models.build_model(config.model, dtype=policy)
+    optimizer = steps.build_optimizer(config.train, num_steps, policy)
+    train_steps = steps.make_train_steps(strategy, model, optimizer, config.train)
+    batch = config.train.global_batch_size
+    iterator = iter(ip.train_dataset(images, labels, batch, 0, 0, config.augment))
+    chunk = config.train.steps_per_execution
+    train_steps(iterator, tf.constant(chunk))  # Trace and warm up outside the timing.
+
+    def run() -> int:
+        done = 0
+        while done < num_steps:
+            n = min(chunk, num_steps - done)
+            train_steps(iterator, tf.constant(n))
+            done += n
+        return done * batch
+
+    return run
+
+
+def _tutorial_trainer(images, labels, num_examples: int):
+    """The tutorial's way: model.fit on float64 NumPy / 255, batch 32."""
+    model = models.build_model(config_lib.preset("seed").model)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = images[:num_examples].astype(np.float64)[..., None] / 255.0
+    y = labels[:num_examples]
+    model.fit(x[:320], y[:320], batch_size=32, epochs=1, verbose=0)  # Warm-up.
+
+    def run() -> int:
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        return len(y) // 32 * 32
+
+    return run
+
+
+def training_throughput(images, labels, quick: bool) -> list[dict]:
+    """Seed model examples/s: tutorial vs ours at batch 32 vs our recommended settings."""
+    n = 2048 if quick else 16384
+    seed = config_lib.preset("seed")
+    recommended = seed.replace(
+        train=dataclasses.replace(
+            seed.train, global_batch_size=256, scale_learning_rate=True, precision="auto", steps_per_execution=16
+        )
+    )
+    contenders = {
+        "tutorial: model.fit float64 NumPy, batch 32": _tutorial_trainer(images, labels, n),
+        "ours: tf.data + custom step, batch 32, float32": _our_trainer(seed, images, labels, n // 32),
+        "ours recommended: batch 256, lr x8, precision auto": _our_trainer(recommended, images, labels, n // 256),
+    }
+    rates = alternate(contenders, repeats=2 if quick else 5)
+    base = rates["tutorial: model.fit float64 NumPy, batch 32"]
+    return [{"setting": k, "examples/s": v, "vs tutorial": v / base} for k, v in rates.items()]
+
+
+def _pipeline_reader(dataset: tf.data.Dataset, batches: int, batch: int):
+    iterator = iter(dataset)
+    next(iterator)
+
+    def run() -> int:
+        for _ in range(batches):
+            next(iterator)
+        return batches * batch
+
+    return run
+
+
+def input_headroom(images, labels, model_rate: float, quick: bool) -> list[dict]:
+    """Input pipeline alone, with and without each step, against the model's consumption."""
+    batch, batches = 128, 50 if quick else 300
+    augment = config_lib.AugmentConfig()
+    full = ip.train_dataset(images, labels, batch, 0, 0, augment)
+    no_prefetch = full._input_dataset  # The same pipeline minus its final prefetch.  # noqa: SLF001
+    seed = tf.constant([0, 0], tf.int64)
+
+    def one_example(x, y):
+        return ip.augment_batch(ip.normalize(x[None]), augment, seed)[0], y
+
+    per_example = (
+        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
+        .cache()
+        .shuffle(len(labels), seed=0)
+        .repeat()
+        .map(one_example)
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    contenders = {
+        "ours: cache, shuffle, batch, vectorised augment, prefetch": _pipeline_reader(full, batches, batch),
+        "without prefetch": _pipeline_reader(no_prefetch, batches, batch),
+        "augment mapped per example (sequential map)": _pipeline_reader(per_example, batches, batch),
+    }
+    rates = alternate(contenders, repeats=2 if quick else 3)
+    return [{"pipeline": k, "examples/s": v, "headroom vs model": v / model_rate} for k, v in rates.items()]
+
+
+def model_flops_per_example(model: keras.Model) -> float:
+    """Training FLOPs per example: 3x the forward multiply-adds x 2 of conv and dense layers."""
+    forward = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            k_h, k_w = layer.kernel_size
+            forward += 2.0 * h * w * c_out * k_h * k_w * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            forward += 2.0 * layer.input.shape[-1] * layer.units
+    return 3.0 * forward
+
+
+def matmul_peak(quick: bool) -> float:
+    """Measured float32 matrix-multiply FLOP/s of this machine (the ceiling)."""
+    size = 1024 if quick else 2048
+    a = tf.random.uniform([size, size])
+    matmul = tf.function(lambda m: tf.matmul(m, m))
+    matmul(a).numpy()
+    repeats = 5 if quick else 20
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = matmul(a)
+    result.numpy()
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def utilisation(rates: list[dict], quick: bool) -> list[dict]:
+    """Achieved model FLOP/s of each training setting as a fraction of the matmul ceiling."""
+    flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
+    peak = matmul_peak(quick)
+    return [
+        {
+            "setting": r["setting"],
+            "GFLOP/s": r["examples/s"] * flops / 1e9,
+            "fraction of matmul peak": r["examples/s"] * flops / peak,
+        }
+        for r in rates
+    ] + [{"setting": "float32 matmul ceiling (measured)", "GFLOP/s": peak / 1e9, "fraction of matmul peak": 1.0}]
