@@ -1,0 +1,69 @@
+"""The evaluation report: every file from a tiny run, and fmnist-report rebuilding it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+from conftest import REPO, subprocess_env
+
+from pipeline import config as config_lib
+from pipeline.report import confusion_matrix, per_class_rows
+from pipeline.train import train_and_evaluate
+
+REPORT_FILES = (
+    "learning_curves.png",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "per_class_accuracy.csv",
+    "per_class_accuracy.md",
+    "misclassified.png",
+)
+
+
+def test_tiny_run_writes_every_report_file_and_fmnist_report_rebuilds_them(tiny_data_dir, tmp_path):
+    base = config_lib.preset("smoke")
+    config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
+    train_and_evaluate(config, tmp_path, tf.distribute.get_strategy(), progress=False, export=False)
+    report = tmp_path / "report"
+    for name in REPORT_FILES:
+        assert (report / name).stat().st_size > 0, name
+    assert (report / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    counts = np.loadtxt(report / "confusion_matrix.csv", delimiter=",")
+    assert counts.shape == (10, 10) and counts.sum() == 160
+    assert "| 0 | T-shirt/top |" in (report / "per_class_accuracy.md").read_text()
+    for name in REPORT_FILES:
+        (report / name).unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all((report / name).exists() for name in REPORT_FILES)
+
+
+def test_report_of_unfinished_run_is_refused(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "no metrics.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_confusion_matrix_and_per_class_rows():
+    labels = np.array([0, 0, 1, 1, 2])
+    predictions = np.array([0, 1, 1, 1, 0])
+    counts = confusion_matrix(labels, predictions)
+    assert counts[0, 0] == 1 and counts[0, 1] == 1 and counts[2, 0] == 1 and counts.sum() == 5
+    rows = per_class_rows(counts)
+    assert rows[1]["accuracy"] == 1.0 and rows[0]["accuracy"] == 0.5 and rows[0]["precision"] == 0.5
