@@ -1,0 +1,43 @@
+"""Smoke test of the benchmark command (no timing assertions: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import tensorflow as tf
+from conftest import run
+
+from pipeline import config as config_lib
+from pipeline.train import train_and_evaluate
+
+
+def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
+    base = config_lib.preset("smoke")
+    config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
+    train_and_evaluate(config, tmp_path / "run", tf.distribute.get_strategy(), progress=False, make_report=False)
+    out = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--quick",
+        f"--data_dir={tiny_data_dir}",
+        f"--runs=smoke={tmp_path / 'run'}",
+        f"--export={tmp_path / 'run' / 'export' / '1'}",
+        f"--out={out}",
+    ]
+    done = run(command, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for section in (
+        "training_throughput",
+        "input_headroom",
+        "utilisation",
+        "time_to_accuracy",
+        "serving",
+        "two_workers_vs_one",
+    ):
+        assert results[section], section
+    assert "vs tutorial" in done.stdout and "### 5. Serving" in done.stdout
+    assert all(row["examples/s"] > 0 for row in results["training_throughput"])
