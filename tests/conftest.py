@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,11 @@ def real_data_dir() -> Path:
 def _no_ambient_data(monkeypatch):
     # Tests name their data explicitly; a developer's environment must not leak in.
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+
+
+def run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Runs a command from the repository root with `subprocess_env`, capturing text."""
+    return subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def subprocess_env() -> dict:
