@@ -52,13 +52,17 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
     def serve_images(self, images):
         """uint8 [N, 28, 28] or [N, 28, 28, 1], light object on dark (as in Fashion-MNIST)."""
-        shape = tf.shape(images)
-        rank_ok = tf.logical_or(
-            tf.equal(tf.rank(images), 3), tf.logical_and(tf.equal(tf.rank(images), 4), tf.equal(shape[-1], 1))
+        rank = tf.rank(images)
+        # Pad the dynamic shape to length 4 so the checks below have static
+        # shapes whatever rank arrives (a scalar must fail the check, not tracing).
+        shape = tf.concat([tf.shape(images), tf.ones([4], tf.int32)], axis=0)[:4]
+        ok = tf.logical_and(
+            tf.logical_or(tf.equal(rank, 3), tf.logical_and(tf.equal(rank, 4), tf.equal(shape[3], 1))),
+            tf.logical_and(tf.equal(shape[1], 28), tf.equal(shape[2], 28)),
         )
-        tf.debugging.Assert(rank_ok, ["images must be [N,28,28] or [N,28,28,1]; got shape", shape])
-        tf.debugging.Assert(tf.reduce_all(tf.equal(shape[1:3], [28, 28])), ["images must be 28x28; got", shape])
-        return self._outputs(tf.reshape(images, [-1, 28, 28]))
+        check = tf.debugging.Assert(ok, ["images must be uint8 [N,28,28] or [N,28,28,1]; got", tf.shape(images)])
+        with tf.control_dependencies([check]):  # Fail with this message before any reshape can.
+            return self._outputs(tf.reshape(images, [-1, 28, 28]))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(self, image_bytes):

@@ -19,13 +19,10 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / "saved_model.pb").exists():
         return path
-    versions = (
-        sorted((p for p in path.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if path.is_dir() else []
-    )
-    if not versions:
-        raise ModelNotFoundError(
-            f"{path} is neither a SavedModel version directory nor a base holding numeric versions"
-        )
+    numbered = [p for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
+    if not numbered:
+        raise ModelNotFoundError(f"{path} is neither a SavedModel version directory nor a base of numeric versions")
+    return max(numbered, key=lambda p: int(p.name))
 
 
 def load_image(path: Path, invert: bool) -> np.ndarray:

@@ -186,7 +186,19 @@ def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_pa
     version = export_lib.export_run(workdir, tmp_path, tflite=True)
     test = data_lib.load(str(tiny_data_dir), 64, 0).test
     served = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(test.images))
-    reference = served["class_id"].numpy()
-    for variant in ("float", "dynamic_range"):
-        predicted = tflite_probabilities(version / "tflite" / f"model_{variant}.tflite", test.images).argmax(1)
-        assert (predicted == reference).mean() >= 0.995 - (0.01 if variant == "dynamic_range" else 0), variant
+    reference = served["probabilities"].numpy()
+    # Float TFLite is the same graph: equal to rounding. Dynamic-range
+    # quantisation stores weights in int8: close, not equal. (Accuracy on the
+    # real test set is measured by benchmarks/verify_export.py.)
+    for variant, tolerance in (("float", 1e-4), ("dynamic_range", 0.05)):
+        probabilities = tflite_probabilities(version / "tflite" / f"model_{variant}.tflite", test.images)
+        assert probabilities.shape == reference.shape
+        assert np.abs(probabilities - reference).max() < tolerance, variant
+
+
+def test_serving_default_rejects_wrong_shapes(trained):
+    workdir, _ = trained
+    serve = tf.saved_model.load(str(workdir / "export" / "1")).signatures["serving_default"]
+    for shape in [(2, 28, 29), (2, 784), (2, 28, 28, 3), ()]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="must be uint8"):
+            serve(images=tf.zeros(shape, tf.uint8))
