@@ -11,7 +11,7 @@ import time
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, subprocess_env
+from conftest import REPO, run, subprocess_env
 
 from pipeline import distribution
 
@@ -127,14 +127,7 @@ def test_malformed_tf_config_is_a_clear_error(tf_config, message, tiny_data_dir,
 
 def test_launcher_names_a_failing_worker(tmp_path):
     script = "import json, os, sys; sys.exit(json.loads(os.environ['TF_CONFIG'])['task']['index'] * 7)"
-    done = subprocess.run(
-        [*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script], timeout=60)
     assert done.returncode == 7 and "worker 1 failed (exit code 7)" in done.stderr
 
 

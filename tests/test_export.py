@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, subprocess_env
+from conftest import run, subprocess_env
 from PIL import Image
 
 from pipeline import config as config_lib
@@ -120,14 +120,7 @@ def test_failure_midway_leaves_no_numbered_directory(trained, tmp_path, monkeypa
 
 
 def test_export_of_unfinished_run_is_refused(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], timeout=120)
     assert done.returncode != 0 and "finish the run" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -151,12 +144,8 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     paths = [str(tmp_path / n) for n in files] + [str(tmp_path / "missing.jpg")]
-    done = subprocess.run(
+    done = run(
         [sys.executable, "-m", "launch.predict", f"--model={workdir / 'export'}", "--json", "--top_k=2", *paths],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert done.returncode == 1, done.stderr[-2000:]

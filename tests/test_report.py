@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
 import tensorflow as tf
-from conftest import REPO, subprocess_env
+from conftest import run
 
 from pipeline import config as config_lib
 from pipeline.report import confusion_matrix, per_class_rows
@@ -36,27 +35,13 @@ def test_tiny_run_writes_every_report_file_and_fmnist_report_rebuilds_them(tiny_
     assert "| 0 | T-shirt/top |" in (report / "per_class_accuracy.md").read_text()
     for name in REPORT_FILES:
         (report / name).unlink()
-    done = subprocess.run(
-        [sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run([sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"], timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all((report / name).exists() for name in REPORT_FILES)
 
 
 def test_report_of_unfinished_run_is_refused(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"],
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run([sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"], timeout=120)
     assert done.returncode != 0 and "no metrics.json" in done.stderr and "Traceback" not in done.stderr
 
 

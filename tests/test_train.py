@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import subprocess_env
+from conftest import run, subprocess_env
 
 from pipeline import config as config_lib
 from pipeline.train import train_and_evaluate
@@ -88,7 +88,7 @@ def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     child.wait()
     killed_at = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
     assert 2 <= killed_at < 40, "the run should have been killed mid-way"
-    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    done = run(command, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from" in done.stderr and f"ckpt-{killed_at}" in done.stderr
     assert f"Epoch {killed_at + 1}/40" in done.stdout and "Epoch 1/40" not in done.stdout
@@ -112,13 +112,7 @@ def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     ],
 )
 def test_bad_flags_exit_nonzero_with_a_message(tiny_data_dir, tmp_path, flags, message):
-    done = subprocess.run(
-        _train_command(tmp_path / "w", tiny_data_dir, *flags),
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run(_train_command(tmp_path / "w", tiny_data_dir, *flags), timeout=120)
     assert done.returncode != 0 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
@@ -131,13 +125,7 @@ def test_unwritable_workdir_and_missing_data(tiny_data_dir, tmp_path):
         _train_command(blocker / "w", tiny_data_dir), env=subprocess_env(), capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0 and "not writable" in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run(
-        _train_command(tmp_path / "w", tmp_path / "no_data"),
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run(_train_command(tmp_path / "w", tmp_path / "no_data"), timeout=120)
     assert done.returncode != 0 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -11,7 +11,7 @@ import time
 
 import keras_tuner as kt
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, run, subprocess_env
 
 from pipeline import config as config_lib
 from tuning.search_space import GROUPS, config_from_hp
@@ -61,14 +61,7 @@ def _tune(workdir, data_dir, *extra):
 
 
 def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_dir, tmp_path):
-    done = subprocess.run(
-        _tune(tmp_path / "tune", tiny_data_dir, "--max_trials=2"),
-        env=subprocess_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run(_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=2"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     tune = tmp_path / "tune"
     for name in ("best_config.json", "trials.csv", "trials.md", "trials.png", "summary.json"):
@@ -113,7 +106,7 @@ def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
         if json.loads(p.read_text())["status"] == "COMPLETED"
     ]
     assert 1 <= len(finished) < 4
-    done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run(command, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "tune" / "summary.json").read_text())["trials"] == 4
     assert len((tmp_path / "tune" / "trials.csv").read_text().splitlines()) == 5
@@ -128,7 +121,7 @@ def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
         "--",
         *_tune(tmp_path / "tune", tiny_data_dir, "--max_trials=3"),
     ]
-    done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run(command, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "[tuner0]" in done.stdout and "[tuner1]" in done.stdout
     summary = json.loads((tmp_path / "tune" / "summary.json").read_text())
