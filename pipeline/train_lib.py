@@ -82,7 +82,7 @@ def restore(state: TrainState, workdir: Path, strategy) -> int:
 
 
 def _check_workers_agree(strategy, epoch: int) -> None:
-    if strategy.extended._in_multi_worker_mode():  # noqa: SLF001 - TF has no public flag.
+    if distribution.num_workers(strategy) > 1:
         value = tf.constant([epoch, epoch * epoch], tf.float32)
         per_replica = strategy.run(lambda: value)
         total, squares = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
