@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "keras==3.15.1",
     "keras-tuner==1.4.8",
+    "scikit-learn==1.9.1",  # KerasTuner's Bayesian oracle (keras-tuner[bayesian]).
     "tensorflow-datasets==4.9.10",
     "tensorboard==2.21.0",
     "importlib_resources==7.1.0",

@@ -126,3 +126,17 @@ def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
     assert "[tuner0]" in done.stdout and "[tuner1]" in done.stdout
     summary = json.loads((tmp_path / "tune" / "summary.json").read_text())
     assert summary["trials"] == 3 and (tmp_path / "tune" / "best_config.json").exists()
+
+
+@pytest.mark.parametrize("name", ["hyperband", "bayesian", "random"])
+def test_every_oracle_samples_the_search_space_from_the_first_trial(tiny_data_dir, tmp_path, name):
+    from pipeline import distribution
+    from tuning.tuner import TuneConfig, build_tuner
+
+    base = config_lib.preset("smoke")
+    base = base.replace(data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)))
+    tune = TuneConfig(tuner=name, max_epochs=9, time_budget_seconds=3600.0, search=("filters", "dropout"))
+    tuner = build_tuner(tmp_path, base, tune, distribution.make_strategy("default"))
+    trial = tuner.oracle.create_trial("tuner0")
+    assert trial.status == "RUNNING"
+    assert {"filters_0", "filters_1", "dropout", "learning_rate"} <= set(trial.hyperparameters.values)

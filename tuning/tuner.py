@@ -77,8 +77,17 @@ class PipelineTuner(kt.Tuner):
         # In a tuning cluster `self.oracle` becomes a client proxy, so the
         # deadline is kept here too (each tuner worker counts from its start).
         self.deadline = oracle.deadline
-        super().__init__(oracle, **kwargs)
+        # Set before super().__init__, which calls _populate_initial_space.
         self.base, self.tune, self.strategy, self.dataset = base, tune, strategy, dataset
+        super().__init__(oracle, **kwargs)
+
+    def _populate_initial_space(self):
+        # There is no hypermodel to build, so KerasTuner would start with an
+        # empty space: Hyperband then stops before its first trial and the
+        # other oracles sample nothing but defaults. Register it directly.
+        hp = self.oracle.get_space()
+        search_space.config_from_hp(hp, self.base, self.tune.search)
+        self.oracle.update_space(hp)
 
     def trial_config(self, hp: kt.HyperParameters) -> config_lib.Config:
         """The config a trial trains: the mapped hp with the trial's epoch budget."""
