@@ -60,11 +60,31 @@ def build_state(
         best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
         best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch, best_val_accuracy=best, best_epoch=best_epoch
+        model=model,
+        optimizer=optimizer,
+        epoch=epoch,
+        best_val_accuracy=best,
+        best_epoch=best_epoch,
+        random_states=random_states(model),
     )
     manager = tf.train.CheckpointManager(checkpoint, out_dir / "checkpoints", max_to_keep=2)
     best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), out_dir / "best", max_to_keep=1)
     return TrainState(model, optimizer, epoch, best, best_epoch, manager, best_manager)
+
+
+def random_states(model: keras.Model) -> dict[str, tf.Variable]:
+    """The dropout layers' random-number states, by layer name.
+
+    Keras 3 keeps them in `SeedGenerator` objects that TensorFlow's checkpoint
+    does not track, so without this a resumed run would replay the dropout
+    masks of the first epoch instead of continuing the sequence, and would
+    not match an uninterrupted run.
+    """
+    return {
+        layer.name: layer.seed_generator.state
+        for layer in model.layers
+        if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)
+    }
 
 
 def restore(state: TrainState, workdir: Path, strategy) -> int:

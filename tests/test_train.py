@@ -158,3 +158,40 @@ print(json.dumps(out))
     assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
         assert np.isclose(out["mirrored"][key], out["default"][key], atol=2e-3), key
+
+
+def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
+    """Trains `config` in `workdir` (resuming), optionally interrupted after an epoch."""
+    from pipeline import data as data_lib
+    from pipeline import final_model, train_lib
+    from pipeline import input_pipeline as ip
+    from pipeline.train import fit
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(record):
+        if record["epoch"] == stop_after_epoch:
+            raise Interrupted
+
+    strategy = tf.distribute.get_strategy()
+    d = config.data
+    dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
+    steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
+    state = train_lib.build_state(config, strategy, "float32", steps, workdir)
+    train_lib.restore(state, workdir, strategy)
+    try:
+        fit(config, strategy, state, dataset, [], workdir, progress=False, on_epoch_end=interrupt)
+    except Interrupted:
+        return None
+    return final_model.fingerprint(state.model)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_data_dir, tmp_path):
+    # Dropout is on in the smoke preset: the resumed run must continue its
+    # random masks (checkpointed seed-generator state), not replay them.
+    config = tiny_config(tiny_data_dir, epochs=3)
+    assert config.model.dropout
+    uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
+    assert _fit_to_fingerprint(config, tmp_path / "resumed", stop_after_epoch=1) is None
+    assert _fit_to_fingerprint(config, tmp_path / "resumed") == uninterrupted
