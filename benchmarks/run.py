@@ -20,6 +20,7 @@ flags.DEFINE_boolean("quick", False, "Small sizes and few repeats: minutes, for 
 flags.DEFINE_list("runs", [], "name=WORKDIR of finished runs for time to accuracy.")
 flags.DEFINE_string("export", None, "An exported version directory for the serving comparison.")
 flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process.")
+flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings (3b).")
 flags.DEFINE_string("out", "benchmarks/results.json", "Where to write the JSON results.")
 FLAGS = flags.FLAGS
 
@@ -46,9 +47,22 @@ def main(argv):
             ["pipeline", "examples/s", "headroom vs model"],
         )
     )
-    use = throughput.utilisation(rates, FLAGS.quick)
+    peak = throughput.matmul_peak(FLAGS.quick)
+    use = throughput.utilisation(rates, peak)
     results["utilisation"] = use
     sections.append(table("3. Hardware utilisation", use, ["setting", "GFLOP/s", "fraction of matmul peak"]))
+    if FLAGS.settings:
+        from benchmarks.settings import execution_settings
+
+        settings = execution_settings(FLAGS.data_dir, FLAGS.quick, peak)
+        results["execution_settings"] = settings
+        sections.append(
+            table(
+                "3b. Execution settings, default model (each in its own process)",
+                settings,
+                ["setting", "examples/s", "vs default", "fraction of matmul peak"],
+            )
+        )
     if FLAGS.runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
 

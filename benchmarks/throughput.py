@@ -140,10 +140,9 @@ def matmul_peak(quick: bool) -> float:
     return 2.0 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def utilisation(rates: list[dict], quick: bool) -> list[dict]:
-    """Achieved model FLOP/s of each training setting as a fraction of the matmul ceiling."""
+def utilisation(rates: list[dict], peak: float) -> list[dict]:
+    """Achieved model FLOP/s of each training setting as a fraction of the matmul ceiling `peak`."""
     flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
-    peak = matmul_peak(quick)
     return [
         {
             "setting": r["setting"],

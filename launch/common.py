@@ -21,7 +21,11 @@ def define_config_flags() -> None:
     flags.DEFINE_integer("global_batch_size", None, "Global batch size (all replicas together).", lower_bound=1)
     flags.DEFINE_float("learning_rate", None, "Peak learning rate.", lower_bound=0.0)
     flags.DEFINE_integer("seed", None, "Random seed for initialisation, shuffling and augmentation.")
-    flags.DEFINE_string("dropout", None, "Dropout rate after each block and before the classifier, or 'off'.")
+    flags.DEFINE_string(
+        "dropout",
+        None,
+        "Dropout rate after the blocks (with batch norm: the last) and before the classifier, or 'off'.",
+    )
     flags.DEFINE_boolean("augment", None, "Augment training batches (flip, shift).")
     flags.DEFINE_boolean("batch_norm", None, "Batch normalisation after each convolution.")
     flags.DEFINE_list("filters", None, "Conv filters per block, e.g. 32,64,128.")
@@ -39,6 +43,7 @@ def define_config_flags() -> None:
         "Dtype policy; auto picks bfloat16 where the hardware has it.",
     )
     flags.DEFINE_integer("steps_per_execution", None, "Training steps per compiled call.", lower_bound=1)
+    flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step (slower on CPU; try it on GPUs).")
     flags.DEFINE_integer(
         "max_train_examples", None, "Use only this many training examples (quick checks).", lower_bound=1
     )
@@ -84,6 +89,7 @@ def config_from_flags() -> config_lib.Config:
         "scale_learning_rate",
         "precision",
         "steps_per_execution",
+        "jit_compile",
     ):
         train.update(pick(name))
     config = base.replace(

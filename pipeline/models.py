@@ -22,16 +22,25 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             dtype=dtype,
         )(x)
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, synchronized=sync_bn)(x)
+            x = keras.layers.BatchNormalization(
+                momentum=config.batch_norm_momentum, name=f"{name}_bn", dtype=dtype, synchronized=sync_bn
+            )(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
-    if config.dropout is not None:
+    # Dropout never feeds a batch-norm layer: BN would learn moving statistics
+    # of dropped-out activations and see different ones at inference (the
+    # "variance shift"). With BN, only the last block is followed by dropout.
+    feeds_batch_norm = config.batch_norm and index < len(config.filters) - 1
+    if config.dropout is not None and not feeds_batch_norm:
         x = keras.layers.Dropout(config.dropout, name=f"block{index}_dropout", dtype=dtype)(x)
     return x
 
 
 def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bool = False) -> keras.Model:
     """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, softmax.
+
+    Dropout follows every block without batch norm, only the last block with
+    it (see `_block`), and always precedes the classifier.
 
     Input is float32 [B, 28, 28, 1] in [0, 1] (see `input_pipeline.normalize`).
     The classifier runs in float32 so probabilities stay float32 under mixed

@@ -86,6 +86,9 @@ def make_train_steps(strategy, model, optimizer, config: TrainConfig):
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
         return _statistics(labels, probabilities, per_example, tf.ones_like(per_example))
 
+    if config.jit_compile:
+        # Only the step is compiled: the loop around it reads an iterator.
+        step = tf.function(step, jit_compile=True)
     return _looped(strategy, step)
 
 

@@ -31,7 +31,16 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     done = run(command, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
-    for section in ("training_throughput", "input_headroom", "utilisation", "time_to_accuracy", "serving"):
+    sections = (
+        "training_throughput",
+        "input_headroom",
+        "utilisation",
+        "execution_settings",
+        "time_to_accuracy",
+        "serving",
+    )
+    for section in sections:
         assert results[section], section
     assert "vs tutorial" in done.stdout and "### 5. Serving" in done.stdout
-    assert all(row["examples/s"] > 0 for row in results["training_throughput"])
+    assert all(row["examples/s"] > 0 for row in results["training_throughput"] + results["execution_settings"])
+    assert "XLA" in done.stdout

@@ -50,6 +50,16 @@ def test_dropout_and_batch_norm_switches():
     assert "Dropout" not in _layer_types(with_bn)
 
 
+def test_with_batch_norm_dropout_never_feeds_a_batch_norm_layer():
+    model = build_model(config_lib.preset("default").model)
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if "dropout" in n] == ["block2_dropout", "head_dropout"]
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, keras.layers.Dropout):
+            assert not any(isinstance(later, keras.layers.BatchNormalization) for later in model.layers[i:])
+    assert all(layer.momentum == 0.9 for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
 def test_filters_and_kernel_size_shape_the_convolutions():
     model = build_model(config_lib.ModelConfig(filters=(8, 16, 24), kernel_size=5, convs_per_block=1))
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -1,0 +1,98 @@
+"""Comparison 3b: execution settings of the default model's training step.
+
+Steps per execution, XLA (`jit_compile`) and TensorFlow's thread pools. Thread
+pools are fixed once TensorFlow starts, so every setting is measured in its own
+child process; the parent runs them in turn (A B C ... A B C ...) and reports
+medians, like every other comparison here.
+
+  python -m benchmarks.settings --data_dir=../shared/data/fashion-mnist   # one child, prints its rate
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# name -> (TrainConfig overrides, (intra-op threads, inter-op threads) or None for TF's defaults)
+SETTINGS: dict[str, tuple[dict, tuple[int, int] | None]] = {
+    "default preset: 16 steps/execution, TF thread defaults": ({}, None),
+    "1 step per execution": ({"steps_per_execution": 1}, None),
+    "64 steps per execution": ({"steps_per_execution": 64}, None),
+    "XLA: jit_compile=True": ({"jit_compile": True}, None),
+    "threads: intra-op 2, inter-op 1": ({}, (2, 1)),
+    "threads: intra-op 1, inter-op 2": ({}, (1, 2)),
+}
+
+
+def _child(name: str, data_dir: str | None, num_steps: int) -> None:
+    import tensorflow as tf
+
+    overrides, threads = SETTINGS[name]
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
+    import time
+
+    from benchmarks.throughput import _our_trainer
+    from pipeline import config as config_lib
+    from pipeline import data as data_lib
+
+    train, _, _ = data_lib.load_train_test(data_dir)
+    config = config_lib.preset("default")
+    config = config.replace(train=dataclasses.replace(config.train, **overrides))
+    run = _our_trainer(config, train.images, train.labels, num_steps)
+    start = time.perf_counter()
+    examples = run()
+    print(json.dumps({"examples/s": examples / (time.perf_counter() - start)}))
+
+
+def _measure(name: str, data_dir: str | None, num_steps: int) -> float:
+    command = [sys.executable, "-m", "benchmarks.settings", f"--setting={name}", f"--steps={num_steps}"]
+    if data_dir:
+        command.append(f"--data_dir={data_dir}")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"setting {name!r} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["examples/s"]
+
+
+def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> list[dict]:
+    """Default-model training examples/s per setting, alternating child processes, medians."""
+    from benchmarks.throughput import model_flops_per_example
+    from pipeline import config as config_lib
+    from pipeline import models
+
+    flops = model_flops_per_example(models.build_model(config_lib.preset("default").model))
+    num_steps, repeats = (16, 1) if quick else (192, 3)
+    rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for _ in range(repeats):
+        for name in SETTINGS:
+            rates[name].append(_measure(name, data_dir, num_steps))
+    base = statistics.median(rates[next(iter(SETTINGS))])
+    rows = []
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        rows.append(
+            {
+                "setting": name,
+                "examples/s": rate,
+                "vs default": rate / base,
+                "fraction of matmul peak": rate * flops / peak_flops,
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_enum("setting", None, list(SETTINGS), "The setting this child measures.", required=True)
+    flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
+    flags.DEFINE_integer("steps", 192, "Training steps to time (after a warm-up call).")
+    app.run(lambda argv: _child(flags.FLAGS.setting, flags.FLAGS.data_dir, flags.FLAGS.steps))
