@@ -69,7 +69,7 @@ def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> 
     from pipeline import models
 
     flops = model_flops_per_example(models.build_model(config_lib.preset("default").model))
-    num_steps, repeats = (16, 1) if quick else (192, 3)
+    num_steps, repeats = (16, 1) if quick else (96, 3)
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for _ in range(repeats):
         for name in SETTINGS:

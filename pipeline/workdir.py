@@ -54,7 +54,14 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 # Changing these only extends or relabels a run; anything else would make the
 # resumed checkpoint belong to a different experiment.
-RESUMABLE_CHANGES = ("train.epochs", "train.early_stopping_patience", "data.data_dir")
+# Settings that change how, not what, the model learns may differ on resume.
+RESUMABLE_CHANGES = (
+    "train.epochs",
+    "train.early_stopping_patience",
+    "train.steps_per_execution",
+    "train.jit_compile",
+    "data.data_dir",
+)
 
 
 def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
