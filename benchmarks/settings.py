@@ -5,7 +5,7 @@ pools are fixed once TensorFlow starts, so every setting is measured in its own
 child process; the parent runs them in turn (A B C ... A B C ...) and reports
 medians, like every other comparison here.
 
-  python -m benchmarks.settings --data_dir=../shared/data/fashion-mnist   # one child, prints its rate
+  python -m benchmarks.settings --data_dir=../shared/data/fashion-mnist   # this comparison alone
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> 
     from pipeline import models
 
     flops = model_flops_per_example(models.build_model(config_lib.preset("default").model))
-    num_steps, repeats = (16, 1) if quick else (96, 3)
+    num_steps, repeats = (4, 1) if quick else (96, 3)
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for _ in range(repeats):
         for name in SETTINGS:
@@ -89,10 +89,26 @@ def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> 
     return rows
 
 
+def _main(argv) -> None:
+    del argv
+    from absl import flags
+
+    f = flags.FLAGS
+    if f.setting:
+        _child(f.setting, f.data_dir, f.steps)
+        return
+    from benchmarks.common import table
+    from benchmarks.throughput import matmul_peak
+
+    rows = execution_settings(f.data_dir, f.quick, matmul_peak(f.quick))
+    print(table("3b. Execution settings, default model", rows, list(rows[0])))
+
+
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_enum("setting", None, list(SETTINGS), "The setting this child measures.", required=True)
+    flags.DEFINE_enum("setting", None, list(SETTINGS), "Measure only this setting (a child process).")
     flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
-    flags.DEFINE_integer("steps", 192, "Training steps to time (after a warm-up call).")
-    app.run(lambda argv: _child(flags.FLAGS.setting, flags.FLAGS.data_dir, flags.FLAGS.steps))
+    flags.DEFINE_integer("steps", 96, "Training steps a child times (after a warm-up call).")
+    flags.DEFINE_boolean("quick", False, "Few steps, one round: a smoke test.")
+    app.run(_main)
