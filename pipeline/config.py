@@ -89,9 +89,9 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     precision: Precision = "auto"
     steps_per_execution: int = 16
-    # XLA-compile the training step. Off: on this 2-core CPU it made the
-    # default model's step about 8x slower (benchmarks/ comparison 3); on GPUs
-    # it often pays, so it stays an option.
+    # XLA-compile the training step. Off: on this 2-core CPU it ran the default
+    # model at 0.47x the examples/s (benchmarks/ comparison 3b); on GPUs it
+    # often pays, so it stays an option.
     jit_compile: bool = False
     seed: int = 0
 
