@@ -107,7 +107,14 @@ class PipelineTuner(kt.Tuner):
         started = time.time()
 
         def report(record):
-            self.oracle.update_trial(trial.trial_id, {"val_accuracy": record["val_accuracy"]}, step=record["epoch"])
+            # Every metric goes in here: once the objective has been reported,
+            # KerasTuner ignores the dict run_trial returns.
+            metrics = {
+                "val_accuracy": record["val_accuracy"],
+                "epochs": float(record["epoch"]),
+                "seconds": time.time() - started,
+            }
+            self.oracle.update_trial(trial.trial_id, metrics, step=record["epoch"])
 
         history = train_driver.fit(
             config,
