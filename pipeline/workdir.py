@@ -52,9 +52,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return found
 
 
-# Changing these only extends or relabels a run; anything else would make the
-# resumed checkpoint belong to a different experiment.
-# Settings that change how, not what, the model learns may differ on resume.
+# Changing these only extends a run or changes how (not what) it computes;
+# anything else would make the resumed checkpoint belong to another experiment.
 RESUMABLE_CHANGES = (
     "train.epochs",
     "train.early_stopping_patience",

@@ -83,8 +83,8 @@ class PipelineTuner(kt.Tuner):
 
     def _populate_initial_space(self):
         # There is no hypermodel to build, so KerasTuner would start with an
-        # empty space: Hyperband then stops before its first trial and the
-        # other oracles sample nothing but defaults. Register it directly.
+        # empty space, and Hyperband then stopped before its first trial.
+        # Register the space directly.
         hp = self.oracle.get_space()
         search_space.config_from_hp(hp, self.base, self.tune.search)
         self.oracle.update_space(hp)
