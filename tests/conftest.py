@@ -55,9 +55,10 @@ def _no_ambient_data(monkeypatch):
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
 
 
-def run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Runs a command from the repository root with `subprocess_env`, capturing text."""
-    return subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run(command: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs a command from the repository root (env: `subprocess_env` unless given), capturing text."""
+    env = subprocess_env() if env is None else env
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def subprocess_env() -> dict:

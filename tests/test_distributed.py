@@ -88,7 +88,7 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
     assert "worker 1 failed (signal 9)" in output
     killed_at = int(tf.train.latest_checkpoint(workdir / "checkpoints").rsplit("-", 1)[1])
     assert killed_at < 30
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = run(command, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:]
     assert f"ckpt-{killed_at}" in done.stdout and "resumed from" in done.stdout
     history = json.loads((workdir / "history.json").read_text())
@@ -96,14 +96,7 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
     assert json.loads((workdir / "metrics.json").read_text())["epochs_completed"] == 30
     # Resumed at an epoch boundary with the data order, augmentation and
     # dropout states restored, the run ends exactly where an uninterrupted one does.
-    straight = subprocess.run(
-        two_workers(tmp_path / "straight"),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    straight = run(two_workers(tmp_path / "straight"), timeout=600, env=env)
     assert straight.returncode == 0, straight.stdout[-3000:]
     assert _chief_fingerprint(done.stdout) == _chief_fingerprint(straight.stdout)
 
