@@ -39,7 +39,8 @@ def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
     """Builds the configured model (float32) and loads the run's final weights.
 
     Raises:
-      WorkdirError: when the run has not finished, so there are no final weights.
+      WorkdirError: when the run has not finished, so there are no final weights,
+        or when the weights do not fit the configured model.
     """
     latest = tf.train.latest_checkpoint(Path(workdir) / FINAL_DIR)
     if latest is None:
@@ -49,7 +50,15 @@ def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
     # Inference in float32 whatever the training precision: the checkpoint
     # stores float32 master weights either way.
     model = models.build_model(config.model, dtype="float32")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    try:
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise workdir_lib.WorkdirError(
+            f"the weights in {workdir}/{FINAL_DIR} do not fit the model that {workdir}/config.json describes "
+            f"(was config.json edited, or the run made by an older version? Runs from before "
+            f'model.test_time_augmentation existed need "test_time_augmentation": "none" in config.json): '
+            f"{str(e).splitlines()[0][:200]}"
+        ) from None
     return model
 
 

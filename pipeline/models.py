@@ -7,6 +7,57 @@ import keras
 from pipeline.config import ModelConfig
 from pipeline.data import NUM_CLASSES
 
+# One-pixel shifts (rows, columns) added to each of the image and its mirror.
+_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def _views(images, mode: str) -> list:
+    flipped = keras.ops.flip(images, axis=2)
+    if mode == "flip":
+        return [images, flipped]
+    padded = [keras.ops.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]]) for v in (images, flipped)]
+    height, width = images.shape[1], images.shape[2]
+    shifted = [p[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width, :] for p in padded for dy, dx in _SHIFTS]
+    return [images, flipped, *shifted]
+
+
+class TestTimeViews(keras.layers.Layer):
+    """At inference, stacks augmented views of the batch along the batch axis.
+
+    Identity in training. The network then sees all views in one batch (one
+    call, so batch-1 serving latency grows far less than the view count).
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, images, training=None):
+        return images if training else keras.ops.concatenate(_views(images, self.mode), axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+class AverageViews(keras.layers.Layer):
+    """At inference, averages the probabilities of `TestTimeViews`' views."""
+
+    def __init__(self, num_views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_views = num_views
+
+    def call(self, probabilities, training=None):
+        if training:
+            return probabilities
+        per_view = keras.ops.reshape(probabilities, (self.num_views, -1, probabilities.shape[-1]))
+        return keras.ops.mean(per_view, axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "num_views": self.num_views}
+
+
+VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(_SHIFTS)}
+
 
 def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
     for j in range(config.convs_per_block):
@@ -40,7 +91,9 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
     """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, softmax.
 
     Dropout follows every block without batch norm, only the last block with
-    it (see `_block`), and always precedes the classifier.
+    it (see `_block`), and always precedes the classifier. With
+    `config.test_time_augmentation`, inference averages the probabilities of
+    several views of each image; training is unchanged.
 
     Input is float32 [B, 28, 28, 1] in [0, 1] (see `input_pipeline.normalize`).
     The classifier runs in float32 so probabilities stay float32 under mixed
@@ -56,6 +109,9 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
     """
     inputs = keras.Input((28, 28, 1), name="images")
     x = inputs
+    tta = config.test_time_augmentation
+    if tta != "none":
+        x = TestTimeViews(tta, name="test_time_views", dtype=dtype)(x)
     for index, filters in enumerate(config.filters):
         x = _block(x, filters, config, index, dtype, sync_batch_norm)
     x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
@@ -63,4 +119,19 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
     if config.dropout is not None:
         x = keras.layers.Dropout(config.dropout, name="head_dropout", dtype=dtype)(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+    if tta != "none":
+        outputs = AverageViews(VIEW_COUNTS[tta], name="average_views", dtype="float32")(outputs)
     return keras.Model(inputs, outputs, name="fmnist_cnn")
+
+
+def single_view(model: keras.Model) -> keras.Model:
+    """The same network (shared weights) without test-time augmentation.
+
+    Per-epoch validation uses it: it is what early stopping and tuning compare
+    between epochs and configs, and at 10 views it would cost about a third of
+    an epoch's training time. Final metrics use the full model.
+    """
+    names = {layer.name for layer in model.layers}
+    if "test_time_views" not in names:
+        return model
+    return keras.Model(model.get_layer("test_time_views").output, model.get_layer("probabilities").output)

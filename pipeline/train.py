@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, report, steps, train_lib
+from pipeline import distribution, final_model, models, report, steps, train_lib
 from pipeline import export as export_lib
 from pipeline import input_pipeline as ip
 from pipeline import workdir as workdir_lib
@@ -40,7 +40,7 @@ def fit(
     """
     steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
     train_steps = steps.make_train_steps(strategy, state.model, state.optimizer, config.train)
-    eval_steps = steps.make_eval_steps(strategy, state.model)
+    eval_steps = steps.make_eval_steps(strategy, models.single_view(state.model))
     train_fn, eval_fn = train_lib.distributed_datasets(config, strategy, dataset)
     writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0

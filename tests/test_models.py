@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 
 from pipeline import config as config_lib
-from pipeline.models import build_model
+from pipeline.models import build_model, single_view
 
 # conv 1->32 (288, no bias: BN follows) + BN 128 + conv 32->64 18,432 + BN 256
 # + conv 64->128 73,728 + BN 512 + dense 3*3*128->256 295,168 + dense 256->10 2,570.
@@ -71,3 +72,42 @@ def test_mixed_precision_keeps_float32_probabilities():
     model = build_model(config_lib.preset("smoke").model, dtype="mixed_bfloat16")
     assert model.layers[1].compute_dtype == "bfloat16"
     assert model.output.dtype == "float32"
+
+
+def _shifted(images, dy, dx):
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return padded[:, 1 + dy : 29 + dy, 1 + dx : 29 + dx]
+
+
+def test_test_time_augmentation_averages_views_only_at_inference():
+    base = dataclasses.replace(config_lib.preset("smoke").model, dropout=None)
+    plain = build_model(dataclasses.replace(base, test_time_augmentation="none"))
+    images = np.random.default_rng(0).random((5, 28, 28, 1), np.float32)
+    flipped = images[:, :, ::-1]
+    views = {
+        "flip": [images, flipped],
+        "flip_and_shift": [images, flipped]
+        + [_shifted(v, dy, dx) for v in (images, flipped) for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))],
+    }
+    for mode, inputs in views.items():
+        model = build_model(dataclasses.replace(base, test_time_augmentation=mode))
+        model.set_weights(plain.get_weights())
+        assert model.count_params() == plain.count_params()
+        expected = np.mean([plain(v, training=False).numpy() for v in inputs], axis=0)
+        np.testing.assert_allclose(model(images, training=False).numpy(), expected, atol=1e-5)
+        # Training sees single images: the same output as the plain model.
+        np.testing.assert_allclose(
+            model(images, training=True).numpy(), plain(images, training=True).numpy(), atol=1e-5
+        )
+
+
+def test_single_view_shares_weights_and_skips_the_views():
+    base = dataclasses.replace(config_lib.preset("smoke").model, dropout=None)
+    plain = build_model(dataclasses.replace(base, test_time_augmentation="none"))
+    model = build_model(dataclasses.replace(base, test_time_augmentation="flip_and_shift"))
+    model.set_weights(plain.get_weights())
+    images = np.random.default_rng(1).random((3, 28, 28, 1), np.float32)
+    single = single_view(model)
+    np.testing.assert_allclose(single(images, training=False).numpy(), plain(images, training=False).numpy(), atol=1e-5)
+    assert single.weights[0] is model.weights[0] or single.weights[0].path == model.weights[0].path
+    assert single_view(plain) is plain
