@@ -103,6 +103,12 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         split = {"train": dataset.train, "val": dataset.validation, "test": dataset.test}[name]
         result = train_lib.evaluate(strategy, eval_steps, eval_fn, split)
         metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
+    if config.model.test_time_augmentation != "none":
+        # What the network alone scores, so the views' share stays visible.
+        single = train_lib.evaluate(
+            strategy, steps.make_eval_steps(strategy, models.single_view(state.model)), eval_fn, dataset.test
+        )
+        metrics.update(test_accuracy_single_view=single["accuracy"], test_loss_single_view=single["loss"])
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],
         epochs_completed=int(state.epoch.numpy()),

@@ -24,6 +24,8 @@ METRIC_KEYS = {
     "val_loss",
     "test_accuracy",
     "test_loss",
+    "test_accuracy_single_view",  # The smoke preset averages views at inference.
+    "test_loss_single_view",
     "epochs_completed",
     "wall_seconds",
 }

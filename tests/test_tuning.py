@@ -143,3 +143,34 @@ def test_every_oracle_samples_the_search_space_from_the_first_trial(tiny_data_di
     trial = tuner.oracle.create_trial("tuner0")
     assert trial.status == "RUNNING"
     assert {"filters_0", "filters_1", "dropout", "learning_rate"} <= set(trial.hyperparameters.values)
+
+
+def test_time_budget_counts_earlier_runs_of_the_search(tmp_path):
+    from tuning.budget import BudgetClock
+
+    (tmp_path / "budget.json").write_text(json.dumps({"spent_seconds": 50.0}))
+    clock = BudgetClock(tmp_path, budget_seconds=60.0)
+    assert abs(clock.deadline() - (clock.started + 10.0)) < 1e-6
+    clock.record()
+    assert json.loads((tmp_path / "budget.json").read_text())["spent_seconds"] >= 50.0
+    assert BudgetClock(tmp_path / "new", budget_seconds=None).deadline() is None
+
+
+def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
+    from pipeline import workdir as workdir_lib
+    from tuning.search import _check_same_search
+    from tuning.tuner import TuneConfig
+
+    base, tune = config_lib.preset("default"), TuneConfig(time_budget_seconds=60.0)
+    _check_same_search(tmp_path, base, tune)
+    retrain_longer = base.replace(
+        train=dataclasses.replace(base.train, epochs=60),
+        model=dataclasses.replace(base.model, test_time_augmentation="none"),
+    )
+    _check_same_search(tmp_path, retrain_longer, dataclasses.replace(tune, time_budget_seconds=120.0))
+    assert json.loads((tmp_path / "search_config.json").read_text())["base"]["train"]["epochs"] == 60
+    other_trials = base.replace(model=dataclasses.replace(base.model, dense_units=64))
+    with pytest.raises(workdir_lib.WorkdirError, match="different search"):
+        _check_same_search(tmp_path, other_trials, tune)
+    with pytest.raises(workdir_lib.WorkdirError, match="different search"):
+        _check_same_search(tmp_path, base, dataclasses.replace(tune, max_epochs=3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,14 +22,36 @@ def is_tuning_chief() -> bool:
     return "KERASTUNER_TUNER_ID" not in os.environ or os.environ["KERASTUNER_TUNER_ID"] == "chief"
 
 
+def _trial_identity(base: config_lib.Config, tune: TuneConfig) -> dict:
+    """What the trials depend on; a resumed search must match it.
+
+    Left out, so a rerun may change them: `train.epochs` and
+    `model.test_time_augmentation` shape only the retrained run (trials take
+    their epochs from the tuner and validate single-view), and the time
+    budget may be raised to extend a search.
+    """
+    neutral = config_lib.Config()
+    base = base.replace(
+        train=dataclasses.replace(base.train, epochs=neutral.train.epochs),
+        model=dataclasses.replace(base.model, test_time_augmentation=neutral.model.test_time_augmentation),
+    )
+    return {
+        "base": config_lib.to_dict(base),
+        "tune": config_lib.to_dict(dataclasses.replace(tune, time_budget_seconds=None)),
+    }
+
+
 def _check_same_search(directory: Path, base: config_lib.Config, tune: TuneConfig) -> None:
-    record = {"base": config_lib.to_dict(base), "tune": config_lib.to_dict(tune)}
     path = directory / "search_config.json"
-    if path.exists() and workdir_lib.read_json(path) != json.loads(json.dumps(record)):
-        raise workdir_lib.WorkdirError(
-            f"{directory} holds a different search ({path}); use a new --workdir, or the same flags to resume"
-        )
-    workdir_lib.write_json(path, record)
+    if path.exists():
+        recorded = workdir_lib.read_json(path)
+        previous = config_lib.from_dict(config_lib.Config, recorded["base"], where=str(path))
+        previous_tune = config_lib.from_dict(TuneConfig, recorded["tune"], where=str(path))
+        if _trial_identity(previous, previous_tune) != _trial_identity(base, tune):
+            raise workdir_lib.WorkdirError(
+                f"{directory} holds a different search ({path}); use a new --workdir, or the same flags to resume"
+            )
+    workdir_lib.write_json(path, {"base": config_lib.to_dict(base), "tune": config_lib.to_dict(tune)})
 
 
 def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneConfig) -> config_lib.Config:

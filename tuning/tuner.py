@@ -23,6 +23,7 @@ from pipeline import distribution, final_model, train_lib
 from pipeline import input_pipeline as ip
 from pipeline import train as train_driver
 from tuning import search_space
+from tuning.budget import BudgetClock
 
 log = logging.getLogger(__name__)
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
@@ -36,27 +37,38 @@ class TuneConfig:
     max_trials: int = 30  # Bayesian and random; Hyperband derives its own count.
     max_epochs: int = 12  # Epochs of a full trial (Hyperband's largest bracket).
     hyperband_factor: int = 3
-    time_budget_seconds: float | None = None  # No new trial or epoch starts after it.
+    # Wall-clock seconds for the whole search, across resumes (tuning/budget.py):
+    # no new trial or epoch starts after it.
+    time_budget_seconds: float | None = None
     search: tuple[str, ...] = search_space.GROUPS
     seed: int = 0
 
 
 def _budgeted(oracle_class):
-    """An oracle subclass that stops handing out trials after a deadline."""
+    """An oracle subclass that stops handing out trials once the budget is spent.
+
+    The oracle runs in the chief (or the single process), so it alone keeps
+    the budget's accounts: every reported epoch updates DIR/budget.json.
+    """
 
     class BudgetedOracle(oracle_class):
-        deadline: float | None = None
+        clock: BudgetClock | None = None
 
         def populate_space(self, trial_id):
-            if self.deadline is not None and time.time() > self.deadline:
+            deadline = self.clock.deadline()
+            if deadline is not None and time.time() > deadline:
                 log.info("time budget reached: no new trials")
                 return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
             return super().populate_space(trial_id)
 
+        def update_trial(self, *args, **kwargs):
+            self.clock.record()
+            return super().update_trial(*args, **kwargs)
+
     return BudgetedOracle
 
 
-def make_oracle(tune: TuneConfig, deadline: float | None):
+def make_oracle(tune: TuneConfig, clock: BudgetClock):
     """The KerasTuner oracle for `tune.tuner`, with the time budget applied."""
     if tune.tuner == "hyperband":
         oracle = _budgeted(kt.oracles.HyperbandOracle)(
@@ -66,7 +78,7 @@ def make_oracle(tune: TuneConfig, deadline: float | None):
         oracle = _budgeted(kt.oracles.BayesianOptimizationOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
     else:
         oracle = _budgeted(kt.oracles.RandomSearchOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
-    oracle.deadline = deadline
+    oracle.clock = clock
     return oracle
 
 
@@ -75,8 +87,8 @@ class PipelineTuner(kt.Tuner):
 
     def __init__(self, oracle, base: config_lib.Config, tune: TuneConfig, strategy, dataset, **kwargs):
         # In a tuning cluster `self.oracle` becomes a client proxy, so the
-        # deadline is kept here too (each tuner worker counts from its start).
-        self.deadline = oracle.deadline
+        # deadline is kept here too (read from the budget file at start).
+        self.deadline = oracle.clock.deadline()
         # Set before super().__init__, which calls _populate_initial_space.
         self.base, self.tune, self.strategy, self.dataset = base, tune, strategy, dataset
         super().__init__(oracle, **kwargs)
@@ -144,9 +156,8 @@ def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, stra
     """Creates (or reloads, to resume) the tuner whose state lives in DIRECTORY/search."""
     d = base.data
     dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
-    deadline = time.time() + tune.time_budget_seconds if tune.time_budget_seconds else None
     return PipelineTuner(
-        make_oracle(tune, deadline),
+        make_oracle(tune, BudgetClock(directory, tune.time_budget_seconds)),
         base,
         tune,
         strategy,
