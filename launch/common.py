@@ -30,6 +30,12 @@ def define_config_flags() -> None:
     flags.DEFINE_boolean("batch_norm", None, "Batch normalisation after each convolution.")
     flags.DEFINE_list("filters", None, "Conv filters per block, e.g. 32,64,128.")
     flags.DEFINE_integer("kernel_size", None, "Conv kernel size.", lower_bound=1)
+    flags.DEFINE_enum(
+        "test_time_augmentation",
+        None,
+        ["none", "flip", "flip_and_shift"],
+        "Views averaged at inference (evaluation, export): none, flip (2x), flip_and_shift (10x).",
+    )
     flags.DEFINE_float("weight_decay", None, "AdamW decoupled weight decay.", lower_bound=0.0)
     flags.DEFINE_float("label_smoothing", None, "Label smoothing.", lower_bound=0.0, upper_bound=0.99)
     flags.DEFINE_integer(
@@ -70,7 +76,7 @@ def config_from_flags() -> config_lib.Config:
     base = config_lib.load(FLAGS.config) if FLAGS.config else config_lib.preset(FLAGS.preset)
     given = lambda name: FLAGS[name].present  # noqa: E731 - a tiny local predicate.
     pick = lambda name: {name: FLAGS[name].value} if given(name) else {}  # noqa: E731
-    model = {**pick("batch_norm"), **pick("kernel_size")}
+    model = {**pick("batch_norm"), **pick("kernel_size"), **pick("test_time_augmentation")}
     if given("dropout"):
         model["dropout"] = _dropout(FLAGS.dropout)
     if given("filters"):

@@ -13,6 +13,12 @@ flags.DEFINE_string("workdir", None, "A finished fmnist-train run directory.", r
 flags.DEFINE_string("export_base", None, "Model base directory served by TF Serving (default WORKDIR/export).")
 flags.DEFINE_integer("version", None, "Numeric version (default: next free). Never overwrites.", lower_bound=1)
 flags.DEFINE_boolean("tflite", False, "Also write float and dynamic-range quantised TFLite models.")
+flags.DEFINE_enum(
+    "test_time_augmentation",
+    None,
+    ["none", "flip", "flip_and_shift"],
+    "Views the exported model averages (default: the run's). none: fastest serving.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -25,7 +31,7 @@ def main(argv: list[str]) -> None:
     from pipeline.export import ExportError, export_run
 
     try:
-        path = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.tflite)
+        path = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.tflite, FLAGS.test_time_augmentation)
     except (ExportError, workdir.WorkdirError, config_lib.ConfigError, data_lib.DataError, OSError) as e:
         common.fail(str(e))
     print(path)

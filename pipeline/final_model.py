@@ -23,7 +23,9 @@ FINAL_DIR = "final"
 
 def save_final_model(model: keras.Model, out_dir: Path) -> None:
     """Writes the model's weights as a TF checkpoint under OUT_DIR/final/."""
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), out_dir / FINAL_DIR, max_to_keep=1)
+    # The single-view network: the test-time views stay an inference choice.
+    checkpoint = tf.train.Checkpoint(model=models.single_view(model))
+    manager = tf.train.CheckpointManager(checkpoint, out_dir / FINAL_DIR, max_to_keep=1)
     manager.save()
 
 
@@ -51,12 +53,13 @@ def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
     # stores float32 master weights either way.
     model = models.build_model(config.model, dtype="float32")
     try:
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+        tf.train.Checkpoint(model=models.single_view(model)).restore(
+            latest
+        ).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
         raise workdir_lib.WorkdirError(
             f"the weights in {workdir}/{FINAL_DIR} do not fit the model that {workdir}/config.json describes "
-            f"(was config.json edited, or the run made by an older version? Runs from before "
-            f'model.test_time_augmentation existed need "test_time_augmentation": "none" in config.json): '
+            f"(was its model section edited after training?): "
             f"{str(e).splitlines()[0][:200]}"
         ) from None
     return model

@@ -59,8 +59,11 @@ def build_state(
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
         best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+    # Checkpoints hold the single-view network (the same variables), so the
+    # test-time views are an inference choice: they can change after training.
+    network = models.single_view(model)
     checkpoint = tf.train.Checkpoint(
-        model=model,
+        model=network,
         optimizer=optimizer,
         epoch=epoch,
         best_val_accuracy=best,
@@ -68,7 +71,7 @@ def build_state(
         random_states=random_states(model),
     )
     manager = tf.train.CheckpointManager(checkpoint, out_dir / "checkpoints", max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), out_dir / "best", max_to_keep=1)
+    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=network), out_dir / "best", max_to_keep=1)
     return TrainState(model, optimizer, epoch, best, best_epoch, manager, best_manager)
 
 

@@ -59,6 +59,7 @@ RESUMABLE_CHANGES = (
     "train.early_stopping_patience",
     "train.steps_per_execution",
     "train.jit_compile",
+    "model.test_time_augmentation",  # Checkpoints hold the single-view network.
     "data.data_dir",
 )
 

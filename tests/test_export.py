@@ -14,6 +14,7 @@ from conftest import run, subprocess_env
 from PIL import Image
 
 from pipeline import config as config_lib
+from pipeline import data as data_lib
 from pipeline import export as export_lib
 from pipeline.train import train_and_evaluate
 
@@ -191,3 +192,22 @@ def test_serving_default_rejects_wrong_shapes(trained):
     for shape in [(2, 28, 29), (2, 784), (2, 28, 28, 3), ()]:
         with pytest.raises(tf.errors.InvalidArgumentError, match="must be uint8"):
             serve(images=tf.zeros(shape, tf.uint8))
+
+
+def test_test_time_views_are_chosen_at_export(trained, tiny_data_dir, tmp_path):
+    import dataclasses
+
+    from pipeline.final_model import load_final_model, predict_probabilities
+
+    workdir, _ = trained
+    config = config_lib.load(workdir / "config.json")
+    assert config.model.test_time_augmentation == "flip_and_shift"
+    images = data_lib.load_train_test(str(tiny_data_dir))[1].images[:16]
+    for views in ("none", "flip"):
+        path = export_lib.export_run(workdir, tmp_path / views, test_time_augmentation=views)
+        served = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(images))
+        same = config.replace(model=dataclasses.replace(config.model, test_time_augmentation=views))
+        expected = predict_probabilities(load_final_model(workdir, same), images)
+        np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+        assert json.loads((path / "assets.extra" / "preprocessing.json").read_text())["test_time_augmentation"] == views
+        assert config_lib.load(path / "assets.extra" / "config.json") == same
