@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,11 +88,19 @@ def main(argv):
 def _serving(export: str, images, results: dict, table) -> str:
     from benchmarks.serving import serving_speed
     from pipeline import config as config_lib
+    from pipeline.export import export_run
     from pipeline.final_model import load_final_model
 
     workdir = Path(export).resolve().parents[1]
-    model = load_final_model(workdir, config_lib.load(workdir / "config.json"))
-    rows = serving_speed(export, model, images, FLAGS.quick)
+    config = config_lib.load(workdir / "config.json")
+    model = load_final_model(workdir, config)
+    views = config.model.test_time_augmentation
+    exports = {f"SavedModel serving_default ({views})": export}
+    with tempfile.TemporaryDirectory() as scratch:
+        if views != "none":
+            # The same weights without test-time views: what the views cost.
+            exports["SavedModel serving_default (none)"] = export_run(workdir, scratch, test_time_augmentation="none")
+        rows = serving_speed(exports, model, images, FLAGS.quick)
     results["serving"] = rows
     return table("5. Serving", rows, list(rows[0]))
 

@@ -21,14 +21,21 @@ def _latencies(call, repeats: int) -> list[float]:
     return out
 
 
-def serving_speed(export_dir, keras_model, images: np.ndarray, quick: bool) -> list[dict]:
-    """Batch-1 latency (p50, p99) and batch-256 throughput, alternating the two paths."""
+def _signature(export_dir):
     serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    return lambda x: serve(images=tf.constant(x))["probabilities"].numpy()
+
+
+def serving_speed(exports: dict, keras_model, images: np.ndarray, quick: bool) -> list[dict]:
+    """Batch-1 latency (p50, p99) and batch-256 throughput, alternating the paths.
+
+    Args:
+      exports: row name -> exported version directory (its `serving_default`).
+      keras_model: the Keras model of the first export, for `model.predict`.
+    """
     one, many = images[:1], images[:256]
-    paths = {
-        "SavedModel serving_default": lambda x: serve(images=tf.constant(x))["probabilities"].numpy(),
-        "Keras model.predict": lambda x: keras_model.predict(ip.normalize(x), verbose=0),
-    }
+    paths = {name: _signature(directory) for name, directory in exports.items()}
+    paths["Keras model.predict"] = lambda x: keras_model.predict(ip.normalize(x), verbose=0)
     repeats = 30 if quick else 300
     lat = {name: [] for name in paths}
     thr = {name: [] for name in paths}
