@@ -30,7 +30,7 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train (running, augmented)")
-        ax.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation")
+        ax.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation (single view)")
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
         ax.grid(alpha=0.3)
         ax.legend()
