@@ -128,8 +128,8 @@ def single_view(model: keras.Model) -> keras.Model:
     """The same network (shared weights) without test-time augmentation.
 
     Per-epoch validation uses it: it is what early stopping and tuning compare
-    between epochs and configs, and at 10 views it would cost about a third of
-    an epoch's training time. Final metrics use the full model.
+    between epochs and configs, and 10 views would cost ten forward passes per
+    validation image every epoch. Final metrics use the full model.
     """
     names = {layer.name for layer in model.layers}
     if "test_time_views" not in names:
