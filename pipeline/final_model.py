@@ -21,11 +21,18 @@ from pipeline import workdir as workdir_lib
 FINAL_DIR = "final"
 
 
+def weights_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
+    """A checkpoint of the model's weights, for saving and restoring them.
+
+    It tracks the single-view network (the same variables), so checkpoints do
+    not depend on the test-time views, which stay an inference choice.
+    """
+    return tf.train.Checkpoint(model=models.single_view(model))
+
+
 def save_final_model(model: keras.Model, out_dir: Path) -> None:
     """Writes the model's weights as a TF checkpoint under OUT_DIR/final/."""
-    # The single-view network: the test-time views stay an inference choice.
-    checkpoint = tf.train.Checkpoint(model=models.single_view(model))
-    manager = tf.train.CheckpointManager(checkpoint, out_dir / FINAL_DIR, max_to_keep=1)
+    manager = tf.train.CheckpointManager(weights_checkpoint(model), out_dir / FINAL_DIR, max_to_keep=1)
     manager.save()
 
 
@@ -53,9 +60,7 @@ def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
     # stores float32 master weights either way.
     model = models.build_model(config.model, dtype="float32")
     try:
-        tf.train.Checkpoint(model=models.single_view(model)).restore(
-            latest
-        ).expect_partial().assert_existing_objects_matched()
+        weights_checkpoint(model).restore(latest).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
         raise workdir_lib.WorkdirError(
             f"the weights in {workdir}/{FINAL_DIR} do not fit the model that {workdir}/config.json describes "

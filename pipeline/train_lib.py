@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, models, steps
+from pipeline import distribution, final_model, models, steps
 from pipeline import input_pipeline as ip
 from pipeline import workdir as workdir_lib
 
@@ -59,11 +59,10 @@ def build_state(
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
         best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-    # Checkpoints hold the single-view network (the same variables), so the
-    # test-time views are an inference choice: they can change after training.
-    network = models.single_view(model)
+    # The model is tracked as in `final_model.weights_checkpoint`: single-view,
+    # so the test-time views can change after training.
     checkpoint = tf.train.Checkpoint(
-        model=network,
+        model=models.single_view(model),
         optimizer=optimizer,
         epoch=epoch,
         best_val_accuracy=best,
@@ -71,7 +70,7 @@ def build_state(
         random_states=random_states(model),
     )
     manager = tf.train.CheckpointManager(checkpoint, out_dir / "checkpoints", max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=network), out_dir / "best", max_to_keep=1)
+    best_manager = tf.train.CheckpointManager(final_model.weights_checkpoint(model), out_dir / "best", max_to_keep=1)
     return TrainState(model, optimizer, epoch, best, best_epoch, manager, best_manager)
 
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, train_lib
+from pipeline import distribution, final_model, train_lib
 from pipeline import input_pipeline as ip
 from pipeline import train as train_driver
 from tuning import search_space
@@ -147,7 +147,7 @@ class PipelineTuner(kt.Tuner):
         # Hyperband continues a promising trial: start from its final weights.
         latest = tf.train.latest_checkpoint(Path(self.get_trial_dir(previous_trial)) / final_model.FINAL_DIR)
         if latest:
-            tf.train.Checkpoint(model=models.single_view(state.model)).restore(latest).expect_partial()
+            final_model.weights_checkpoint(state.model).restore(latest).expect_partial()
             state.epoch.assign(initial_epoch)
             state.optimizer.iterations.assign(initial_epoch * steps_per_epoch)
 
