@@ -80,15 +80,22 @@ def _train_command(workdir, data_dir, *extra):
     ]
 
 
+def _latest_epoch(checkpoint_dir):
+    latest = tf.train.latest_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
 def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     command = _train_command(tmp_path, tiny_data_dir, "--epochs=40", "--max_train_examples=256")
     child = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "checkpoints" / "ckpt-2.index").exists():
+    # Wait for the checkpoint state file, not for ckpt-2.index: the index is written before the
+    # manager records the checkpoint, so a kill in between leaves ckpt-1 as the latest.
+    while time.time() < deadline and _latest_epoch(tmp_path / "checkpoints") < 2:
         time.sleep(0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    killed_at = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
+    killed_at = _latest_epoch(tmp_path / "checkpoints")
     assert 2 <= killed_at < 40, "the run should have been killed mid-way"
     done = run(command, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
