@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from pipeline.batch_norm import FusedBatchNormalization
 from pipeline.config import ModelConfig
 from pipeline.data import NUM_CLASSES
 
@@ -73,7 +74,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             dtype=dtype,
         )(x)
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(
+            x = FusedBatchNormalization(
                 momentum=config.batch_norm_momentum, name=f"{name}_bn", dtype=dtype, synchronized=sync_bn
             )(x)
             x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)

@@ -100,3 +100,24 @@ def test_steps_per_epoch():
     assert ip.steps_per_epoch(1000, 128) == 7
     with pytest.raises(ValueError, match="smaller --global_batch_size"):
         ip.steps_per_epoch(100, 128)
+
+
+def _flips_and_shifts(image, max_shift):
+    """Every image that a flip (or none) and a shift of up to `max_shift` can make, by NumPy."""
+    for source in (image, image[:, ::-1]):
+        padded = np.pad(source, max_shift)
+        for dy in range(2 * max_shift + 1):
+            for dx in range(2 * max_shift + 1):
+                yield (dy, dx, source is not image), padded[dy : dy + 28, dx : dx + 28]
+
+
+def test_each_augmented_image_is_exactly_a_flip_and_shift_and_all_occur():
+    images = ip.normalize(IMAGES[:64])
+    config = AugmentConfig(flip=True, max_shift=2)
+    augmented = ip.augment_batch(images, config, tf.constant([5, 6], tf.int64)).numpy()[..., 0]
+    seen = set()
+    for original, result in zip(images.numpy()[..., 0], augmented, strict=True):
+        matches = [how for how, candidate in _flips_and_shifts(original, 2) if np.array_equal(candidate, result)]
+        assert matches, "an augmented image is not a flip and shift of its source"
+        seen.update((flipped, dy) for dy, _, flipped in matches)
+    assert {True, False} <= {flipped for flipped, _ in seen} and len({dy for _, dy in seen}) == 5
