@@ -1,6 +1,7 @@
 """Comparison 3b: execution settings of the default model's training step.
 
-Steps per execution, XLA (`jit_compile`) and TensorFlow's thread pools. Thread
+Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools and the
+batch-norm kernel (ours fused, Keras' unfused). Thread
 pools are fixed once TensorFlow starts, so every setting is measured in its own
 child process; the parent runs them in turn (A B C ... A B C ...) and reports
 medians, like every other comparison here.
@@ -19,33 +20,48 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# name -> (TrainConfig overrides, (intra-op threads, inter-op threads) or None for TF's defaults)
-SETTINGS: dict[str, tuple[dict, tuple[int, int] | None]] = {
-    "default preset: 16 steps/execution, TF thread defaults": ({}, None),
-    "1 step per execution": ({"steps_per_execution": 1}, None),
-    "64 steps per execution": ({"steps_per_execution": 64}, None),
-    "XLA: jit_compile=True": ({"jit_compile": True}, None),
-    "threads: intra-op 2, inter-op 1": ({}, (2, 1)),
-    "threads: intra-op 1, inter-op 2": ({}, (1, 2)),
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One execution setting: TrainConfig overrides, thread pools, batch-norm kernel."""
+
+    train: dict = dataclasses.field(default_factory=dict)
+    threads: tuple[int, int] | None = None  # (intra-op, inter-op); None: TensorFlow's defaults.
+    keras_batch_norm: bool = False  # Keras' unfused BatchNormalization instead of ours.
+
+
+SETTINGS: dict[str, Setting] = {
+    "default preset: 16 steps/execution, TF thread defaults": Setting(),
+    "1 step per execution": Setting(train={"steps_per_execution": 1}),
+    "64 steps per execution": Setting(train={"steps_per_execution": 64}),
+    "XLA: jit_compile=True": Setting(train={"jit_compile": True}),
+    "threads: intra-op 2, inter-op 1": Setting(threads=(2, 1)),
+    "threads: intra-op 1, inter-op 2": Setting(threads=(1, 2)),
+    "Keras' own (unfused) BatchNormalization": Setting(keras_batch_norm=True),
 }
 
 
 def _child(name: str, data_dir: str | None, num_steps: int) -> None:
+    import keras
     import tensorflow as tf
 
-    overrides, threads = SETTINGS[name]
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
-        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
+    setting = SETTINGS[name]
+    if setting.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(setting.threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(setting.threads[1])
     import time
 
     from benchmarks.throughput import _our_trainer
     from pipeline import config as config_lib
     from pipeline import data as data_lib
+    from pipeline import models
 
+    if setting.keras_batch_norm:
+        # This child process only: build the model with the layer ours replaced.
+        models.FusedBatchNormalization = keras.layers.BatchNormalization
     train, _, _ = data_lib.load_train_test(data_dir)
     config = config_lib.preset("default")
-    config = config.replace(train=dataclasses.replace(config.train, **overrides))
+    config = config.replace(train=dataclasses.replace(config.train, **setting.train))
     run = _our_trainer(config, train.images, train.labels, num_steps)
     start = time.perf_counter()
     examples = run()
