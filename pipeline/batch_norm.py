@@ -30,7 +30,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             len(inputs.shape) == 4
             and self.axis in (-1, 3)
             and not self.synchronized
-            and not getattr(self, "renorm", False)
+            and not self.renorm
             and mask is None
             and self.scale
             and self.center
