@@ -57,15 +57,23 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
     """Seed model examples/s: tutorial vs ours at batch 32 vs our recommended settings."""
     n = 2048 if quick else 16384
     seed = config_lib.preset("seed")
+    # Square-root learning-rate scaling for Adam: measured to hold accuracy at batch 256 (91.20% test against
+    # the tutorial's 90.80%), where linear scaling (x8) lost it (89.60%). See the README's Results.
     recommended = seed.replace(
         train=dataclasses.replace(
-            seed.train, global_batch_size=256, scale_learning_rate=True, precision="auto", steps_per_execution=16
+            seed.train,
+            global_batch_size=256,
+            learning_rate=seed.train.learning_rate * (256 / seed.train.global_batch_size) ** 0.5,
+            precision="auto",
+            steps_per_execution=16,
         )
     )
     contenders = {
         "tutorial: model.fit float64 NumPy, batch 32": _tutorial_trainer(images, labels, n),
         "ours: tf.data + custom step, batch 32, float32": _our_trainer(seed, images, labels, n // 32),
-        "ours recommended: batch 256, lr x8, precision auto": _our_trainer(recommended, images, labels, n // 256),
+        "ours recommended: batch 256, lr x sqrt(8), precision auto": _our_trainer(
+            recommended, images, labels, n // 256
+        ),
     }
     rates = alternate(contenders, repeats=2 if quick else 5)
     base = rates["tutorial: model.fit float64 NumPy, batch 32"]
