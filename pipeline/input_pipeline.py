@@ -103,6 +103,11 @@ def _shard(images: np.ndarray, labels: np.ndarray, context: tf.distribute.InputC
     return images[mine], labels[mine]
 
 
+def epoch_seed(seed: int, epoch: int, shard_id: int) -> int:
+    """The shuffle and augmentation seed of one epoch of one input pipeline."""
+    return seed * 1_000_003 + epoch * 1009 + shard_id
+
+
 def train_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -129,8 +134,7 @@ def train_dataset(
       Dataset of (float32 [B, 28, 28, 1], int64 [B]).
     """
     images, labels = _shard(images, labels, context)
-    shard_id = context.input_pipeline_id if context else 0
-    epoch_seed = seed * 1_000_003 + epoch * 1009 + shard_id
+    this_epoch = epoch_seed(seed, epoch, context.input_pipeline_id if context else 0)
     # The shard stays in memory as two tensors and only indices flow through
     # the pipeline: a scalar per example through shuffle and batch, then one
     # gather per batch. It needs no cache and runs as fast as caching and
@@ -142,7 +146,7 @@ def train_dataset(
     ds = tf.data.Dataset.range(len(labels))
     # Shuffle the whole shard before batching so every batch is a fresh
     # random sample; repeat after shuffle so epochs do not blend.
-    ds = ds.shuffle(len(labels), seed=epoch_seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.shuffle(len(labels), seed=this_epoch, reshuffle_each_iteration=True).repeat()
     # Fixed-size batches: every replica takes the same number of steps.
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
@@ -150,7 +154,7 @@ def train_dataset(
     # the raw uint8 arrays so each epoch sees new augmentations; seeds are
     # per batch and stateless.
     ds = ds.enumerate().map(
-        lambda i, batch: _prepare_train(batch, augment, tf.stack([tf.cast(epoch_seed, tf.int64), i])),
+        lambda i, batch: _prepare_train(batch, augment, tf.stack([tf.cast(this_epoch, tf.int64), i])),
         num_parallel_calls=AUTOTUNE,
     )
     # Overlap input preparation with the training step.

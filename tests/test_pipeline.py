@@ -126,9 +126,8 @@ def test_each_augmented_image_is_exactly_a_flip_and_shift_and_all_occur():
 def test_index_shuffle_gives_the_order_of_shuffling_the_examples():
     # Runs trained before indices replaced examples in the shuffle must reproduce exactly.
     ours = ip.train_dataset(IMAGES, LABELS, 50, seed=3, epoch=2, augment=NO_AUGMENT)
-    epoch_seed = 3 * 1_000_003 + 2 * 1009
     examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS.astype(np.int64)))
-    reference = examples.shuffle(200, seed=epoch_seed, reshuffle_each_iteration=True).repeat().batch(50)
+    reference = examples.shuffle(200, seed=ip.epoch_seed(3, 2, 0), reshuffle_each_iteration=True).repeat().batch(50)
     for (images, labels), (want_images, want_labels) in zip(_first(ours, 8), _first(reference, 8), strict=True):
         np.testing.assert_array_equal(labels, want_labels)
         np.testing.assert_allclose(images[..., 0], want_images / 255.0, atol=1e-6)
