@@ -137,3 +137,36 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     np.testing.assert_allclose(
         synced(inputs, training=True), layers[0].__class__(synchronized=True)(inputs, training=True), atol=1e-5
     )
+
+
+def _conv_bn_relu_pool(model, images):
+    """The textbook order for every block (ReLU before pooling), on `model`'s layers."""
+    x = images
+    for layer in model.layers[1:]:
+        if layer.name.endswith("_relu"):
+            continue
+        x = layer(x, training=True)
+        if isinstance(layer, FusedBatchNormalization):
+            x = keras.activations.relu(x)
+    return x
+
+
+def test_relu_after_pooling_equals_relu_before_it():
+    # The blocks apply their last ReLU after max-pooling because it is cheaper;
+    # the two orders must agree exactly, gradients included.
+    for convs_per_block in (1, 2):
+        model_config = dataclasses.replace(
+            config_lib.preset("default").model, convs_per_block=convs_per_block, dropout=None
+        )
+        model = build_model(dataclasses.replace(model_config, test_time_augmentation="none"))
+        images = tf.random.uniform([16, 28, 28, 1], seed=1)
+        labels = tf.constant(np.arange(16) % 10)
+        results = []
+        for textbook in (False, True):
+            with tf.GradientTape() as tape:
+                probabilities = _conv_bn_relu_pool(model, images) if textbook else model(images, training=True)
+                loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            results.append((loss, tape.gradient(loss, model.trainable_variables)))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        for ours, textbook in zip(results[0][1], results[1][1], strict=True):
+            np.testing.assert_array_equal(ours, textbook)
