@@ -1,6 +1,6 @@
 """Run the benchmarks side by side and print tables; writes benchmarks/results.json.
 
-python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full (about 15 min)
+python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full (about 35 min)
 python -m benchmarks.run --data_dir=... --quick                             # a few minutes, smoke test
 python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/default --export=runs/default/export/1
 """

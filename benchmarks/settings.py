@@ -1,7 +1,7 @@
 """Comparison 3b: execution settings of the default model's training step.
 
-Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools and the
-batch-norm kernel (ours fused, Keras' unfused). Thread
+Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools, the
+batch-norm kernel (ours fused, Keras' unfused) and where the ReLU goes. Thread
 pools are fixed once TensorFlow starts, so every setting is measured in its own
 child process; the parent runs them in turn (A B C ... A B C ...) and reports
 medians, like every other comparison here.
@@ -28,6 +28,7 @@ class Setting:
     train: dict = dataclasses.field(default_factory=dict)
     threads: tuple[int, int] | None = None  # (intra-op, inter-op); None: TensorFlow's defaults.
     keras_batch_norm: bool = False  # Keras' unfused BatchNormalization instead of ours.
+    relu_before_pooling: bool = False  # The textbook conv-BN-ReLU-pool order instead of ours.
 
 
 SETTINGS: dict[str, Setting] = {
@@ -38,6 +39,7 @@ SETTINGS: dict[str, Setting] = {
     "threads: intra-op 2, inter-op 1": Setting(threads=(2, 1)),
     "threads: intra-op 1, inter-op 2": Setting(threads=(1, 2)),
     "Keras' own (unfused) BatchNormalization": Setting(keras_batch_norm=True),
+    "ReLU before max-pooling (textbook order; same numbers)": Setting(relu_before_pooling=True),
 }
 
 
@@ -59,6 +61,7 @@ def _child(name: str, data_dir: str | None, num_steps: int) -> None:
     if setting.keras_batch_norm:
         # This child process only: build the model with the layer ours replaced.
         models.FusedBatchNormalization = keras.layers.BatchNormalization
+    models.RELU_AFTER_POOLING = not setting.relu_before_pooling
     train, _, _ = data_lib.load_train_test(data_dir)
     config = config_lib.preset("default")
     config = config.replace(train=dataclasses.replace(config.train, **setting.train))

@@ -59,6 +59,11 @@ class AverageViews(keras.layers.Layer):
 
 VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(_SHIFTS)}
 
+# With batch norm, a block's last ReLU follows its max-pooling (see `_block`).
+# Only benchmarks/settings.py turns this off, in a child process, to measure
+# the textbook order; both orders compute the same numbers.
+RELU_AFTER_POOLING = True
+
 
 def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
     for j in range(config.convs_per_block):
@@ -77,13 +82,13 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             x = FusedBatchNormalization(
                 momentum=config.batch_norm_momentum, name=f"{name}_bn", dtype=dtype, synchronized=sync_bn
             )(x)
-            if j < config.convs_per_block - 1:
+            if j < config.convs_per_block - 1 or not RELU_AFTER_POOLING:
                 x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
-    if config.batch_norm:
+    if config.batch_norm and RELU_AFTER_POOLING:
         # The block's last ReLU after the pooling: max and ReLU commute exactly
         # (both are monotone), so the outputs are the same, but ReLU and its
-        # gradient touch a quarter of the values (3.7% of a step, benchmarks/).
+        # gradient touch a quarter of the values (benchmarks/ comparison 3b).
         last_conv = f"block{index}_conv{config.convs_per_block - 1}"
         x = keras.layers.Activation("relu", name=f"{last_conv}_relu", dtype=dtype)(x)
     # Dropout never feeds a batch-norm layer: BN would learn moving statistics

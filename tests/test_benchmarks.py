@@ -44,6 +44,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     assert "vs tutorial" in done.stdout and "### 5. Serving" in done.stdout
     assert all(row["examples/s"] > 0 for row in results["training_throughput"] + results["execution_settings"])
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
+    assert "ReLU before max-pooling" in done.stdout
     # The smoke run averages 10 views; the table also shows the plain network's export.
     assert [row["path"] for row in results["serving"]] == [
         "SavedModel serving_default (flip_and_shift)",

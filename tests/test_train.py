@@ -204,3 +204,18 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_data_dir, 
     uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
     assert _fit_to_fingerprint(config, tmp_path / "resumed", stop_after_epoch=1) is None
     assert _fit_to_fingerprint(config, tmp_path / "resumed") == uninterrupted
+
+
+def test_mixed_bfloat16_trains_and_exports(tiny_data_dir, tmp_path):
+    # What `precision=auto` picks on CPUs with AVX512_BF16 or AMX and on recent
+    # GPUs. This CPU emulates bfloat16 (slowly), which is enough to check that
+    # the fused batch norm, the loss and the export work in it.
+    config = tiny_config(tiny_data_dir, epochs=2, learning_rate=3e-3, precision="mixed_bfloat16")
+    metrics = train_and_evaluate(config, tmp_path, tf.distribute.get_strategy(), progress=False, make_report=False)
+    assert metrics["precision"] == "mixed_bfloat16"
+    assert metrics["val_accuracy"] > 0.5 and np.isfinite(metrics["test_loss"])
+    served = tf.saved_model.load(metrics["export"]).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), np.uint8)
+    probabilities = served(images=tf.constant(images))["probabilities"]
+    assert probabilities.dtype == tf.float32
+    np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-3)
