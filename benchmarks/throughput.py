@@ -11,8 +11,9 @@ import tensorflow as tf
 
 from benchmarks.common import alternate
 from pipeline import config as config_lib
-from pipeline import distribution, models, steps
+from pipeline import distribution, models, train_lib
 from pipeline import input_pipeline as ip
+from pipeline import optimizer as optimizer_lib
 
 
 def _our_trainer(config: config_lib.Config, images, labels, num_steps: int):
@@ -20,8 +21,8 @@ def _our_trainer(config: config_lib.Config, images, labels, num_steps: int):
     strategy = tf.distribute.get_strategy()
     policy = distribution.resolve_precision(config.train.precision)
     model = models.build_model(config.model, dtype=policy)
-    optimizer = steps.build_optimizer(config.train, num_steps, policy)
-    train_steps = steps.make_train_steps(strategy, model, optimizer, config.train)
+    optimizer = optimizer_lib.build_optimizer(config.train, num_steps, policy)
+    train_steps = train_lib.make_train_steps(strategy, model, optimizer, config.train)
     batch = config.train.global_batch_size
     iterator = iter(ip.train_dataset(images, labels, batch, 0, 0, config.augment))
     chunk = config.train.steps_per_execution

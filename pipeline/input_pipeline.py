@@ -7,12 +7,17 @@ once is one vectorised op instead of one small op per example.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import AugmentConfig
+from pipeline import data as data_lib
+from pipeline import distribution
+from pipeline.config import AugmentConfig, Config
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
 
 
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
@@ -212,3 +217,35 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
             "use a smaller --global_batch_size"
         )
     return num_examples // global_batch_size
+
+
+def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
+    """Returns (train_fn(epoch) -> distributed dataset, eval_fn(split) -> (dataset, steps))."""
+    replicas = strategy.num_replicas_in_sync
+    per_replica = per_replica_batch_size(config.train.global_batch_size, replicas)
+    log.info(
+        "global batch %d = %d replicas x per-replica batch %d", config.train.global_batch_size, replicas, per_replica
+    )
+    train = dataset.train
+    # Batch-per-replica is what distribute_datasets_from_function expects.
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+
+    def train_fn(epoch: int):
+        return strategy.distribute_datasets_from_function(
+            lambda ctx: train_dataset(
+                train.images, train.labels, per_replica, config.train.seed, epoch, config.augment, ctx
+            ),
+            options,
+        )
+
+    def eval_fn(split: data_lib.Split):
+        pipelines = distribution.num_workers(strategy)
+        replicas_per_pipeline = replicas // pipelines
+        num_steps = eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
+        ds = strategy.distribute_datasets_from_function(
+            lambda ctx: eval_dataset(split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx),
+            options,
+        )
+        return ds, num_steps
+
+    return train_fn, eval_fn

@@ -1,4 +1,9 @@
-"""`train_and_evaluate`: the one library call behind `fmnist-train`."""
+"""The training driver: `train_and_evaluate`, the one library call behind `fmnist-train`.
+
+It reads top to bottom: check the workdir, load the data, build and restore
+the state, train, evaluate, save, report and export. The pieces live in
+`pipeline.train_lib`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, report, steps, train_lib
+from pipeline import distribution, final_model, models, report, train_lib
 from pipeline import export as export_lib
 from pipeline import input_pipeline as ip
 from pipeline import workdir as workdir_lib
@@ -19,85 +23,10 @@ from pipeline import workdir as workdir_lib
 log = logging.getLogger(__name__)
 
 
-def fit(
-    config,
-    strategy,
-    state,
-    dataset,
-    history: list[dict],
-    out_dir: Path,
-    progress: bool,
-    on_epoch_end=None,
-    deadline: float | None = None,
-) -> list[dict]:
-    """Trains from the restored epoch to `config.train.epochs`, checkpointing each epoch.
-
-    Args:
-      on_epoch_end: optional `fn(record)` called after each epoch (tuning).
-      deadline: optional `time.time()` after which no new epoch starts.
-
-    Returns the full per-epoch history (earlier sessions' epochs included).
-    """
-    steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-    train_steps = steps.make_train_steps(strategy, state.model, state.optimizer, config.train)
-    eval_steps = steps.make_eval_steps(strategy, models.single_view(state.model))
-    train_fn, eval_fn = train_lib.distributed_datasets(config, strategy, dataset)
-    writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
-    elapsed = history[-1]["elapsed_seconds"] if history else 0.0
-    for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
-        if train_lib.should_stop(config, state, epoch - 1):
-            log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
-            break
-        if deadline is not None and time.time() > deadline:
-            log.info("time budget reached before epoch %d", epoch)
-            break
-        start = time.perf_counter()
-        if progress:
-            print(f"Epoch {epoch}/{config.train.epochs}", flush=True)
-        running = train_lib.train_epoch(
-            train_steps, train_fn(epoch), steps_per_epoch, config.train.steps_per_execution, progress
-        )
-        val = train_lib.evaluate(strategy, eval_steps, eval_fn, dataset.validation)
-        seconds = time.perf_counter() - start
-        elapsed += seconds
-        record = {
-            "epoch": epoch,
-            "train_loss": running["loss"],
-            "train_accuracy": running["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
-            "seconds": seconds,
-            "elapsed_seconds": elapsed,
-        }
-        log.info(
-            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
-            epoch,
-            record["train_loss"],
-            record["train_accuracy"],
-            val["loss"],
-            val["accuracy"],
-            seconds,
-        )
-        if train_lib.record_if_best(state, record):
-            state.best_manager.save(checkpoint_number=epoch)
-        history.append(record)
-        train_lib.write_summaries(writers, epoch, record)
-        state.epoch.assign(epoch)
-        # History before checkpoint: a crash between the two re-runs the epoch
-        # and the history is truncated to the checkpoint's epoch on resume.
-        if distribution.is_chief(strategy):
-            workdir_lib.write_json(out_dir / "history.json", history)
-        state.manager.save(checkpoint_number=epoch)
-        if on_epoch_end:
-            on_epoch_end(record)
-    return history
-
-
 def final_metrics(config, strategy, state, dataset, history, policy: str, started: float) -> dict:
     """Evaluates train, validation and test in inference mode; returns metrics.json content."""
-    eval_steps = steps.make_eval_steps(strategy, state.model)
-    _, eval_fn = train_lib.distributed_datasets(config, strategy, dataset)
+    eval_steps = train_lib.make_eval_steps(strategy, state.model)
+    _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     metrics = {"preset": config.name}
     for name in ("train", "val", "test"):
         split = {"train": dataset.train, "val": dataset.validation, "test": dataset.test}[name]
@@ -106,7 +35,7 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
     if config.model.test_time_augmentation != "none":
         # What the network alone scores, so the views' share stays visible.
         single = train_lib.evaluate(
-            strategy, steps.make_eval_steps(strategy, models.single_view(state.model)), eval_fn, dataset.test
+            strategy, train_lib.make_eval_steps(strategy, models.single_view(state.model)), eval_fn, dataset.test
         )
         metrics.update(test_accuracy_single_view=single["accuracy"], test_loss_single_view=single["loss"])
     metrics.update(
@@ -189,7 +118,7 @@ def train_and_evaluate(
         if chief:
             config_lib.save(config, workdir / "config.json")
         history = workdir_lib.load_history(workdir, done)
-        history = fit(config, strategy, state, dataset, history, out_dir, progress and chief)
+        history = train_lib.fit(config, strategy, state, dataset, history, out_dir, progress and chief)
         if config.train.early_stopping_patience:
             state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
         metrics = final_metrics(config, strategy, state, dataset, history, policy, started)

@@ -1,13 +1,20 @@
-"""Training driver: small named steps and one short `train_and_evaluate`.
+"""The training library: state and checkpoints, the distributed steps, the epoch loop.
 
-The same code runs under the default strategy, MirroredStrategy and
-MultiWorkerMirroredStrategy (see `pipeline.steps` for why it is a custom loop).
+`pipeline.train.train_and_evaluate` drives these functions; the tuner calls
+`build_state`, `restore` and `fit` for each trial.
+
+One custom step serves every strategy (default, mirrored, multi-worker):
+Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585), while Keras 3 layers and optimisers work inside
+`strategy.run`. The same step everywhere keeps metrics, checkpoints and
+resume identical on one CPU and on a cluster.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import keras
@@ -16,8 +23,9 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, steps
+from pipeline import distribution, final_model, models
 from pipeline import input_pipeline as ip
+from pipeline import optimizer as optimizer_lib
 from pipeline import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -36,24 +44,12 @@ class TrainState:
     best_manager: tf.train.CheckpointManager
 
 
-def build_model(config: config_lib.Config, strategy, policy: str) -> keras.Model:
-    """The configured model, seeded; call under `strategy.scope()`."""
-    keras.utils.set_random_seed(config.train.seed)
-    return models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
-
-
-def build_state(
-    config: config_lib.Config,
-    strategy,
-    policy: str,
-    steps_per_epoch: int,
-    out_dir: Path,
-    model: keras.Model | None = None,
-) -> TrainState:
-    """Builds (or adopts) the model, then optimiser and counters, with checkpoint managers."""
+def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int, out_dir: Path) -> TrainState:
+    """Builds the seeded model, the optimiser and the counters, with their checkpoint managers."""
     with strategy.scope():
-        model = model or build_model(config, strategy, policy)
-        optimizer = steps.build_optimizer(config.train, steps_per_epoch, policy)
+        keras.utils.set_random_seed(config.train.seed)
+        model = models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+        optimizer = optimizer_lib.build_optimizer(config.train, steps_per_epoch, policy)
         # Build slots now so a restore fills them instead of deferring.
         optimizer.build(model.trainable_variables)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -116,44 +112,83 @@ def _check_workers_agree(strategy, epoch: int) -> None:
             )
 
 
-def distributed_datasets(config: config_lib.Config, strategy, dataset: data_lib.Dataset):
-    """Returns (train_fn(epoch) -> distributed dataset, eval_fn(split) -> (dataset, steps))."""
-    replicas = strategy.num_replicas_in_sync
-    per_replica = ip.per_replica_batch_size(config.train.global_batch_size, replicas)
-    log.info(
-        "global batch %d = %d replicas x per-replica batch %d", config.train.global_batch_size, replicas, per_replica
+def _per_example_loss(labels, probabilities, label_smoothing: float):
+    one_hot = tf.one_hot(labels, probabilities.shape[-1])
+    return keras.losses.categorical_crossentropy(one_hot, probabilities, label_smoothing=label_smoothing)
+
+
+def _statistics(labels, probabilities, per_example_loss, weights):
+    correct = tf.cast(tf.equal(tf.argmax(probabilities, -1), labels), tf.float32)
+    return tf.stack(
+        [
+            tf.reduce_sum(per_example_loss * weights),
+            tf.reduce_sum(correct * weights),
+            tf.reduce_sum(weights),
+        ]
     )
-    train = dataset.train
-    # Batch-per-replica is what distribute_datasets_from_function expects.
-    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
 
-    def train_fn(epoch: int):
-        return strategy.distribute_datasets_from_function(
-            lambda ctx: ip.train_dataset(
-                train.images, train.labels, per_replica, config.train.seed, epoch, config.augment, ctx
-            ),
-            options,
-        )
 
-    def eval_fn(split: data_lib.Split):
-        pipelines = distribution.num_workers(strategy)
-        replicas_per_pipeline = replicas // pipelines
-        num_steps = ip.eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
-        ds = strategy.distribute_datasets_from_function(
-            lambda ctx: ip.eval_dataset(
-                split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx
-            ),
-            options,
-        )
-        return ds, num_steps
+def _looped(strategy, step):
+    """Compiles `fn(iterator, n)` running `step` n times, summing its statistics."""
 
-    return train_fn, eval_fn
+    @tf.function
+    def run_steps(iterator, num_steps):
+        totals = tf.zeros([3])
+        for _ in tf.range(num_steps):
+            per_replica = strategy.run(step, args=next(iterator))
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return totals
+
+    return run_steps
+
+
+def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig):
+    """Returns `train_steps(iterator, n)`: n optimiser steps, summed statistics.
+
+    Several steps per call amortise Python and dispatch overhead, which
+    dominates small-batch CPU training. The result is [loss_sum, correct,
+    count] summed over replicas and steps (running training averages, shown in
+    the progress bar only).
+    """
+
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            per_example = _per_example_loss(labels, probabilities, config.label_smoothing)
+            # Divide by the *global* batch: replicas' gradients are summed.
+            loss = tf.reduce_sum(per_example) / config.global_batch_size
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
+        return _statistics(labels, probabilities, per_example, tf.ones_like(per_example))
+
+    if config.jit_compile:
+        # Only the step is compiled: the loop around it reads an iterator.
+        step = tf.function(step, jit_compile=True)
+    return _looped(strategy, step)
+
+
+def make_eval_steps(strategy, model):
+    """Returns `eval_steps(iterator, n)`: [loss_sum, correct, count] in inference mode."""
+
+    def step(images, labels, weights):
+        probabilities = model(images, training=False)
+        per_example = _per_example_loss(labels, probabilities, 0.0)
+        return _statistics(labels, probabilities, per_example, weights)
+
+    return _looped(strategy, step)
+
+
+def summarize(totals) -> dict[str, float]:
+    """[loss_sum, correct, count] to {"loss": mean loss, "accuracy": fraction}."""
+    loss_sum, correct, count = (float(v) for v in totals)
+    return {"loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
 
 
 def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split) -> dict[str, float]:
     """Loss and accuracy over a whole split, inference mode, each example once."""
     ds, num_steps = eval_fn(split)
-    return steps.summarize(eval_steps_fn(iter(ds), tf.constant(num_steps)))
+    return summarize(eval_steps_fn(iter(ds), tf.constant(num_steps)))
 
 
 def train_epoch(train_steps_fn, dataset, steps_per_epoch: int, chunk: int, progress: bool) -> dict[str, float]:
@@ -166,9 +201,9 @@ def train_epoch(train_steps_fn, dataset, steps_per_epoch: int, chunk: int, progr
         totals += train_steps_fn(iterator, tf.constant(n)).numpy()
         done += n
         if bar:
-            running = steps.summarize(totals)
+            running = summarize(totals)
             bar.update(done, [("loss", running["loss"]), ("accuracy", running["accuracy"])])
-    return steps.summarize(totals)
+    return summarize(totals)
 
 
 def write_summaries(writers: dict, epoch: int, record: dict) -> None:
@@ -182,6 +217,7 @@ def write_summaries(writers: dict, epoch: int, record: dict) -> None:
 
 
 def record_if_best(state: TrainState, record: dict) -> bool:
+    """Remembers `record` as the best epoch when its validation accuracy is the highest so far."""
     if record["val_accuracy"] > float(state.best_val_accuracy.numpy()):
         state.best_val_accuracy.assign(record["val_accuracy"])
         state.best_epoch.assign(record["epoch"])
@@ -190,5 +226,87 @@ def record_if_best(state: TrainState, record: dict) -> bool:
 
 
 def should_stop(config: config_lib.Config, state: TrainState, epoch: int) -> bool:
+    """Early stopping: `patience` epochs since the best one."""
     patience = config.train.early_stopping_patience
     return patience is not None and epoch - int(state.best_epoch.numpy()) >= patience
+
+
+def fit(
+    config: config_lib.Config,
+    strategy,
+    state: TrainState,
+    dataset: data_lib.Dataset,
+    history: list[dict],
+    out_dir: Path,
+    progress: bool,
+    on_epoch_end=None,
+    deadline: float | None = None,
+) -> list[dict]:
+    """Trains from the restored epoch to `config.train.epochs`, checkpointing each epoch.
+
+    Args:
+      config: the run's configuration.
+      strategy: the distribution strategy the state was built under.
+      state: from `build_state`, restored by `restore`.
+      dataset: the three splits.
+      history: the records of the epochs already completed.
+      out_dir: where this process writes checkpoints and TensorBoard logs.
+      progress: show a progress bar and a line per epoch.
+      on_epoch_end: optional `fn(record)` called after each epoch (tuning).
+      deadline: optional `time.time()` after which no new epoch starts.
+
+    Returns:
+      The full per-epoch history, earlier invocations' epochs included.
+    """
+    steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
+    train_steps = make_train_steps(strategy, state.model, state.optimizer, config.train)
+    eval_steps = make_eval_steps(strategy, models.single_view(state.model))
+    train_fn, eval_fn = ip.distributed_datasets(config, strategy, dataset)
+    writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
+    elapsed = history[-1]["elapsed_seconds"] if history else 0.0
+    for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
+        if should_stop(config, state, epoch - 1):
+            log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
+            break
+        if deadline is not None and time.time() > deadline:
+            log.info("time budget reached before epoch %d", epoch)
+            break
+        start = time.perf_counter()
+        if progress:
+            print(f"Epoch {epoch}/{config.train.epochs}", flush=True)
+        running = train_epoch(train_steps, train_fn(epoch), steps_per_epoch, config.train.steps_per_execution, progress)
+        val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
+        seconds = time.perf_counter() - start
+        elapsed += seconds
+        record = {
+            "epoch": epoch,
+            "train_loss": running["loss"],
+            "train_accuracy": running["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
+            "seconds": seconds,
+            "elapsed_seconds": elapsed,
+        }
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
+            epoch,
+            record["train_loss"],
+            record["train_accuracy"],
+            val["loss"],
+            val["accuracy"],
+            seconds,
+        )
+        if record_if_best(state, record):
+            state.best_manager.save(checkpoint_number=epoch)
+        history.append(record)
+        write_summaries(writers, epoch, record)
+        state.epoch.assign(epoch)
+        # History before checkpoint: a crash between the two re-runs the epoch
+        # and the history is truncated to the checkpoint's epoch on resume.
+        if distribution.is_chief(strategy):
+            workdir_lib.write_json(out_dir / "history.json", history)
+        state.manager.save(checkpoint_number=epoch)
+        if on_epoch_end:
+            on_epoch_end(record)
+    return history

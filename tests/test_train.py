@@ -174,7 +174,6 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
     from pipeline import data as data_lib
     from pipeline import final_model, train_lib
     from pipeline import input_pipeline as ip
-    from pipeline.train import fit
 
     class Interrupted(Exception):
         pass
@@ -190,7 +189,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
     state = train_lib.build_state(config, strategy, "float32", steps, workdir)
     train_lib.restore(state, workdir, strategy)
     try:
-        fit(config, strategy, state, dataset, [], workdir, progress=False, on_epoch_end=interrupt)
+        train_lib.fit(config, strategy, state, dataset, [], workdir, progress=False, on_epoch_end=interrupt)
     except Interrupted:
         return None
     return final_model.fingerprint(state.model)

@@ -1,6 +1,6 @@
 """KerasTuner search over the project's own training path; the result is a config.
 
-Trials train with `pipeline.train.fit` (our tf.data pipeline, custom
+Trials train with `pipeline.train_lib.fit` (our tf.data pipeline, custom
 distributed step, checkpoints) under the strategy passed in, so a trial on a
 multi-GPU host mirrors across its GPUs. The objective is validation accuracy
 on the validation split; the test set is never touched here.
@@ -21,7 +21,6 @@ from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import distribution, final_model, train_lib
 from pipeline import input_pipeline as ip
-from pipeline import train as train_driver
 from tuning import search_space
 from tuning.budget import BudgetClock
 
@@ -128,7 +127,7 @@ class PipelineTuner(kt.Tuner):
             }
             self.oracle.update_trial(trial.trial_id, metrics, step=record["epoch"])
 
-        history = train_driver.fit(
+        history = train_lib.fit(
             config,
             self.strategy,
             state,

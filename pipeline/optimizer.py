@@ -1,0 +1,64 @@
+"""The optimiser and its learning-rate schedule, built from `TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from pipeline.config import TrainConfig
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to zero at `total_steps`.
+
+    The warm-up reaches `peak * (step + 1) / warmup_steps`, so the first step
+    already moves the weights; Keras' `CosineDecay` warm-up starts from its
+    initial rate at step 0, which for a warm-up from zero wastes that step.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, decay: bool):
+        self.peak, self.warmup_steps, self.total_steps, self.decay = peak, warmup_steps, total_steps, decay
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = tf.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
+        if not self.decay:
+            return self.peak * warm
+        progress = tf.clip_by_value((step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
+        return self.peak * warm * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def get_config(self):
+        return dict(peak=self.peak, warmup_steps=self.warmup_steps, total_steps=self.total_steps, decay=self.decay)
+
+
+def peak_learning_rate(config: TrainConfig) -> float:
+    """The configured rate, linearly scaled with the global batch when asked."""
+    if config.scale_learning_rate:
+        return config.learning_rate * config.global_batch_size / config.base_batch_size
+    return config.learning_rate
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupCosine:
+    """The configured schedule over `config.epochs` epochs of `steps_per_epoch` optimiser steps."""
+    return WarmupCosine(
+        peak_learning_rate(config),
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        total_steps=config.epochs * steps_per_epoch,
+        decay=config.schedule == "cosine",
+    )
+
+
+def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> keras.optimizers.Optimizer:
+    """Adam or AdamW (decoupled weight decay) with the configured schedule."""
+    rate = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+        # Decaying BN scales/offsets and biases only hurts; decay kernels only.
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    else:
+        optimizer = keras.optimizers.Adam(rate)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
