@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import DataConfig
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -241,19 +243,13 @@ def _subset(split: Split, indices: np.ndarray) -> Split:
     return Split(split.images[indices], split.labels[indices])
 
 
-def load(
-    data_dir: str | None,
-    validation_size: int,
-    split_seed: int,
-    max_train_examples: int | None = None,
-    max_eval_examples: int | None = None,
-) -> Dataset:
-    """Loads, validates and splits Fashion-MNIST into train, validation and test."""
-    train, test, source = load_train_test(data_dir)
-    keep, held_out = stratified_split(train.labels, validation_size, split_seed)
-    keep = keep[:max_train_examples] if max_train_examples else keep
-    held_out = held_out[:max_eval_examples] if max_eval_examples else held_out
-    test_idx = np.arange(min(len(test), max_eval_examples or len(test)))
+def load(config: DataConfig) -> Dataset:
+    """Loads, validates and splits Fashion-MNIST into train, validation and test, as `config` says."""
+    train, test, source = load_train_test(config.data_dir)
+    keep, held_out = stratified_split(train.labels, config.validation_size, config.split_seed)
+    keep = keep[: config.max_train_examples] if config.max_train_examples else keep
+    held_out = held_out[: config.max_eval_examples] if config.max_eval_examples else held_out
+    test_idx = np.arange(min(len(test), config.max_eval_examples or len(test)))
     return Dataset(_subset(train, keep), _subset(train, held_out), _subset(test, test_idx), source)
 
 

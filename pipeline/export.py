@@ -145,8 +145,7 @@ def export_run(
         raise ExportError(f"{target} already exists; pass another --version or omit it to use {next_version(base)}")
     base.mkdir(parents=True, exist_ok=True)
     model = load_final_model(workdir, config)
-    d = config.data
-    warmup_images = data_lib.load(d.data_dir, d.validation_size, d.split_seed).test.images[:8]
+    warmup_images = data_lib.load(config.data).test.images[:8]
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.incomplete-", dir=base))
     try:
         module = ServingModule(model)

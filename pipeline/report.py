@@ -120,8 +120,7 @@ def build_report(workdir: str | Path) -> Path:
         raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish (or resume) the run first")
     config = config_lib.load(workdir / "config.json")
     model = load_final_model(workdir, config)
-    d = config.data
-    test = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples).test
+    test = data_lib.load(config.data).test
     predictions = predict_probabilities(model, test.images).argmax(-1)
     out = workdir / "report"
     out.mkdir(exist_ok=True)

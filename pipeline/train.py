@@ -101,8 +101,7 @@ def train_and_evaluate(
         workdir_lib.check_resume_compatible(workdir, config)
     # Batch arithmetic first: an indivisible batch must fail before any work.
     ip.per_replica_batch_size(config.train.global_batch_size, strategy.num_replicas_in_sync)
-    d = config.data
-    dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
+    dataset = data_lib.load(config.data)
     policy = distribution.resolve_precision(config.train.precision)
     log.info(
         "precision %s, strategy %s with %d replicas",

@@ -10,6 +10,7 @@ import pytest
 from conftest import write_dataset
 
 from pipeline import data as data_lib
+from pipeline.config import DataConfig
 
 
 def _labels_file(directory, stem="train"):
@@ -134,7 +135,7 @@ def test_stratified_split_is_balanced_seeded_and_disjoint():
 
 
 def test_load_splits(tiny_data_dir):
-    dataset = data_lib.load(str(tiny_data_dir), validation_size=64, split_seed=0)
+    dataset = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (576, 64, 160)
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import export as export_lib
+from pipeline.config import DataConfig
 from pipeline.train import train_and_evaluate
 
 
@@ -72,7 +73,7 @@ def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tm
     from pipeline.final_model import load_final_model, predict_probabilities
 
     workdir, _ = trained
-    test = data_lib.load(str(tiny_data_dir), 64, 0).test
+    test = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test
     images = test.images[:40]
     np.save(tmp_path / "images.npy", images)
     pngs = []
@@ -135,7 +136,7 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
     from pipeline import data as data_lib
 
     workdir, _ = trained
-    image = data_lib.load(str(tiny_data_dir), 64, 0).test.images[0]
+    image = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test.images[0]
     files = {
         "gray.png": _encode(image, "PNG"),
         "colour.jpg": _encode(np.stack([np.kron(image, np.ones((3, 3), np.uint8))] * 3, -1), "JPEG"),
@@ -174,7 +175,7 @@ def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_pa
 
     workdir, _ = trained
     version = export_lib.export_run(workdir, tmp_path, tflite=True)
-    test = data_lib.load(str(tiny_data_dir), 64, 0).test
+    test = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test
     served = tf.saved_model.load(str(version)).signatures["serving_default"](images=tf.constant(test.images))
     reference = served["probabilities"].numpy()
     # Float TFLite is the same graph: equal to rounding. Dynamic-range

@@ -183,8 +183,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
             raise Interrupted
 
     strategy = tf.distribute.get_strategy()
-    d = config.data
-    dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
+    dataset = data_lib.load(config.data)
     steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
     state = train_lib.build_state(config, strategy, "float32", steps, workdir)
     train_lib.restore(state, workdir, strategy)

@@ -153,8 +153,7 @@ class PipelineTuner(kt.Tuner):
 
 def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy) -> PipelineTuner:
     """Creates (or reloads, to resume) the tuner whose state lives in DIRECTORY/search."""
-    d = base.data
-    dataset = data_lib.load(d.data_dir, d.validation_size, d.split_seed, d.max_train_examples, d.max_eval_examples)
+    dataset = data_lib.load(base.data)
     return PipelineTuner(
         make_oracle(tune, BudgetClock(directory, tune.time_budget_seconds)),
         base,
