@@ -92,7 +92,7 @@ def _serving(export: str, images, results: dict, table) -> str:
     from pipeline.final_model import load_final_model
 
     workdir = Path(export).resolve().parents[1]
-    config = config_lib.load(workdir / "config.json")
+    config = config_lib.load_run_config(workdir / "config.json")
     model = load_final_model(workdir, config)
     views = config.model.test_time_augmentation
     exports = {f"SavedModel serving_default ({views})": export}

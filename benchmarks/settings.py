@@ -23,12 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One execution setting: TrainConfig overrides, thread pools, batch-norm kernel."""
+    """One execution setting: ModelConfig and TrainConfig overrides, thread pools."""
 
+    model: dict = dataclasses.field(default_factory=dict)
     train: dict = dataclasses.field(default_factory=dict)
     threads: tuple[int, int] | None = None  # (intra-op, inter-op); None: TensorFlow's defaults.
-    keras_batch_norm: bool = False  # Keras' unfused BatchNormalization instead of ours.
-    relu_before_pooling: bool = False  # The textbook conv-BN-ReLU-pool order instead of ours.
 
 
 SETTINGS: dict[str, Setting] = {
@@ -38,13 +37,12 @@ SETTINGS: dict[str, Setting] = {
     "XLA: jit_compile=True": Setting(train={"jit_compile": True}),
     "threads: intra-op 2, inter-op 1": Setting(threads=(2, 1)),
     "threads: intra-op 1, inter-op 2": Setting(threads=(1, 2)),
-    "Keras' own (unfused) BatchNormalization": Setting(keras_batch_norm=True),
-    "ReLU before max-pooling (textbook order; same numbers)": Setting(relu_before_pooling=True),
+    "Keras' own (unfused) BatchNormalization": Setting(model={"batch_norm_kernel": "keras"}),
+    "ReLU before max-pooling (textbook order; same numbers)": Setting(model={"relu_after_pooling": False}),
 }
 
 
 def _child(name: str, data_dir: str | None, num_steps: int) -> None:
-    import keras
     import tensorflow as tf
 
     setting = SETTINGS[name]
@@ -53,19 +51,17 @@ def _child(name: str, data_dir: str | None, num_steps: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(setting.threads[1])
     import time
 
-    from benchmarks.throughput import _our_trainer
+    from benchmarks.throughput import our_trainer
     from pipeline import config as config_lib
     from pipeline import data as data_lib
-    from pipeline import models
 
-    if setting.keras_batch_norm:
-        # This child process only: build the model with the layer ours replaced.
-        models.FusedBatchNormalization = keras.layers.BatchNormalization
-    models.RELU_AFTER_POOLING = not setting.relu_before_pooling
     train, _, _ = data_lib.load_train_test(data_dir)
     config = config_lib.preset("default")
-    config = config.replace(train=dataclasses.replace(config.train, **setting.train))
-    run = _our_trainer(config, train.images, train.labels, num_steps)
+    config = config.replace(
+        model=dataclasses.replace(config.model, **setting.model),
+        train=dataclasses.replace(config.train, **setting.train),
+    )
+    run = our_trainer(config, train.images, train.labels, num_steps)
     start = time.perf_counter()
     examples = run()
     print(json.dumps({"examples/s": examples / (time.perf_counter() - start)}))

@@ -21,6 +21,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import input_pipeline as ip
+from pipeline import models
 from pipeline import workdir as workdir_lib
 from pipeline.final_model import load_final_model
 from pipeline.images import decode_to_grayscale_28
@@ -42,7 +43,7 @@ class ServingModule(tf.Module):
         self.class_names = tf.constant(data_lib.CLASS_NAMES)
 
     def _outputs(self, images_uint8):
-        probabilities = self.model(ip.normalize(images_uint8), training=False)
+        probabilities = models.probabilities(self.model(ip.normalize(images_uint8), training=False))
         class_id = tf.argmax(probabilities, axis=-1)
         return {
             "probabilities": tf.cast(probabilities, tf.float32),
@@ -135,7 +136,7 @@ def export_run(
     base = Path(export_base) if export_base else workdir / "export"
     if not (workdir / "metrics.json").exists():
         raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish the run with fmnist-train first")
-    config = config_lib.load(workdir / "config.json")
+    config = config_lib.load_run_config(workdir / "config.json")
     if test_time_augmentation is not None:
         model_config = dataclasses.replace(config.model, test_time_augmentation=test_time_augmentation)
         config = config.replace(model=model_config)

@@ -73,4 +73,4 @@ def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities [N, 10] for uint8 images, with the training preprocessing."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(ip.normalize)
-    return np.concatenate([model(batch, training=False).numpy() for batch in ds])
+    return np.concatenate([models.probabilities(model(batch, training=False)).numpy() for batch in ds])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
+from keras.layers import BatchNormalization
 
 from pipeline.batch_norm import FusedBatchNormalization
 from pipeline.config import ModelConfig
@@ -41,28 +44,31 @@ class TestTimeViews(keras.layers.Layer):
 
 
 class AverageViews(keras.layers.Layer):
-    """At inference, averages the probabilities of `TestTimeViews`' views."""
+    """At inference, averages the views' probabilities; returns them as logits.
+
+    Each view's logits become probabilities, the probabilities are averaged
+    over the views, and the log of the average is returned: logits whose
+    softmax is exactly that average, so everything downstream treats the
+    model's output as logits whether or not it averages views.
+    """
 
     def __init__(self, num_views: int, **kwargs):
         super().__init__(**kwargs)
         self.num_views = num_views
 
-    def call(self, probabilities, training=None):
+    def call(self, logits, training=None):
         if training:
-            return probabilities
-        per_view = keras.ops.reshape(probabilities, (self.num_views, -1, probabilities.shape[-1]))
-        return keras.ops.mean(per_view, axis=0)
+            return logits
+        log_probabilities = keras.ops.log_softmax(logits, axis=-1)
+        per_view = keras.ops.reshape(log_probabilities, (self.num_views, -1, logits.shape[-1]))
+        # log(mean(p)) computed as logsumexp(log p) - log(views), stable for tiny p.
+        return keras.ops.logsumexp(per_view, axis=0) - math.log(self.num_views)
 
     def get_config(self):
         return {**super().get_config(), "num_views": self.num_views}
 
 
 VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(_SHIFTS)}
-
-# With batch norm, a block's last ReLU follows its max-pooling (see `_block`).
-# Only benchmarks/settings.py turns this off, in a child process, to measure
-# the textbook order; both orders compute the same numbers.
-RELU_AFTER_POOLING = True
 
 
 def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
@@ -79,16 +85,15 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             dtype=dtype,
         )(x)
         if config.batch_norm:
-            x = FusedBatchNormalization(
-                momentum=config.batch_norm_momentum, name=f"{name}_bn", dtype=dtype, synchronized=sync_bn
-            )(x)
-            if j < config.convs_per_block - 1 or not RELU_AFTER_POOLING:
+            batch_norm = FusedBatchNormalization if config.batch_norm_kernel == "fused" else BatchNormalization
+            x = batch_norm(momentum=config.batch_norm_momentum, name=f"{name}_bn", dtype=dtype, synchronized=sync_bn)(x)
+            if j < config.convs_per_block - 1 or not config.relu_after_pooling:
                 x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
-    if config.batch_norm and RELU_AFTER_POOLING:
-        # The block's last ReLU after the pooling: max and ReLU commute exactly
-        # (both are monotone), so the outputs are the same, but ReLU and its
-        # gradient touch a quarter of the values (benchmarks/ comparison 3b).
+    if config.batch_norm and config.relu_after_pooling:
+        # Max and ReLU commute exactly (both are monotone), so this is the
+        # textbook order's output, with ReLU and its gradient on a quarter of
+        # the values (`ModelConfig.relu_after_pooling`).
         last_conv = f"block{index}_conv{config.convs_per_block - 1}"
         x = keras.layers.Activation("relu", name=f"{last_conv}_relu", dtype=dtype)(x)
     # Dropout never feeds a batch-norm layer: BN would learn moving statistics
@@ -101,7 +106,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
 
 
 def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bool = False) -> keras.Model:
-    """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, softmax.
+    """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, logits.
 
     Dropout follows every block without batch norm, only the last block with
     it (see `_block`), and always precedes the classifier. With
@@ -109,8 +114,10 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
     several views of each image; training is unchanged.
 
     Input is float32 [B, 28, 28, 1] in [0, 1] (see `input_pipeline.normalize`).
-    The classifier runs in float32 so probabilities stay float32 under mixed
-    precision.
+    The output is logits [B, 10]: the loss takes them directly (numerically
+    stabler than the log of a softmax), and `probabilities` turns them into
+    class probabilities for serving and reports. The classifier runs in
+    float32, so logits stay float32 under mixed precision.
 
     Args:
       config: the architecture.
@@ -131,7 +138,7 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
     x = keras.layers.Dense(config.dense_units, activation="relu", name="dense", dtype=dtype)(x)
     if config.dropout is not None:
         x = keras.layers.Dropout(config.dropout, name="head_dropout", dtype=dtype)(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)
     if tta != "none":
         outputs = AverageViews(VIEW_COUNTS[tta], name="average_views", dtype="float32")(outputs)
     return keras.Model(inputs, outputs, name="fmnist_cnn")
@@ -147,4 +154,9 @@ def single_view(model: keras.Model) -> keras.Model:
     names = {layer.name for layer in model.layers}
     if "test_time_views" not in names:
         return model
-    return keras.Model(model.get_layer("test_time_views").output, model.get_layer("probabilities").output)
+    return keras.Model(model.get_layer("test_time_views").output, model.get_layer("logits").output)
+
+
+def probabilities(logits):
+    """Class probabilities from the model's logits (with test-time views: their average)."""
+    return keras.ops.softmax(logits, axis=-1)

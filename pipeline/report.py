@@ -118,7 +118,7 @@ def build_report(workdir: str | Path) -> Path:
     workdir = Path(workdir)
     if not (workdir / "metrics.json").exists():
         raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish (or resume) the run first")
-    config = config_lib.load(workdir / "config.json")
+    config = config_lib.load_run_config(workdir / "config.json")
     model = load_final_model(workdir, config)
     test = data_lib.load(config.data).test
     predictions = predict_probabilities(model, test.images).argmax(-1)

@@ -112,13 +112,14 @@ def _check_workers_agree(strategy, epoch: int) -> None:
             )
 
 
-def _per_example_loss(labels, probabilities, label_smoothing: float):
-    one_hot = tf.one_hot(labels, probabilities.shape[-1])
-    return keras.losses.categorical_crossentropy(one_hot, probabilities, label_smoothing=label_smoothing)
+def per_example_loss(labels, logits, label_smoothing: float):
+    """Cross-entropy of integer `labels` against `logits`, with label smoothing."""
+    one_hot = tf.one_hot(labels, logits.shape[-1])
+    return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=label_smoothing)
 
 
-def _statistics(labels, probabilities, per_example_loss, weights):
-    correct = tf.cast(tf.equal(tf.argmax(probabilities, -1), labels), tf.float32)
+def _statistics(labels, logits, per_example_loss, weights):
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
     return tf.stack(
         [
             tf.reduce_sum(per_example_loss * weights),
@@ -153,14 +154,14 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig)
 
     def step(images, labels):
         with tf.GradientTape() as tape:
-            probabilities = model(images, training=True)
-            per_example = _per_example_loss(labels, probabilities, config.label_smoothing)
+            logits = model(images, training=True)
+            per_example = per_example_loss(labels, logits, config.label_smoothing)
             # Divide by the *global* batch: replicas' gradients are summed.
             loss = tf.reduce_sum(per_example) / config.global_batch_size
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
-        return _statistics(labels, probabilities, per_example, tf.ones_like(per_example))
+        return _statistics(labels, logits, per_example, tf.ones_like(per_example))
 
     if config.jit_compile:
         # Only the step is compiled: the loop around it reads an iterator.
@@ -172,9 +173,9 @@ def make_eval_steps(strategy, model):
     """Returns `eval_steps(iterator, n)`: [loss_sum, correct, count] in inference mode."""
 
     def step(images, labels, weights):
-        probabilities = model(images, training=False)
-        per_example = _per_example_loss(labels, probabilities, 0.0)
-        return _statistics(labels, probabilities, per_example, weights)
+        logits = model(images, training=False)
+        per_example = per_example_loss(labels, logits, 0.0)
+        return _statistics(labels, logits, per_example, weights)
 
     return _looped(strategy, step)
 

@@ -60,12 +60,17 @@ RESUMABLE_CHANGES = (
     "train.steps_per_execution",
     "train.jit_compile",
     "model.test_time_augmentation",  # Checkpoints hold the single-view network.
+    "model.batch_norm_kernel",  # The same weights and semantics, another kernel.
+    "model.relu_after_pooling",  # The same outputs, another order.
     "data.data_dir",
 )
 
 
 def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     """True when the workdir holds an earlier run of this config (resume).
+
+    The recorded config is read as the run wrote it: a field it predates
+    takes the value that run used (`config.FIELDS_ADDED`).
 
     Raises:
       WorkdirError: when the workdir belongs to a run with another config.
@@ -74,8 +79,8 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     if not path.exists():
         return False
     try:
-        old = read_json(path)
-    except (OSError, json.JSONDecodeError) as e:
+        old = config_lib.to_dict(config_lib.load_run_config(path))
+    except config_lib.ConfigError as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
     changes = [d for d in _differences(old, config_lib.to_dict(config)) if not d.startswith(RESUMABLE_CHANGES)]
     if changes:

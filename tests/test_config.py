@@ -46,3 +46,17 @@ def test_unknown_preset_and_bad_json(tmp_path):
     (tmp_path / "c.json").write_text("{")
     with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
         config_lib.load(tmp_path / "c.json")
+
+
+def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
+    data = config_lib.to_dict(config_lib.preset("default"))
+    for dotted in config_lib.FIELDS_ADDED:
+        section, field = dotted.split(".")
+        del data[section][field]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    run = config_lib.load_run_config(tmp_path / "config.json")
+    for dotted, value in config_lib.FIELDS_ADDED.items():
+        section, field = dotted.split(".")
+        assert getattr(getattr(run, section), field) == value, dotted
+    # A file to start a new run from takes today's defaults instead.
+    assert config_lib.load(tmp_path / "config.json") == config_lib.preset("default")

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline.batch_norm import FusedBatchNormalization
-from pipeline.models import build_model, single_view
+from pipeline.models import TestTimeViews, build_model, probabilities, single_view
 
 # conv 1->32 (288, no bias: BN follows) + BN 128 + conv 32->64 18,432 + BN 256
 # + conv 64->128 73,728 + BN 512 + dense 3*3*128->256 295,168 + dense 256->10 2,570.
@@ -70,7 +70,7 @@ def test_filters_and_kernel_size_shape_the_convolutions():
     assert all(c.kernel_size == (5, 5) for c in convs)
 
 
-def test_mixed_precision_keeps_float32_probabilities():
+def test_mixed_precision_keeps_float32_logits():
     model = build_model(config_lib.preset("smoke").model, dtype="mixed_bfloat16")
     assert model.layers[1].compute_dtype == "bfloat16"
     assert model.output.dtype == "float32"
@@ -95,8 +95,9 @@ def test_test_time_augmentation_averages_views_only_at_inference():
         model = build_model(dataclasses.replace(base, test_time_augmentation=mode))
         model.set_weights(plain.get_weights())
         assert model.count_params() == plain.count_params()
-        expected = np.mean([plain(v, training=False).numpy() for v in inputs], axis=0)
-        np.testing.assert_allclose(model(images, training=False).numpy(), expected, atol=1e-5)
+        # The views are averaged as probabilities; the model returns the average's logits.
+        expected = np.mean([probabilities(plain(v, training=False)).numpy() for v in inputs], axis=0)
+        np.testing.assert_allclose(probabilities(model(images, training=False)).numpy(), expected, atol=1e-6)
         # Training sees single images: the same output as the plain model.
         np.testing.assert_allclose(
             model(images, training=True).numpy(), plain(images, training=True).numpy(), atol=1e-5
@@ -139,34 +140,74 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     )
 
 
-def _conv_bn_relu_pool(model, images):
-    """The textbook order for every block (ReLU before pooling), on `model`'s layers."""
-    x = images
-    for layer in model.layers[1:]:
-        if layer.name.endswith("_relu"):
-            continue
-        x = layer(x, training=True)
-        if isinstance(layer, FusedBatchNormalization):
-            x = keras.activations.relu(x)
-    return x
-
-
 def test_relu_after_pooling_equals_relu_before_it():
     # The blocks apply their last ReLU after max-pooling because it is cheaper;
-    # the two orders must agree exactly, gradients included.
+    # the two orders (`relu_after_pooling`) must agree exactly, gradients included.
     for convs_per_block in (1, 2):
         model_config = dataclasses.replace(
-            config_lib.preset("default").model, convs_per_block=convs_per_block, dropout=None
+            config_lib.preset("default").model,
+            convs_per_block=convs_per_block,
+            dropout=None,
+            test_time_augmentation="none",
         )
-        model = build_model(dataclasses.replace(model_config, test_time_augmentation="none"))
         images = tf.random.uniform([16, 28, 28, 1], seed=1)
         labels = tf.constant(np.arange(16) % 10)
+        ours = build_model(model_config)
+        textbook = build_model(dataclasses.replace(model_config, relu_after_pooling=False))
+        textbook.set_weights(ours.get_weights())
         results = []
-        for textbook in (False, True):
+        for model in (ours, textbook):
             with tf.GradientTape() as tape:
-                probabilities = _conv_bn_relu_pool(model, images) if textbook else model(images, training=True)
-                loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
-            results.append((loss, tape.gradient(loss, model.trainable_variables)))
+                logits = model(images, training=True)
+                loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            results.append((logits, loss, tape.gradient(loss, model.trainable_variables)))
         np.testing.assert_array_equal(results[0][0], results[1][0])
-        for ours, textbook in zip(results[0][1], results[1][1], strict=True):
-            np.testing.assert_array_equal(ours, textbook)
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        for a, b in zip(results[0][2], results[1][2], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_kernel_selects_the_layer():
+    fused = build_model(config_lib.preset("default").model)
+    keras_bn = build_model(dataclasses.replace(config_lib.preset("default").model, batch_norm_kernel="keras"))
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in fused.layers) == 3
+    bn = [layer for layer in keras_bn.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bn) == 3 and not any(isinstance(layer, FusedBatchNormalization) for layer in bn)
+    assert keras_bn.count_params() == fused.count_params()
+
+
+def test_logits_numerics_equal_the_softmax_output_numerics():
+    # A freshly initialised model and a fixed batch: the loss from logits and its
+    # gradients equal those of a softmax output layer followed by cross-entropy on
+    # probabilities, and the served probabilities equal the views' averaged softmax.
+    from pipeline.export import ServingModule
+    from pipeline.train_lib import per_example_loss
+
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(config_lib.preset("smoke").model, dropout=None)
+    model = build_model(config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 32)
+    inputs = tf.cast(images[..., None], tf.float32) / 255.0
+    single = single_view(model)
+
+    def loss_and_gradients(loss_fn):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn(single(inputs, training=True)))
+        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+    one_hot = tf.one_hot(labels, 10)
+    old_loss, old_grads = loss_and_gradients(
+        lambda logits: keras.losses.categorical_crossentropy(one_hot, keras.ops.softmax(logits))
+    )
+    new_loss, new_grads = loss_and_gradients(lambda logits: per_example_loss(tf.constant(labels), logits, 0.0))
+    np.testing.assert_allclose(new_loss, old_loss, rtol=1e-5)
+    for new, old in zip(new_grads, old_grads, strict=True):
+        np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-5 * np.abs(old).max())
+
+    module = ServingModule(model)
+    served = module.serve_images(tf.constant(images))["probabilities"].numpy()
+    views = TestTimeViews(config.test_time_augmentation)(inputs, training=False)
+    per_view = keras.ops.softmax(single(views, training=False)).numpy().reshape(-1, 32, 10)
+    np.testing.assert_allclose(served, per_view.mean(axis=0), atol=1e-6)

@@ -45,7 +45,7 @@ def _check_same_search(directory: Path, base: config_lib.Config, tune: TuneConfi
     path = directory / "search_config.json"
     if path.exists():
         recorded = workdir_lib.read_json(path)
-        previous = config_lib.from_dict(config_lib.Config, recorded["base"], where=str(path))
+        previous = config_lib.run_config_from_dict(recorded["base"], where=str(path))
         previous_tune = config_lib.from_dict(TuneConfig, recorded["tune"], where=str(path))
         if _trial_identity(previous, previous_tune) != _trial_identity(base, tune):
             raise workdir_lib.WorkdirError(

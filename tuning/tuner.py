@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, train_lib
+from pipeline import distribution, final_model, models, train_lib
 from pipeline import input_pipeline as ip
 from tuning import search_space
 from tuning.budget import BudgetClock
@@ -81,6 +81,29 @@ def make_oracle(tune: TuneConfig, clock: BudgetClock):
     return oracle
 
 
+class PipelineHyperModel(kt.HyperModel):
+    """The search space as a KerasTuner HyperModel: `hp` to a Config to a Keras model.
+
+    `declare_hyperparameters` registers the whole space before the first
+    trial (there is no `fit` call for KerasTuner to discover it from), so
+    every oracle samples it from trial one.
+    """
+
+    def __init__(self, base: config_lib.Config, search: tuple[str, ...]):
+        super().__init__(name="fmnist_cnn")
+        self.base, self.search = base, search
+
+    def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
+        search_space.config_from_hp(hp, self.base, self.search)
+
+    def config(self, hp: kt.HyperParameters) -> config_lib.Config:
+        """The trial's config: the hyperparameters mapped onto the base config."""
+        return search_space.config_from_hp(hp, self.base, self.search)
+
+    def build(self, hp: kt.HyperParameters):
+        return models.build_model(self.config(hp).model)
+
+
 class PipelineTuner(kt.Tuner):
     """Runs each trial through the project's training loop instead of `model.fit`."""
 
@@ -88,21 +111,12 @@ class PipelineTuner(kt.Tuner):
         # In a tuning cluster `self.oracle` becomes a client proxy, so the
         # deadline is kept here too (read from the budget file at start).
         self.deadline = oracle.clock.deadline()
-        # Set before super().__init__, which calls _populate_initial_space.
-        self.base, self.tune, self.strategy, self.dataset = base, tune, strategy, dataset
-        super().__init__(oracle, **kwargs)
-
-    def _populate_initial_space(self):
-        # There is no hypermodel to build, so KerasTuner would start with an
-        # empty space, and Hyperband then stopped before its first trial.
-        # Register the space directly.
-        hp = self.oracle.get_space()
-        search_space.config_from_hp(hp, self.base, self.tune.search)
-        self.oracle.update_space(hp)
+        self.tune, self.strategy, self.dataset = tune, strategy, dataset
+        super().__init__(oracle, hypermodel=PipelineHyperModel(base, tune.search), **kwargs)
 
     def trial_config(self, hp: kt.HyperParameters) -> config_lib.Config:
         """The config a trial trains: the mapped hp with the trial's epoch budget."""
-        config = search_space.config_from_hp(hp, self.base, self.tune.search)
+        config = self.hypermodel.config(hp)
         epochs = hp.values["tuner/epochs"] if "tuner/epochs" in hp.values else self.tune.max_epochs
         return config.replace(train=dataclasses.replace(config.train, epochs=epochs))
 
