@@ -20,12 +20,3 @@ def alternate(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[st
             examples = run()
             rates[name].append(examples / (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in rates.items()}
-
-
-def table(title: str, rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table with a title line."""
-    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row[c]:,.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,20 +1,23 @@
-"""Run the benchmarks side by side and print tables; writes benchmarks/results.json.
+"""Run the comparisons side by side; each is saved to the record as soon as it finishes.
 
-python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full (about 35 min)
-python -m benchmarks.run --data_dir=... --quick                             # a few minutes, smoke test
+python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full (about 35 min on 2 cores)
+python -m benchmarks.run --data_dir=... --quick --out=/tmp/r.json --record=/tmp/B.md   # minutes, smoke test
 python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/default --export=runs/default/export/1
+
+Writes benchmarks/results.json and BENCHMARKS.md (see benchmarks/record.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags  # noqa: E402
+
+from benchmarks import record  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
 flags.DEFINE_boolean("quick", False, "Small sizes and few repeats: minutes, for smoke tests.")
@@ -22,70 +25,53 @@ flags.DEFINE_list("runs", [], "name=WORKDIR of finished runs for time to accurac
 flags.DEFINE_string("export", None, "An exported version directory for the serving comparison.")
 flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process.")
 flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings (3b).")
-flags.DEFINE_string("out", "benchmarks/results.json", "Where to write the JSON results.")
+flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
+flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
 FLAGS = flags.FLAGS
+
+
+def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = None) -> None:
+    section = record.save_section(key, title, rows, columns or list(rows[0]), FLAGS.quick, Path(FLAGS.out))
+    print(f"### {title}\n\n{record.table(section)}", flush=True)
+    record.write(Path(FLAGS.record), Path(FLAGS.out))
 
 
 def main(argv):
     del argv
     from benchmarks import throughput
-    from benchmarks.common import table
     from pipeline import data as data_lib
 
-    train, test, source = data_lib.load_train_test(FLAGS.data_dir)
-    results = {"quick": FLAGS.quick, "data": source}
-    sections = []
+    train, test, _ = data_lib.load_train_test(FLAGS.data_dir)
     rates = throughput.training_throughput(train.images, train.labels, FLAGS.quick)
-    results["training_throughput"] = rates
-    sections.append(table("1. Training throughput, seed model", rates, ["setting", "examples/s", "vs tutorial"]))
+    _save("training_throughput", "1. Seed model training throughput", rates)
     model_rate = max(r["examples/s"] for r in rates)
     headroom = throughput.input_headroom(train.images, train.labels, model_rate, FLAGS.quick)
-    results["input_headroom"] = headroom
-    sections.append(
-        table(
-            "2. Input pipeline alone vs fastest model consumption",
-            headroom,
-            ["pipeline", "examples/s", "headroom vs model"],
-        )
-    )
+    _save("input_headroom", "2. Input pipeline alone, against the fastest model's consumption", headroom)
     peak = throughput.matmul_peak(FLAGS.quick)
-    use = throughput.utilisation(rates, peak)
-    results["utilisation"] = use
-    sections.append(table("3. Hardware utilisation", use, ["setting", "GFLOP/s", "fraction of matmul peak"]))
+    _save("utilisation", "3. Hardware utilisation", throughput.utilisation(rates, peak))
     if FLAGS.settings:
         from benchmarks.settings import execution_settings
 
         settings = execution_settings(FLAGS.data_dir, FLAGS.quick, peak)
-        results["execution_settings"] = settings
-        sections.append(
-            table(
-                "3b. Execution settings, default model (each in its own process)",
-                settings,
-                ["setting", "examples/s", "vs default", "fraction of matmul peak"],
-            )
-        )
+        _save("execution_settings", "3b. Execution settings, default model (each in its own process)", settings)
     if FLAGS.runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
 
         runs = dict(item.split("=", 1) for item in FLAGS.runs)
-        tta = time_to_accuracy({k: Path(v) for k, v in runs.items()})
-        results["time_to_accuracy"] = tta
-        sections.append(table("4. Time to validation accuracy", tta, list(tta[0])))
+        _save("time_to_accuracy", "4. Time to validation accuracy", time_to_accuracy(runs))
     if FLAGS.export:
-        sections.append(_serving(FLAGS.export, test.images, results, table))
+        _save("serving", "5. Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
         from benchmarks.scaling import two_workers_vs_one
 
-        scaling = two_workers_vs_one(FLAGS.data_dir, FLAGS.quick)
-        results["two_workers_vs_one"] = scaling
-        sections.append(
-            table("6. Two local workers vs one process", scaling, ["setup", "examples/s", "vs one process"])
+        _save(
+            "two_workers_vs_one",
+            "6. Two local workers against one process",
+            two_workers_vs_one(FLAGS.data_dir, FLAGS.quick),
         )
-    print("\n".join(sections))
-    Path(FLAGS.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
-def _serving(export: str, images, results: dict, table) -> str:
+def _serving(export: str, images) -> list[dict]:
     from benchmarks.serving import serving_speed
     from pipeline import config as config_lib
     from pipeline.export import export_run
@@ -100,9 +86,7 @@ def _serving(export: str, images, results: dict, table) -> str:
         if views != "none":
             # The same weights without test-time views: what the views cost.
             exports["SavedModel serving_default (none)"] = export_run(workdir, scratch, test_time_augmentation="none")
-        rows = serving_speed(exports, model, images, FLAGS.quick)
-    results["serving"] = rows
-    return table("5. Serving", rows, list(rows[0]))
+        return serving_speed(exports, model, images, FLAGS.quick)
 
 
 if __name__ == "__main__":

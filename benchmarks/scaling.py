@@ -33,7 +33,8 @@ def two_workers_vs_one(data_dir: str, quick: bool) -> list[dict]:
     for _ in range(1 if quick else 2):
         for name in rates:
             workdir = Path(tempfile.mkdtemp(prefix="fmnist-bench-"))
-            train = ["fmnist-train", f"--workdir={workdir}", *common]
+            # The running interpreter, not whatever `fmnist-train` is first on PATH.
+            train = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *common]
             command = (
                 train
                 if name == "one process"

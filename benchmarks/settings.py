@@ -112,11 +112,11 @@ def _main(argv) -> None:
     if f.setting:
         _child(f.setting, f.data_dir, f.steps)
         return
-    from benchmarks.common import table
+    from benchmarks.record import table
     from benchmarks.throughput import matmul_peak
 
     rows = execution_settings(f.data_dir, f.quick, matmul_peak(f.quick))
-    print(table("3b. Execution settings, default model", rows, list(rows[0])))
+    print(table({"columns": list(rows[0]), "rows": rows}))
 
 
 if __name__ == "__main__":

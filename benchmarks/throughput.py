@@ -59,14 +59,13 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
 
     Each turn is one whole epoch over the training set, as the tutorial's user
     runs it (`fit` with its per-epoch set-up included). Shorter `fit` calls
-    flatter us: the set-up of a call weighs more, and the tutorial's first
-    calls in a process ran at half its later speed (790 against 1,500
-    examples/s on 16,384 examples per call).
+    would flatter us: the set-up of a call weighs more, and the tutorial's
+    first calls in a process run far slower than its later ones.
     """
     n = 2048 if quick else len(labels)
     seed = config_lib.preset("seed")
-    # Square-root learning-rate scaling for Adam: measured to hold accuracy at batch 256 (91.20% test against
-    # the tutorial's 90.80%), where linear scaling (x8) lost it (89.60%). See the README's Results.
+    # Square-root learning-rate scaling for Adam: at batch 256 it held the tutorial's test accuracy, where
+    # linear scaling (x8) lost it (README, results table).
     recommended = seed.replace(
         train=dataclasses.replace(
             seed.train,
@@ -110,7 +109,7 @@ def _example_pipeline(images, labels, batch: int, augment, cache: bool, per_exam
         one = lambda x, y: (ip.augment_batch(ip.normalize(x[None]), augment, seed)[0], y)  # noqa: E731
         return ds.map(one).batch(batch).prefetch(tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).enumerate()
-    ds = ds.map(lambda i, b: ip._prepare_train(b, augment, tf.stack([0, i])), num_parallel_calls=tf.data.AUTOTUNE)  # noqa: SLF001
+    ds = ds.map(lambda i, b: ip.prepare_train(b, augment, tf.stack([0, i])), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -127,7 +126,7 @@ def input_headroom(images, labels, model_rate: float, quick: bool) -> list[dict]
     ours = ip.train_dataset(images, labels, batch, 0, 0, augment)
     contenders = {
         "ours: shuffle indices, gather batches, parallel vectorised augment, prefetch": ours,
-        "ours without prefetch": ours._input_dataset,  # noqa: SLF001  (the same pipeline minus its prefetch)
+        "ours without prefetch": ip.train_dataset(images, labels, batch, 0, 0, augment, prefetch=False),
         "ours on one thread (no parallel map)": _one_thread(ours),
         "examples, not indices, through cache and shuffle, then batch": _example_pipeline(
             images, labels, batch, augment, cache=True, per_example=False
@@ -171,10 +170,10 @@ def utilisation(rates: list[dict], peak: float) -> list[dict]:
     """Achieved model FLOP/s of each training setting as a fraction of the matmul ceiling `peak`.
 
     `rates` are `training_throughput`'s rows, the tutorial first. A last row
-    shows what the issue's goal of 3x the tutorial would take on this machine.
+    shows what 3x the tutorial's rate would take on this machine.
     """
     flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
-    goal = {"setting": "3x the tutorial (the goal)", "examples/s": 3.0 * rates[0]["examples/s"]}
+    goal = {"setting": "3x the tutorial", "examples/s": 3.0 * rates[0]["examples/s"]}
     return [
         {
             "setting": r["setting"],

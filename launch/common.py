@@ -1,11 +1,16 @@
-"""Flags shared by the entry points and the one function that turns them into a Config."""
+"""What every entry point shares: config flags, `--help`, a quiet console, one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging as std_logging
+import os
+import re
 import sys
+import tempfile
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from pipeline import config as config_lib
 
@@ -53,6 +58,12 @@ def define_config_flags() -> None:
     flags.DEFINE_integer(
         "max_train_examples", None, "Use only this many training examples (quick checks).", lower_bound=1
     )
+    flags.DEFINE_integer(
+        "validation_size",
+        None,
+        "Training images held out (class-balanced) as the validation split; default 5000.",
+        lower_bound=1,
+    )
 
 
 def _dropout(text: str) -> float | None:
@@ -82,7 +93,7 @@ def config_from_flags() -> config_lib.Config:
     if given("filters"):
         model["filters"] = _filters(FLAGS.filters)
     augment = {"enabled": FLAGS.augment} if given("augment") else {}
-    data = {**pick("data_dir"), **pick("max_train_examples")}
+    data = {**pick("data_dir"), **pick("max_train_examples"), **pick("validation_size")}
     train = {}
     for name in (
         "epochs",
@@ -112,3 +123,95 @@ def fail(message: str, code: int = 1) -> None:
     logging.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+# Our own loggers: shown at INFO. Everything else (TensorFlow, Keras,
+# matplotlib) shows warnings and errors only, unless --verbosity >= 1.
+OWN_LOGGERS = ("pipeline", "tuning", "launch", "benchmarks")
+# TensorFlow's C++ start-up lines: its INFO lines, the banner before absl's
+# log initialisation, and the CUDA probe that fails on machines without GPUs.
+_NATIVE_CHATTER = re.compile(
+    r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog|E\d{4} .*(cuInit|cuda_(platform|dnn|fft|blas)))"
+)
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+    """Our progress lines as plain text; warnings and errors say what they are."""
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= std_logging.WARNING:
+            message = f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def _verbose() -> bool:
+    return FLAGS.is_parsed() and FLAGS.verbosity >= 1
+
+
+@contextlib.contextmanager
+def _native_logs_filtered():
+    """Holds back TensorFlow's C++ start-up chatter written to file descriptor 2.
+
+    TensorFlow writes these lines from C++ before its logging is initialised,
+    so TF_CPP_MIN_LOG_LEVEL does not reach them. Anything else written
+    meanwhile (warnings, errors) is passed on once start-up is over.
+    """
+    if _verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _NATIVE_CHATTER.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def start_tensorflow() -> None:
+    """Imports TensorFlow and probes its devices, hiding the start-up chatter."""
+    with _native_logs_filtered():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+def _quiet_console() -> None:
+    if _verbose():
+        return
+    handler = logging.get_absl_handler()
+    handler.setFormatter(_ConsoleFormatter())
+    # Through absl, not on the root logger: TensorFlow saves and restores absl's
+    # verbosity around SavedModel export, which would undo a root-level setting.
+    logging.set_verbosity(logging.WARNING)
+    for name in OWN_LOGGERS:
+        std_logging.getLogger(name).setLevel(std_logging.INFO)
+
+
+def run_app(main, module_name: str) -> None:
+    """Runs an absl `main` as a console script whose `--help` describes `module_name`.
+
+    absl's `--help` prints the docstring of `__main__` and the key flags of
+    `sys.argv[0]`; for a console script both are pip's wrapper, which has
+    neither. So the command's own module lends its docstring and key flags
+    (its own and those it adopts) to the wrapper.
+    """
+    module = sys.modules[module_name]
+    sys.modules["__main__"].__doc__ = module.__doc__
+    for flag in FLAGS.get_key_flags_for_module(module_name):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+    def quiet_main(argv):
+        _quiet_console()
+        return main(argv)
+
+    app.run(quiet_main)

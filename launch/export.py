@@ -5,7 +5,7 @@ fmnist-export --workdir=runs/default --export_base=/models/fmnist [--version=N] 
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}", 2)
+    common.start_tensorflow()
     from pipeline import config as config_lib
     from pipeline import data as data_lib
     from pipeline import workdir
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    common.run_app(main, __name__)
 
 
 if __name__ == "__main__":

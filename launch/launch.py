@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    common.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -34,6 +34,7 @@ def main(argv: list[str]) -> None:
     files = argv[1:]
     if not files:
         common.fail("no image files given: fmnist-predict --model=DIR IMAGE...", 2)
+    common.start_tensorflow()
     from pipeline.predict import ModelNotFoundError, predict_files, resolve_model_dir
 
     try:
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    common.run_app(main, __name__)
 
 
 if __name__ == "__main__":

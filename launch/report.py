@@ -5,7 +5,7 @@ fmnist-report --workdir=runs/default
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -16,6 +16,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}", 2)
+    common.start_tensorflow()
     from pipeline import config as config_lib
     from pipeline import data as data_lib
     from pipeline import workdir
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    common.run_app(main, __name__)
 
 
 if __name__ == "__main__":

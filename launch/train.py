@@ -1,17 +1,18 @@
-"""fmnist-train: train, evaluate and checkpoint a Fashion-MNIST CNN.
+"""fmnist-train: train, evaluate, report and export a Fashion-MNIST CNN.
 
   fmnist-train --workdir=runs/default
   fmnist-train --workdir=runs/seed --preset=seed
-  fmnist-launch --num_workers=2 -- fmnist-train --workdir=runs/mw --strategy=multi_worker
+  fmnist-launch --num_workers=2 -- fmnist-train --workdir=runs/mw
 
 Rerun the same command with the same --workdir to resume an interrupted run.
+--verbosity=1 also shows TensorFlow's own INFO logs.
 """
 
 from __future__ import annotations
 
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
 from launch import common
 
@@ -33,12 +34,14 @@ flags.DEFINE_boolean("export", True, "Export the final model for TF Serving (chi
 flags.DEFINE_string("export_base", None, "Export base directory (default WORKDIR/export).")
 flags.DEFINE_boolean("report", True, "Write WORKDIR/report/ (plots and tables) at the end.")
 common.define_config_flags()
+flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}; all options are --flags", 2)
+    common.start_tensorflow()
     from pipeline import config as config_lib
     from pipeline import data as data_lib
     from pipeline import distribution, workdir
@@ -89,13 +92,13 @@ def main(argv: list[str]) -> None:
                 "wall_seconds",
             )
         }
-        logging.info("metrics written to %s/metrics.json", FLAGS.workdir)
         print(json.dumps(summary, indent=2))
+        print(f"results in {FLAGS.workdir}: metrics.json, report/, export/", flush=True)
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    common.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -30,12 +30,14 @@ flags.DEFINE_list(
 flags.DEFINE_boolean("retrain_best", False, "Retrain the best config through fmnist-train's path and export it.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"], "Strategy inside each trial.")
 common.define_config_flags()
+flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}", 2)
+    common.start_tensorflow()
     from pipeline import config as config_lib
     from pipeline import data as data_lib
     from pipeline import distribution, workdir
@@ -69,7 +71,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    common.run_app(main, __name__)
 
 
 if __name__ == "__main__":

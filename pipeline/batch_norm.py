@@ -2,10 +2,10 @@
 
 Keras 3's `BatchNormalization` computes moments and normalises with separate
 ops (`tf.nn.moments`, `tf.nn.batch_normalization`) and their separate
-gradients. On this 2-core CPU that made batch norm about a third of the
-default model's training step; the fused kernel (one op forward, one op
-backward) trains the default model about 1.45x faster (measured side by side,
-see `benchmarks/settings.py`).
+gradients, which on CPU make batch norm a large share of the default model's
+training step. The fused kernel (one op forward, one op backward) trains the
+default model markedly faster; the benchmark record's execution-settings
+comparison measures both (`ModelConfig.batch_norm_kernel`).
 """
 
 from __future__ import annotations

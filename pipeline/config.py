@@ -50,9 +50,9 @@ class ModelConfig:
     padding: Literal["same", "valid"] = "same"
     batch_norm: bool = True
     # Weight of the old value in BN's moving statistics. Keras's 0.99 averages
-    # over ~100 steps and lags far behind fast-changing weights: inference
-    # accuracy collapsed (10% after a 156-step epoch) while training accuracy
-    # was 57%. 0.9 (PyTorch's default) tracks the weights within ~10 steps.
+    # over ~100 steps and lags far behind weights that change fast early in
+    # training, so inference-mode accuracy trails training accuracy badly;
+    # 0.9 (PyTorch's default) tracks the weights within ~10 steps.
     batch_norm_momentum: float = 0.9
     # "fused": TensorFlow's fused kernel (`pipeline.batch_norm`), faster on CPU
     # with the same weights and semantics; "keras": Keras' own layer. The
@@ -67,13 +67,12 @@ class ModelConfig:
     dropout: float | None = 0.3
     dense_units: int = 256
     # Views averaged at inference (evaluation, report, export, serving); never
-    # in training. "flip": the image and its mirror (2x inference cost);
-    # "flip_and_shift": both, each also shifted one pixel up, down, left and
-    # right (10x). On session 2's default weights, test accuracy was 93.07%
-    # (none), 93.29% (flip) and 93.59% (flip_and_shift); the training
-    # augmentation already taught the model these views, so averaging them
-    # cancels part of each single view's error. Measured cost (benchmarks/ 5):
-    # batch-1 serving latency 2.3x (the views go as one batch), throughput 1/9.
+    # in training. "flip": the image and its mirror (2 views); "flip_and_shift":
+    # both, each also shifted one pixel up, down, left and right (10 views).
+    # The training augmentation taught the network these views, so averaging
+    # their probabilities cancels part of each single view's error; metrics.json
+    # reports both. The views go through the network as one batch, so batch-1
+    # latency grows far less than the view count (serving benchmark).
     test_time_augmentation: TestTimeAugmentation = "flip_and_shift"
 
 
@@ -108,9 +107,9 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     precision: Precision = "auto"
     steps_per_execution: int = 16
-    # XLA-compile the training step. Off: on this 2-core CPU it ran the default
-    # model at 0.47x the examples/s (benchmarks/ comparison 3b); on GPUs it
-    # often pays, so it stays an option.
+    # XLA-compile the training step. Off: on CPU it ran the default model far
+    # slower (benchmark record, execution settings); on GPUs it often pays,
+    # so it stays an option.
     jit_compile: bool = False
     seed: int = 0
 

@@ -206,7 +206,7 @@ def load_train_test(data_dir: str | None = None) -> tuple[Split, Split, str]:
         if explicit or path.is_dir():
             train, test = load_directory(path)
             source = f"{description} ({path})"
-            log.info("Fashion-MNIST from %s: %d train, %d test", source, len(train), len(test))
+            log.debug("Fashion-MNIST from %s: %d train, %d test", source, len(train), len(test))
             return train, test, source
     log.info("no local Fashion-MNIST found; trying tensorflow-datasets (downloads if needed)")
     try:
@@ -224,8 +224,8 @@ def stratified_split(labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarr
     """Returns (keep, held_out) index arrays; held_out has `size` class-balanced picks."""
     if not 0 < size < len(labels):
         raise DataError(
-            f"validation size {size} must be between 1 and {len(labels) - 1} "
-            f"(the training set has {len(labels)} examples)"
+            f"validation size {size} (--validation_size, data.validation_size) does not fit the "
+            f"{len(labels)} training images: give a size from 1 to {len(labels) - 1}"
         )
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)

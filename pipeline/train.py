@@ -100,14 +100,23 @@ def train_and_evaluate(
         workdir_lib.ensure_writable(workdir)
         workdir_lib.check_resume_compatible(workdir, config)
     # Batch arithmetic first: an indivisible batch must fail before any work.
-    ip.per_replica_batch_size(config.train.global_batch_size, strategy.num_replicas_in_sync)
+    per_replica = ip.per_replica_batch_size(config.train.global_batch_size, strategy.num_replicas_in_sync)
     dataset = data_lib.load(config.data)
+    log.info(
+        "Fashion-MNIST from %s: %d train, %d validation, %d test",
+        dataset.source,
+        len(dataset.train),
+        len(dataset.validation),
+        len(dataset.test),
+    )
     policy = distribution.resolve_precision(config.train.precision)
     log.info(
-        "precision %s, strategy %s with %d replicas",
+        "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d",
         policy,
         distribution.strategy_name(strategy),
         strategy.num_replicas_in_sync,
+        per_replica,
+        config.train.global_batch_size,
     )
     out_dir = distribution.write_dir(workdir, strategy)
     try:

@@ -26,11 +26,12 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         f"--runs=smoke={tmp_path / 'run'}",
         f"--export={tmp_path / 'run' / 'export' / '1'}",
         f"--out={out}",
+        f"--record={tmp_path / 'BENCHMARKS.md'}",
         "--noscaling",  # Two workers vs one needs the real data's size; tests/test_distributed.py covers it.
     ]
     done = run(command, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results = {key: section["rows"] for key, section in json.loads(out.read_text())["sections"].items()}
     sections = (
         "training_throughput",
         "input_headroom",
@@ -51,3 +52,9 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "SavedModel serving_default (none)",
         "Keras model.predict",
     ]
+    # The record says where and when each section was measured, and re-renders without measuring.
+    rendered = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "bf16 instructions" in rendered and "TensorFlow" in rendered and "## 5. Serving" in rendered
+    from benchmarks import record
+
+    assert record.render(record.load(out), {}).count("## ") == len(sections)

@@ -1,0 +1,40 @@
+"""How to read each section of the benchmark record (BENCHMARKS.md); the numbers come from results.json."""
+
+NOTES = {
+    "training_throughput": (
+        "The seed (tutorial) model, trained three ways. Each turn is one whole epoch over the training images, the "
+        "way the tutorial's user runs it (`model.fit` with its per-epoch set-up). The recommended setting is batch "
+        "256 with the learning rate scaled by the square root of the batch ratio (Adam), which held the tutorial's "
+        "accuracy where linear scaling lost it (README, results), and `--precision=auto`, which picks "
+        "`mixed_bfloat16` on processors with bf16 instructions and float32 elsewhere."
+    ),
+    "input_headroom": (
+        "The input pipeline alone, against the fastest model's consumption in section 1: headroom above 1 means "
+        "the model, not the input, sets the pace. Ours shuffles indices and gathers whole batches, then augments "
+        "each batch with two small matmuls (`input_pipeline._flip_and_shift`). The other rows take one step away "
+        "at a time."
+    ),
+    "utilisation": (
+        "Analytic model FLOPs (forward multiply-adds x 2, x 3 for training) times examples per second, as a "
+        "fraction of the float32 matrix-multiply rate measured in the same run. The row '3x the tutorial' shows "
+        "what that rate would demand of this machine."
+    ),
+    "execution_settings": (
+        "The default model's training step under each setting, each in its own process (thread pools are fixed "
+        "once TensorFlow starts). The defaults are the fastest measured here: steps per execution 16, "
+        "TensorFlow's own thread pools, the fused batch-norm kernel, ReLU after pooling (exactly the same "
+        "numbers as the textbook order). XLA stays an option for GPUs."
+    ),
+    "time_to_accuracy": (
+        "Training seconds (`elapsed_seconds` in each run's history.json, validation included) until validation "
+        "accuracy first reaches each level; one run of each recipe, not the best of several."
+    ),
+    "serving": (
+        "The exported `serving_default` signature with and without the test-time views, and Keras "
+        "`model.predict` on the same weights: batch-1 latency and batch-256 throughput."
+    ),
+    "two_workers_vs_one": (
+        "The same global batch (128) and model on one process, and on two MultiWorkerMirroredStrategy workers on "
+        "this machine's cores over 127.0.0.1; each value is the fastest steady-state epoch."
+    ),
+}

@@ -1,0 +1,140 @@
+"""The front door: every command's --help, a quiet console, and docs that stay true."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run, subprocess_env
+
+COMMANDS = {
+    "fmnist-train": {"workdir", "preset", "strategy", "epochs", "validation_size", "export", "logical_cpus"},
+    "fmnist-tune": {"workdir", "tuner", "time_budget", "search_space", "validation_size", "retrain_best"},
+    "fmnist-export": {"workdir", "export_base", "version", "tflite", "test_time_augmentation"},
+    "fmnist-predict": {"model", "top_k", "invert", "json"},
+    "fmnist-launch": {"num_workers", "tuner_workers"},
+    "fmnist-report": {"workdir"},
+}
+# absl's own flags, valid for every command.
+ABSL_FLAGS = {"help", "helpfull", "helpshort", "verbosity", "v", "flagfile"}
+
+
+def _command(name: str) -> str:
+    """The installed console script (pip's wrapper), beside the running interpreter."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _help(name: str) -> str:
+    # absl's --help exits with status 1 after printing.
+    done = subprocess.run([_command(name), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return done.stdout
+
+
+def _listed_flags(help_text: str) -> set[str]:
+    return set(re.findall(r"^\s+--(?:\[no\])?([a-z_0-9]+)", help_text, re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, str]:
+    return {name: _help(name) for name in COMMANDS}
+
+
+def test_help_shows_each_commands_purpose_and_own_flags(helps):
+    for name, expected in COMMANDS.items():
+        text = helps[name]
+        assert text.startswith(f"{name}: "), text[:200]
+        listed = _listed_flags(text)
+        assert expected <= listed, (name, expected - listed)
+        # Only the command's own flags: none of TensorFlow's or absl's hundreds.
+        assert len(listed) < 45 and "tt_check_filter" not in text and "xla" not in text, name
+    assert "(default: 'auto')" in helps["fmnist-train"]  # --strategy
+    assert "Peak learning rate" in helps["fmnist-train"]
+
+
+def _readme_flags() -> dict[str, set[str]]:
+    """Flags the README gives each command, from every `fmnist-X ... --flag` it shows."""
+    found: dict[str, set[str]] = {name: set() for name in COMMANDS}
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        for segment in re.split(r"(?=\bfmnist-[a-z]+)", line):
+            match = re.match(r"fmnist-([a-z]+)\b(.*)", segment)
+            if match and f"fmnist-{match[1]}" in COMMANDS:
+                # fmnist-launch ... -- fmnist-train: the flags after `--` belong to the next command.
+                own = re.split(r"\s--\s", match[2])[0]
+                found[f"fmnist-{match[1]}"] |= set(re.findall(r"--(?:no)?([a-z_0-9]+)", own))
+    return found
+
+
+def test_every_flag_the_readme_gives_a_command_is_defined_by_it(helps):
+    for name, flags in _readme_flags().items():
+        listed = _listed_flags(helps[name]) | ABSL_FLAGS
+        assert flags <= listed | {f"no{f}" for f in listed}, (name, flags - listed)
+    assert "validation_size" in _readme_flags()["fmnist-train"]
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)\n```", readme.split("## Two commands", 1)[1], re.DOTALL)
+    test_command = commands[1].strip()
+    assert "pytest" in test_command and "constraints.txt" in test_command
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_no_development_history_in_docs_or_code():
+    # The generated benchmark record is dated by design and exempt.
+    pattern = "|".join(
+        [
+            r"\bsession [0-9]",
+            r"\bsessions [0-9]+-[0-9]+",
+            r"before the (fix|change)",
+            r"the issue'?s goal",
+            r"earlier sessions",
+            r"\bissue #?[0-9]+",
+        ]
+    )
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    checked = [
+        f for f in files if f.endswith((".py", ".md", ".sbatch", ".yaml", ".toml", "run")) and f != "BENCHMARKS.md"
+    ]
+    hits = []
+    for name in checked:
+        if name == "tests/test_cli.py":
+            continue
+        for number, line in enumerate((REPO / name).read_text().splitlines(), 1):
+            if re.search(pattern, line, re.IGNORECASE):
+                hits.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not hits, "\n".join(hits)
+
+
+def test_smoke_run_shows_our_progress_and_not_tensorflows_logs(tiny_data_dir, tmp_path):
+    env = subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")  # The command's own default, as a user gets it.
+    command = [_command("fmnist-train"), "--preset=smoke", f"--data_dir={tiny_data_dir}", f"--workdir={tmp_path}"]
+    done = run(command, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 20, "\n".join(lines)
+    chatter = [line for line in lines if re.match(r"^[IW]\d{4} |.*(oneDNN|cuda|Sharding callback|absl::)", line)]
+    assert not chatter, chatter
+    output = done.stdout + done.stderr
+    for expected in ("Fashion-MNIST from", "precision", "epoch 1:", "exported", f"results in {tmp_path}"):
+        assert expected in output, expected
+
+
+def test_impossible_validation_size_names_the_flag_and_the_largest_size(tiny_data_dir, tmp_path):
+    command = [
+        _command("fmnist-train"),
+        "--preset=smoke",
+        f"--data_dir={tiny_data_dir}",
+        f"--workdir={tmp_path}",
+        "--validation_size=5000",
+    ]
+    done = run(command, timeout=300)
+    assert done.returncode != 0
+    error = done.stderr.strip().splitlines()[-1]
+    assert "--validation_size" in error and "from 1 to 639" in error, error
+    assert "Traceback" not in done.stderr
