@@ -41,15 +41,16 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}; all options are --flags", 2)
-    common.start_tensorflow()
     from pipeline import config as config_lib
-    from pipeline import data as data_lib
-    from pipeline import distribution, workdir
 
     try:
         config = common.config_from_flags()
     except config_lib.ConfigError as e:
         common.fail(str(e), 2)
+    common.start_tensorflow()
+    from pipeline import data as data_lib
+    from pipeline import distribution, workdir
+
     if FLAGS.logical_cpus:
         distribution.use_logical_cpus(FLAGS.logical_cpus)
     import tensorflow as tf

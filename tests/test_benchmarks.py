@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import tensorflow as tf
 from conftest import run
 
@@ -12,6 +13,7 @@ from pipeline import config as config_lib
 from pipeline.train import train_and_evaluate
 
 
+@pytest.mark.slow
 def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     base = config_lib.preset("smoke")
     config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))

@@ -56,16 +56,35 @@ def test_help_shows_each_commands_purpose_and_own_flags(helps):
 
 
 def _readme_flags() -> dict[str, set[str]]:
-    """Flags the README gives each command, from every `fmnist-X ... --flag` it shows."""
+    """Flags the README gives each command.
+
+    A flag belongs to the command named last before it in the same paragraph
+    (each line of a code block is its own paragraph), else to the command in
+    the section's heading; `fmnist-launch ... -- fmnist-train` hands the flags
+    after `--` to the next command.
+    """
     found: dict[str, set[str]] = {name: set() for name in COMMANDS}
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
-    for line in text.splitlines():
-        for segment in re.split(r"(?=\bfmnist-[a-z]+)", line):
-            match = re.match(r"fmnist-([a-z]+)\b(.*)", segment)
-            if match and f"fmnist-{match[1]}" in COMMANDS:
-                # fmnist-launch ... -- fmnist-train: the flags after `--` belong to the next command.
-                own = re.split(r"\s--\s", match[2])[0]
-                found[f"fmnist-{match[1]}"] |= set(re.findall(r"--(?:no)?([a-z_0-9]+)", own))
+    tokens = re.compile(r"fmnist-[a-z]+|\s--\s|--[a-z_0-9]+")
+    heading_owner, in_code, paragraphs = None, False, [[None, ""]]
+    for line in (REPO / "README.md").read_text().replace("\\\n", " ").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif line.startswith("#"):
+            named = re.search(r"fmnist-[a-z]+", line)
+            heading_owner = named[0] if named else None
+        elif in_code or not line.strip():
+            paragraphs += [[None, line], [heading_owner, ""]]
+        else:
+            paragraphs[-1][1] += " " + line
+            paragraphs[-1][0] = paragraphs[-1][0] or heading_owner
+    for owner, text in paragraphs:
+        for token in tokens.findall(text):
+            if token.startswith("fmnist-"):
+                owner = token if token in COMMANDS else None
+            elif token.strip() == "--":
+                owner = None
+            elif owner:
+                found[owner].add(token[2:])
     return found
 
 
@@ -73,7 +92,9 @@ def test_every_flag_the_readme_gives_a_command_is_defined_by_it(helps):
     for name, flags in _readme_flags().items():
         listed = _listed_flags(helps[name]) | ABSL_FLAGS
         assert flags <= listed | {f"no{f}" for f in listed}, (name, flags - listed)
-    assert "validation_size" in _readme_flags()["fmnist-train"]
+    readme = _readme_flags()
+    assert {"validation_size", "noexport", "logical_cpus"} <= readme["fmnist-train"]
+    assert {"invert", "top_k"} <= readme["fmnist-predict"] and "time_budget" in readme["fmnist-tune"]
 
 
 def test_readme_test_command_is_the_one_ci_runs():

@@ -98,6 +98,7 @@ def test_missing_file_and_directory(tmp_path):
         data_lib.load_train_test(str(tmp_path / "nope"))
 
 
+@pytest.mark.slow
 def test_real_data_and_digest_check(real_data_dir, tmp_path):
     train, test, source = data_lib.load_train_test(str(real_data_dir))
     assert (len(train), len(test)) == (60000, 10000) and "--data_dir" in source
@@ -139,6 +140,7 @@ def test_load_splits(tiny_data_dir):
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (576, 64, 160)
 
 
+@pytest.mark.slow
 def test_debian_package_is_found_without_flags(monkeypatch):
     if not data_lib.DEBIAN_DIR.is_dir():
         pytest.skip("Debian package dataset-fashion-mnist not installed (CI installs it)")
@@ -146,6 +148,7 @@ def test_debian_package_is_found_without_flags(monkeypatch):
     assert "Debian package" in source and (len(train), len(test)) == (60000, 10000)
 
 
+@pytest.mark.slow
 def test_tfds_manual_dir_is_the_last_resort(real_data_dir, tmp_path, monkeypatch):
     # No local directory anywhere: the TFDS builder prepares from manual_dir
     # (the exact upstream files) without touching the network.

@@ -36,6 +36,7 @@ def _env(tmp_path):
     return dict(subprocess_env(), TMPDIR=str(scratch)), scratch
 
 
+@pytest.mark.slow
 def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     env, scratch = _env(tmp_path)
     workdir = tmp_path / "run"
@@ -50,13 +51,14 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     prints = re.findall(r"\[(worker \d)\] .*final weights fingerprint (\w+)", done.stdout)
     assert len(prints) == 2 and prints[0][1] == prints[1][1], prints
-    assert "global batch 64 = 2 replicas x per-replica batch 32" in done.stdout
+    assert "2 replica(s) x batch 32 = global batch 64" in done.stdout
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["workers"] == 2 and metrics["epochs_completed"] == 2
     assert metrics["strategy"] == "multi_worker"
     assert list(scratch.iterdir()) == [], "non-chief temporary directories must be removed"
 
 
+@pytest.mark.slow
 def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path):
     env, _ = _env(tmp_path)
     workdir = tmp_path / "run"
@@ -139,6 +141,7 @@ def test_malformed_tf_config_is_a_clear_error(tf_config, message, tiny_data_dir,
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_launcher_names_a_failing_worker(tmp_path):
     script = "import json, os, sys; sys.exit(json.loads(os.environ['TF_CONFIG'])['task']['index'] * 7)"
     done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script], timeout=60)

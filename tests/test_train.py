@@ -85,6 +85,7 @@ def _latest_epoch(checkpoint_dir):
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     command = _train_command(tmp_path, tiny_data_dir, "--epochs=40", "--max_train_examples=256")
     child = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -93,6 +93,7 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_lib.to_dict(best.model)
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
     command = _tune(tmp_path / "tune", tiny_data_dir, "--max_trials=4", "--max_epochs=2")
     child = subprocess.Popen(
@@ -115,6 +116,7 @@ def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
     assert len((tmp_path / "tune" / "trials.csv").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
     command = [
         sys.executable,

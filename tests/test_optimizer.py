@@ -1,0 +1,57 @@
+"""The learning-rate schedule and the optimiser built from TrainConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline.optimizer import WarmupCosine, build_optimizer, learning_rate_schedule
+
+
+def test_warmup_then_cosine_to_zero():
+    schedule = WarmupCosine(peak=1.0, warmup_steps=10, total_steps=110, decay=True)
+    rate = lambda step: float(schedule(step))  # noqa: E731
+    # Linear warm-up: the first step already moves the weights, step 9 reaches the peak.
+    np.testing.assert_allclose([rate(s) for s in range(10)], [(s + 1) / 10 for s in range(10)], rtol=1e-6)
+    # Cosine from the peak at the end of warm-up to zero at total_steps, and zero after.
+    for step in (10, 35, 60, 85, 110, 150):
+        progress = min(1.0, (step - 10) / 100)
+        assert math.isclose(rate(step), 0.5 * (1 + math.cos(math.pi * progress)), abs_tol=1e-6), step
+    constant = WarmupCosine(peak=2.0, warmup_steps=0, total_steps=100, decay=False)
+    assert float(constant(0)) == float(constant(99)) == 2.0
+
+
+def test_schedule_follows_the_config():
+    train = dataclasses.replace(config_lib.TrainConfig(), epochs=4, warmup_epochs=0.5, learning_rate=0.1)
+    schedule = learning_rate_schedule(train, steps_per_epoch=20)
+    assert (schedule.peak, schedule.warmup_steps, schedule.total_steps, schedule.decay) == (0.1, 10, 80, True)
+    scaled = dataclasses.replace(train, scale_learning_rate=True, global_batch_size=512, base_batch_size=128)
+    assert learning_rate_schedule(scaled, 20).peak == 0.4
+
+
+def test_resumed_optimizer_continues_the_schedule_mid_way(tmp_path):
+    train = dataclasses.replace(config_lib.TrainConfig(), epochs=3, warmup_epochs=1.0)
+    variable = keras.Variable(np.ones(3, np.float32), name="w")
+
+    def optimizer_at(steps: int):
+        optimizer = build_optimizer(train, steps_per_epoch=10, policy="float32")
+        optimizer.build([variable])
+        for _ in range(steps):
+            optimizer.apply_gradients([(tf.ones(3), variable)])
+        return optimizer
+
+    # Mid-way through the cosine phase: 17 of 30 steps.
+    before = optimizer_at(17)
+    path = tf.train.Checkpoint(optimizer=before).save(str(tmp_path / "ckpt"))
+    resumed = optimizer_at(0)
+    tf.train.Checkpoint(optimizer=resumed).restore(path).assert_existing_objects_matched()
+    assert int(resumed.iterations.numpy()) == 17
+    expected = float(learning_rate_schedule(train, 10)(17))
+    assert math.isclose(float(resumed.learning_rate), expected, rel_tol=1e-6)
+    assert math.isclose(float(resumed.learning_rate), float(before.learning_rate), rel_tol=1e-6)
+    assert 0 < expected < train.learning_rate
