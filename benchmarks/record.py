@@ -40,14 +40,14 @@ def machine() -> dict:
     }
 
 
-def load(path: Path = RESULTS) -> dict:
+def read(path: Path = RESULTS) -> dict:
     """The record as {"sections": {key: section}}; empty when there is none yet."""
     return json.loads(path.read_text()) if path.exists() else {"sections": {}}
 
 
 def save_section(key: str, title: str, rows: list[dict], columns: list[str], quick: bool, path: Path = RESULTS) -> dict:
     """Adds or replaces one comparison in the record, stamped with date, machine and command; returns it."""
-    record = load(path)
+    record = read(path)
     section = {
         "title": title,
         "columns": columns,
@@ -64,7 +64,7 @@ def save_section(key: str, title: str, rows: list[dict], columns: list[str], qui
     return section
 
 
-def _cell(value) -> str:
+def _format_cell(value) -> str:
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return "" if value is None else str(value)
@@ -74,13 +74,17 @@ def table(section: dict) -> str:
     """A section's rows as a Markdown table."""
     columns = section["columns"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in section["rows"]]
+    lines += ["| " + " | ".join(_format_cell(row.get(c)) for c in columns) + " |" for row in section["rows"]]
     return "\n".join(lines) + "\n"
 
 
 def describe_machine(m: dict) -> str:
-    bf16 = "yes" if m.get("avx512_bf16") or m.get("amx_bf16") else "no"
-    return f"{m['cpu']}, {m['cores']} cores, bf16 instructions: {bf16}, TensorFlow {m['tensorflow']}"
+    """One line: CPU model, cores, bf16 instruction flags, TensorFlow version."""
+    yes = lambda flag: "yes" if m.get(flag) else "no"  # noqa: E731
+    return (
+        f"{m['cpu']}, {m['cores']} cores, AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}, "
+        f"TensorFlow {m['tensorflow']}"
+    )
 
 
 def render(record: dict, notes: dict[str, str]) -> str:
@@ -115,7 +119,7 @@ def write(path: Path = RECORD, results: Path = RESULTS) -> Path:
     """Renders BENCHMARKS.md from results.json."""
     from benchmarks.notes import NOTES
 
-    path.write_text(render(load(results), NOTES))
+    path.write_text(render(read(results), NOTES))
     return path
 
 

@@ -66,7 +66,7 @@ def define_config_flags() -> None:
     )
 
 
-def _dropout(text: str) -> float | None:
+def _parse_dropout(text: str) -> float | None:
     if text.lower() in ("off", "none", "0"):
         return None
     try:
@@ -75,7 +75,7 @@ def _dropout(text: str) -> float | None:
         raise config_lib.ConfigError(f"--dropout={text!r}: give a rate like 0.3, or 'off'") from None
 
 
-def _filters(items: list[str]) -> tuple[int, ...]:
+def _parse_filters(items: list[str]) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in items)
     except ValueError:
@@ -84,14 +84,14 @@ def _filters(items: list[str]) -> tuple[int, ...]:
 
 def config_from_flags() -> config_lib.Config:
     """The preset (or --config file) with every given flag applied; validated."""
-    base = config_lib.load(FLAGS.config) if FLAGS.config else config_lib.preset(FLAGS.preset)
+    base = config_lib.load_file(FLAGS.config) if FLAGS.config else config_lib.preset(FLAGS.preset)
     given = lambda name: FLAGS[name].present  # noqa: E731 - a tiny local predicate.
     pick = lambda name: {name: FLAGS[name].value} if given(name) else {}  # noqa: E731
     model = {**pick("batch_norm"), **pick("kernel_size"), **pick("test_time_augmentation")}
     if given("dropout"):
-        model["dropout"] = _dropout(FLAGS.dropout)
+        model["dropout"] = _parse_dropout(FLAGS.dropout)
     if given("filters"):
-        model["filters"] = _filters(FLAGS.filters)
+        model["filters"] = _parse_filters(FLAGS.filters)
     augment = {"enabled": FLAGS.augment} if given("augment") else {}
     data = {**pick("data_dir"), **pick("max_train_examples"), **pick("validation_size")}
     train = {}

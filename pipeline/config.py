@@ -298,7 +298,7 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
 
 
-def load(path: str | Path) -> Config:
+def load_file(path: str | Path) -> Config:
     """Reads a config file to start a run from: missing fields take today's defaults."""
     return validate(from_dict(Config, _read(Path(path)), where=str(path)))
 

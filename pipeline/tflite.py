@@ -18,12 +18,12 @@ def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
     """Writes DIRECTORY/model_<variant>.tflite: uint8 [N,28,28] in, probabilities [N,10] out."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
-    def probabilities(images):
+    def serve(images):
         return {"probabilities": models.probabilities(model(ip.normalize(images), training=False))}
 
     # Freeze first: converting Keras 3 variables as-is leaves READ_VARIABLE ops
     # that TFLite never initialises (NaN or zero outputs).
-    frozen = convert_variables_to_constants_v2(probabilities.get_concrete_function())
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, optimizations in VARIANTS.items():

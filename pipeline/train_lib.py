@@ -152,7 +152,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig)
     the progress bar only).
     """
 
-    def step(images, labels):
+    def train_step(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = per_example_loss(labels, logits, config.label_smoothing)
@@ -165,19 +165,19 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig)
 
     if config.jit_compile:
         # Only the step is compiled: the loop around it reads an iterator.
-        step = tf.function(step, jit_compile=True)
-    return _looped(strategy, step)
+        train_step = tf.function(train_step, jit_compile=True)
+    return _looped(strategy, train_step)
 
 
 def make_eval_steps(strategy, model):
     """Returns `eval_steps(iterator, n)`: [loss_sum, correct, count] in inference mode."""
 
-    def step(images, labels, weights):
+    def eval_step(images, labels, weights):
         logits = model(images, training=False)
         per_example = per_example_loss(labels, logits, 0.0)
         return _statistics(labels, logits, per_example, weights)
 
-    return _looped(strategy, step)
+    return _looped(strategy, eval_step)
 
 
 def summarize(totals) -> dict[str, float]:

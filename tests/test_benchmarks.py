@@ -56,7 +56,53 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "bf16 instructions" in rendered and "TensorFlow" in rendered and "## 5. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 5. Serving" in rendered
     from benchmarks import record
 
-    assert record.render(record.load(out), {}).count("## ") == len(sections)
+    assert record.render(record.read(out), {}).count("## ") == len(sections)
+
+
+def test_record_renders_each_section_with_its_machine_and_date(tmp_path):
+    from benchmarks import record
+
+    path = tmp_path / "results.json"
+    record.save_section(
+        "demo", "1. A demo", [{"setting": "a", "examples/s": 1234.5}], ["setting", "examples/s"], True, path
+    )
+    rendered = record.render(record.read(path), {"demo": "How to read it."})
+    section = record.read(path)["sections"]["demo"]
+    assert section["machine"]["cores"] >= 1 and section["measured"] and section["machine"]["tensorflow"]
+    assert "## 1. A demo" in rendered and "How to read it." in rendered and "| a | 1,234 |" in rendered
+    assert section["machine"]["cpu"] in rendered and "`--quick`" in rendered
+
+
+def test_time_to_accuracy_reads_history(tmp_path):
+    from benchmarks.time_to_accuracy import time_to_accuracy
+
+    history = [
+        {"epoch": 1, "val_accuracy": 0.90, "elapsed_seconds": 10.0},
+        {"epoch": 2, "val_accuracy": 0.925, "elapsed_seconds": 21.0},
+    ]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    (row,) = time_to_accuracy({"run": tmp_path})
+    assert row == {"run": "run", "to 90.6%": "21s (epoch 2)", "to 92.0%": "21s (epoch 2)", "to 93.0%": "never"}
+
+
+def test_settings_are_valid_configs_and_flops_are_analytic():
+    import dataclasses
+
+    from benchmarks.settings import SETTINGS
+    from benchmarks.throughput import model_flops_per_example
+    from pipeline import models
+
+    base = config_lib.preset("default")
+    for setting in SETTINGS.values():
+        config_lib.validate(
+            base.replace(
+                model=dataclasses.replace(base.model, **setting.model),
+                train=dataclasses.replace(base.train, **setting.train),
+            )
+        )
+    # Seed model: conv 26x26x64x(3x3x1), conv 11x11x64x(3x3x64), dense 1600x128, dense 128x10; x2 x3.
+    forward = 26 * 26 * 64 * 9 + 11 * 11 * 64 * 9 * 64 + 1600 * 128 + 128 * 10
+    assert model_flops_per_example(models.build_model(config_lib.preset("seed").model)) == 6.0 * forward

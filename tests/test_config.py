@@ -13,12 +13,12 @@ from pipeline import config as config_lib
 def test_presets_round_trip(name, tmp_path):
     config = config_lib.validate(config_lib.preset(name))
     config_lib.save(config, tmp_path / "config.json")
-    assert config_lib.load(tmp_path / "config.json") == config
+    assert config_lib.load_file(tmp_path / "config.json") == config
 
 
 def test_partial_file_keeps_defaults(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"model": {"filters": [16, 32]}, "train": {"epochs": 3}}))
-    config = config_lib.load(tmp_path / "c.json")
+    config = config_lib.load_file(tmp_path / "c.json")
     assert config.model.filters == (16, 32) and config.train.epochs == 3
     assert config.train.global_batch_size == config_lib.Config().train.global_batch_size
 
@@ -37,7 +37,7 @@ def test_partial_file_keeps_defaults(tmp_path):
 def test_bad_configs_fail_loudly(tmp_path, content, message):
     (tmp_path / "c.json").write_text(json.dumps(content))
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.load(tmp_path / "c.json")
+        config_lib.load_file(tmp_path / "c.json")
 
 
 def test_unknown_preset_and_bad_json(tmp_path):
@@ -45,7 +45,7 @@ def test_unknown_preset_and_bad_json(tmp_path):
         config_lib.preset("nope")
     (tmp_path / "c.json").write_text("{")
     with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
-        config_lib.load(tmp_path / "c.json")
+        config_lib.load_file(tmp_path / "c.json")
 
 
 def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
@@ -59,4 +59,4 @@ def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
         section, field = dotted.split(".")
         assert getattr(getattr(run, section), field) == value, dotted
     # A file to start a new run from takes today's defaults instead.
-    assert config_lib.load(tmp_path / "config.json") == config_lib.preset("default")
+    assert config_lib.load_file(tmp_path / "config.json") == config_lib.preset("default")

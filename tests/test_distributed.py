@@ -150,3 +150,17 @@ def test_launcher_names_a_failing_worker(tmp_path):
 
 def test_chief_rule():
     assert distribution.is_chief(tf.distribute.get_strategy())
+
+
+def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_ports():
+    from launch import local_cluster
+
+    tasks = local_cluster.tf_config_tasks(3)
+    specs = [json.loads(task.env["TF_CONFIG"]) for task in tasks]
+    workers = specs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert [s["task"] for s in specs] == [{"type": "worker", "index": i} for i in range(3)]
+    assert all(s["cluster"] == specs[0]["cluster"] for s in specs)
+    tuners = local_cluster.tuner_tasks(2)
+    assert [t.env["KERASTUNER_TUNER_ID"] for t in tuners] == ["chief", "tuner0", "tuner1"]
+    assert len({t.env["KERASTUNER_ORACLE_PORT"] for t in tuners}) == 1

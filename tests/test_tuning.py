@@ -89,7 +89,7 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
         timeout=300,
     )
     assert train.returncode == 0, train.stderr[-3000:]
-    best = config_lib.load(tune / "best_config.json")
+    best = config_lib.load_file(tune / "best_config.json")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_lib.to_dict(best.model)
 
 
