@@ -54,6 +54,12 @@ def define_config_flags() -> None:
         "Dtype policy; auto picks bfloat16 where the hardware has it.",
     )
     flags.DEFINE_integer("steps_per_execution", None, "Training steps per compiled call.", lower_bound=1)
+    flags.DEFINE_integer(
+        "checkpoint_every_steps",
+        None,
+        "Also checkpoint inside an epoch every N optimizer steps (long epochs, preemptible machines).",
+        lower_bound=1,
+    )
     flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step (slower on CPU; try it on GPUs).")
     flags.DEFINE_integer(
         "max_train_examples", None, "Use only this many training examples (quick checks).", lower_bound=1
@@ -106,6 +112,7 @@ def config_from_flags() -> config_lib.Config:
         "scale_learning_rate",
         "precision",
         "steps_per_execution",
+        "checkpoint_every_steps",
         "jit_compile",
     ):
         train.update(pick(name))

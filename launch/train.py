@@ -56,29 +56,30 @@ def main(argv: list[str]) -> None:
     import tensorflow as tf
 
     from pipeline.export import ExportError
+    from pipeline.preemption import StopSignal, TrainingStopped
     from pipeline.train import train_and_evaluate
 
     try:
         strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices, FLAGS.collective_timeout)
-        metrics = train_and_evaluate(
-            config,
-            FLAGS.workdir,
-            strategy,
-            make_report=FLAGS.report,
-            export=FLAGS.export,
-            export_base=FLAGS.export_base,
-        )
+        with StopSignal() as stop:
+            metrics = train_and_evaluate(
+                config,
+                FLAGS.workdir,
+                strategy,
+                make_report=FLAGS.report,
+                export=FLAGS.export,
+                export_base=FLAGS.export_base,
+                stop=stop,
+            )
+    except TrainingStopped as e:
+        common.fail(str(e), e.exit_code)
     except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ExportError, ValueError) as e:
         common.fail(str(e))
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
         common.fail(
-            f"lost contact with a peer worker ({type(e).__name__}); the last completed epoch is saved: "
+            f"lost contact with a peer worker ({type(e).__name__}); the last checkpoint is saved: "
             "restart the same command on every worker to resume",
             3,
-        )
-    except KeyboardInterrupt:
-        common.fail(
-            f"interrupted; rerun the same command to resume from the last completed epoch in {FLAGS.workdir}", 130
         )
     if distribution.is_chief(strategy):
         summary = {

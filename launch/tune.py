@@ -60,9 +60,14 @@ def main(argv: list[str]) -> None:
         search=search,
         seed=base.train.seed,
     )
+    from pipeline.preemption import StopSignal, TrainingStopped
+
     try:
         strategy = distribution.make_strategy(FLAGS.strategy)
-        summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best)
+        with StopSignal() as stop:
+            summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best, stop)
+    except TrainingStopped as e:
+        common.fail(f"search {e}", e.exit_code)
     except (data_lib.DataError, workdir.WorkdirError, ValueError) as e:
         common.fail(str(e))
     if summary:

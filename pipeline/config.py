@@ -107,6 +107,10 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     precision: Precision = "auto"
     steps_per_execution: int = 16
+    # Also checkpoint inside an epoch every this many optimizer steps (long
+    # epochs on preemptible machines); None checkpoints at epoch ends and on
+    # SIGTERM only.
+    checkpoint_every_steps: int | None = None
     # XLA-compile the training step. Off: on CPU it ran the default model far
     # slower (benchmark record, execution settings); on GPUs it often pays,
     # so it stays an option.
@@ -224,6 +228,7 @@ FIELDS_ADDED = {
     "model.test_time_augmentation": "none",
     "model.batch_norm_kernel": "fused",
     "model.relu_after_pooling": True,
+    "train.checkpoint_every_steps": None,
 }
 
 
@@ -261,6 +266,10 @@ def validate(config: Config) -> Config:
         (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
         (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (t.steps_per_execution >= 1, "train.steps_per_execution must be >= 1"),
+        (
+            t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+            "train.checkpoint_every_steps must be >= 1 or null",
+        ),
         (t.base_batch_size >= 1, "train.base_batch_size must be >= 1"),
         (
             t.early_stopping_patience is None or t.early_stopping_patience >= 1,
@@ -283,10 +292,16 @@ def validate(config: Config) -> Config:
 
 
 def save(config: Config, path: Path) -> None:
-    """Writes the config as JSON, atomically."""
+    """Writes the config as JSON, atomically (a temporary file renamed into place)."""
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"could not write {path}: {e.strerror or e}; free space there or choose another location"
+        ) from None
 
 
 def _read(path: Path) -> dict:

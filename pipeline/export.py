@@ -11,7 +11,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -112,6 +114,34 @@ def _write_metadata(directory: Path, workdir: Path, config: config_lib.Config) -
     )
 
 
+def _publish(staging: Path, base: Path, version: int, any_version: bool) -> Path:
+    """Renames the finished staging directory to BASE/<version>, atomically.
+
+    The rename fails when another export published that version meanwhile:
+    then an automatically chosen version moves to the next free one, and an
+    explicit one is an error. No version is ever half-written or overwritten.
+    """
+    while True:
+        target = base / str(version)
+        try:
+            os.rename(staging, target)  # Atomic on one file system; fails if target exists and is not empty.
+            return target
+        except OSError as e:
+            if not target.exists():
+                raise
+            if not any_version:
+                raise ExportError(f"{target} was published by another export meanwhile; pass another --version") from e
+            version = next_version(base)
+
+
+def _remove_abandoned_staging(base: Path) -> None:
+    """Removes staging directories of exports on this host whose process is gone."""
+    for staging in base.glob(".*.incomplete-*"):
+        writer = re.search(r"\.incomplete-(\d+)@(.+)-[a-z0-9_]+$", staging.name)
+        if writer and writer[2] == socket.gethostname() and not Path(f"/proc/{writer[1]}").exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def export_run(
     workdir: str | Path,
     export_base: str | Path | None = None,
@@ -140,26 +170,29 @@ def export_run(
     if test_time_augmentation is not None:
         model_config = dataclasses.replace(config.model, test_time_augmentation=test_time_augmentation)
         config = config.replace(model=model_config)
-    version = next_version(base) if version is None else version
-    target = base / str(version)
-    if target.exists():
-        raise ExportError(f"{target} already exists; pass another --version or omit it to use {next_version(base)}")
-    base.mkdir(parents=True, exist_ok=True)
+    chosen = version
+    version = next_version(base) if chosen is None else chosen
+    if (base / str(version)).exists():
+        raise ExportError(f"{base / str(version)} already exists; pass another --version or omit it")
+    with workdir_lib.writing("an export", base):
+        base.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_staging(base)
     model = load_final_model(workdir, config)
     warmup_images = data_lib.load(config.data).test.images[:8]
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.incomplete-", dir=base))
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.incomplete-{os.getpid()}@{socket.gethostname()}-", dir=base))
     try:
-        module = ServingModule(model)
-        signatures = {"serving_default": module.serve_images, "serving_image_bytes": module.serve_image_bytes}
-        tf.saved_model.save(module, str(staging), signatures=signatures)
-        _write_warmup(staging, warmup_images)
-        _write_metadata(staging, workdir, config)
-        if tflite:
-            from pipeline.tflite import write_tflite_models
+        with workdir_lib.writing(f"export version {version}", base):
+            module = ServingModule(model)
+            signatures = {"serving_default": module.serve_images, "serving_image_bytes": module.serve_image_bytes}
+            tf.saved_model.save(module, str(staging), signatures=signatures)
+            _write_warmup(staging, warmup_images)
+            _write_metadata(staging, workdir, config)
+            if tflite:
+                from pipeline.tflite import write_tflite_models
 
-            write_tflite_models(model, staging / "tflite")
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700; servers may run as another user.
-        os.rename(staging, target)  # Atomic on one file system; fails if target appeared.
+                write_tflite_models(model, staging / "tflite")
+            os.chmod(staging, 0o755)  # mkdtemp makes it 0700; servers may run as another user.
+        target = _publish(staging, base, version, chosen is None)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

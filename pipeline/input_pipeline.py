@@ -122,6 +122,7 @@ def train_dataset(
     augment: AugmentConfig,
     context: tf.distribute.InputContext | None = None,
     prefetch: bool = True,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """An endless stream of shuffled, augmented, normalised training batches.
 
@@ -136,6 +137,9 @@ def train_dataset(
       augment: augmentation settings.
       context: the input context under a distribution strategy.
       prefetch: overlap input preparation with the training step.
+      start_batch: batches of this epoch already trained (a run resumed
+        mid-epoch): the stream starts with the next one, shuffled and
+        augmented exactly as in an uninterrupted epoch.
 
     Returns:
       Dataset of (float32 [B, 28, 28, 1], int64 [B]).
@@ -155,12 +159,12 @@ def train_dataset(
     # random sample; repeat after shuffle so epochs do not blend.
     ds = ds.shuffle(len(labels), seed=this_epoch, reshuffle_each_iteration=True).repeat()
     # Fixed-size batches: every replica takes the same number of steps.
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch)
     ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
     # Normalise and augment whole batches (vectorised), after the gather from
     # the raw uint8 arrays so each epoch sees new augmentations; seeds are
     # per batch and stateless.
-    ds = ds.enumerate().map(
+    ds = ds.enumerate(start=start_batch).map(
         lambda i, batch: prepare_train(batch, augment, tf.stack([tf.cast(this_epoch, tf.int64), i])),
         num_parallel_calls=AUTOTUNE,
     )
@@ -222,7 +226,7 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
-    """Returns (train_fn(epoch) -> distributed dataset, eval_fn(split) -> (dataset, steps))."""
+    """Returns (train_fn(epoch, start_step) -> distributed dataset, eval_fn(split) -> (dataset, steps))."""
     replicas = strategy.num_replicas_in_sync
     per_replica = per_replica_batch_size(config.train.global_batch_size, replicas)
     log.debug(
@@ -232,17 +236,26 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
     # Batch-per-replica is what distribute_datasets_from_function expects.
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
 
-    def train_fn(epoch: int):
+    # Each step takes one batch per replica from its worker's pipeline.
+    replicas_per_pipeline = replicas // distribution.num_workers(strategy)
+
+    def train_fn(epoch: int, start_step: int = 0):
         return strategy.distribute_datasets_from_function(
             lambda ctx: train_dataset(
-                train.images, train.labels, per_replica, config.train.seed, epoch, config.augment, ctx
+                train.images,
+                train.labels,
+                per_replica,
+                config.train.seed,
+                epoch,
+                config.augment,
+                ctx,
+                start_batch=start_step * replicas_per_pipeline,
             ),
             options,
         )
 
     def eval_fn(split: data_lib.Split):
         pipelines = distribution.num_workers(strategy)
-        replicas_per_pipeline = replicas // pipelines
         num_steps = eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
         ds = strategy.distribute_datasets_from_function(
             lambda ctx: eval_dataset(split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx),

@@ -7,6 +7,7 @@ the state, train, evaluate, save, report and export. The pieces live in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -15,10 +16,11 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, report, train_lib
+from pipeline import distribution, final_model, models, preemption, report, train_lib, train_state
 from pipeline import export as export_lib
 from pipeline import input_pipeline as ip
 from pipeline import workdir as workdir_lib
+from pipeline.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +80,20 @@ def train_and_evaluate(
     make_report: bool = True,
     export: bool = True,
     export_base: str | Path | None = None,
+    stop: preemption.StopSignal | None = None,
 ) -> dict:
     """Trains (resuming if the workdir holds a checkpoint), evaluates, writes metrics.json.
 
     Args:
       config: the run's configuration (validated here).
-      workdir: output directory; only the chief writes there.
+      workdir: output directory; only the chief writes there, holding its lock.
       strategy: the distribution strategy (the default strategy for one device).
       progress: show a per-epoch progress bar on the chief.
       make_report: write WORKDIR/report/ (plots and tables) at the end.
       export: export the final model for TF Serving at the end.
       export_base: where to export (default WORKDIR/export).
+      stop: an installed `StopSignal`: SIGTERM or Ctrl-C then checkpoints the
+        current step and raises `TrainingStopped`.
 
     Returns:
       The metrics dict also written to `WORKDIR/metrics.json`.
@@ -98,48 +103,55 @@ def train_and_evaluate(
     chief = distribution.is_chief(strategy)
     if chief:
         workdir_lib.ensure_writable(workdir)
-        workdir_lib.check_resume_compatible(workdir, config)
-    # Batch arithmetic first: an indivisible batch must fail before any work.
-    per_replica = ip.per_replica_batch_size(config.train.global_batch_size, strategy.num_replicas_in_sync)
-    dataset = data_lib.load(config.data)
-    log.info(
-        "Fashion-MNIST from %s: %d train, %d validation, %d test",
-        dataset.source,
-        len(dataset.train),
-        len(dataset.validation),
-        len(dataset.test),
-    )
-    policy = distribution.resolve_precision(config.train.precision)
-    log.info(
-        "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d",
-        policy,
-        distribution.strategy_name(strategy),
-        strategy.num_replicas_in_sync,
-        per_replica,
-        config.train.global_batch_size,
-    )
-    out_dir = distribution.write_dir(workdir, strategy)
-    try:
-        steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-        state = train_lib.build_state(config, strategy, policy, steps_per_epoch, out_dir)
-        done = train_lib.restore(state, workdir, strategy)
+    # The workers of a multi-worker job share their chief's lock.
+    with WorkdirLock(workdir) if chief else contextlib.nullcontext():
         if chief:
-            config_lib.save(config, workdir / "config.json")
-        history = workdir_lib.load_history(workdir, done)
-        history = train_lib.fit(config, strategy, state, dataset, history, out_dir, progress and chief)
-        if config.train.early_stopping_patience:
-            state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
-        metrics = final_metrics(config, strategy, state, dataset, history, policy, started)
-        final_model.save_final_model(state.model, out_dir)
-        # Every worker logs this; equal fingerprints prove the replicas agree.
-        log.info("final weights fingerprint %s", final_model.fingerprint(state.model))
-        if chief:
-            workdir_lib.write_json(workdir / "metrics.json", metrics)
-            if make_report:
-                report.build_report(workdir)
-            if export:
-                metrics["export"] = str(_export_once(workdir, export_base, metrics))
+            workdir_lib.check_resume_compatible(workdir, config)
+            for leftover in workdir_lib.remove_leftovers(workdir):
+                log.info("removed %s, left by an interrupted write", leftover)
+        # Batch arithmetic first: an indivisible batch must fail before any work.
+        per_replica = ip.per_replica_batch_size(config.train.global_batch_size, strategy.num_replicas_in_sync)
+        dataset = data_lib.load(config.data)
+        log.info(
+            "Fashion-MNIST from %s: %d train, %d validation, %d test",
+            dataset.source,
+            len(dataset.train),
+            len(dataset.validation),
+            len(dataset.test),
+        )
+        policy = distribution.resolve_precision(config.train.precision)
+        log.info(
+            "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d",
+            policy,
+            distribution.strategy_name(strategy),
+            strategy.num_replicas_in_sync,
+            per_replica,
+            config.train.global_batch_size,
+        )
+        out_dir = distribution.write_dir(workdir, strategy)
+        try:
+            steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
+            state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir)
+            done = train_state.restore(state, workdir, strategy, steps_per_epoch)
+            if chief:
+                config_lib.save(config, workdir / "config.json")
+            history = workdir_lib.load_history(workdir, done)
+            history = train_lib.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
+            if config.train.early_stopping_patience:
+                state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
+            metrics = final_metrics(config, strategy, state, dataset, history, policy, started)
+            with workdir_lib.writing("the final weights", out_dir / final_model.FINAL_DIR):
+                final_model.save_final_model(state.model, out_dir)
+            # Every worker logs this; equal fingerprints prove the replicas agree.
+            log.info("final weights fingerprint %s", final_model.fingerprint(state.model))
+            if chief:
                 workdir_lib.write_json(workdir / "metrics.json", metrics)
-        return metrics
-    finally:
-        distribution.cleanup_write_dir(out_dir, workdir)
+                if make_report:
+                    with workdir_lib.writing("the report", workdir / "report"):
+                        report.build_report(workdir)
+                if export:
+                    metrics["export"] = str(_export_once(workdir, export_base, metrics))
+                    workdir_lib.write_json(workdir / "metrics.json", metrics)
+            return metrics
+        finally:
+            distribution.cleanup_write_dir(out_dir, workdir)

@@ -1,7 +1,7 @@
-"""The training library: state and checkpoints, the distributed steps, the epoch loop.
+"""The training library: the distributed train and eval steps, and the epoch loop `fit`.
 
-`pipeline.train.train_and_evaluate` drives these functions; the tuner calls
-`build_state`, `restore` and `fit` for each trial.
+`pipeline.train.train_and_evaluate` drives these functions with the state of
+`pipeline.train_state`; the tuner runs `fit` for each trial.
 
 One custom step serves every strategy (default, mirrored, multi-worker):
 Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy
@@ -12,8 +12,8 @@ resume identical on one CPU and on a cluster.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -23,93 +23,11 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, models
+from pipeline import distribution, models, preemption, train_state
 from pipeline import input_pipeline as ip
-from pipeline import optimizer as optimizer_lib
 from pipeline import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class TrainState:
-    """Everything a checkpoint holds, and the objects that use it."""
-
-    model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    epoch: tf.Variable  # Completed epochs.
-    best_val_accuracy: tf.Variable
-    best_epoch: tf.Variable
-    manager: tf.train.CheckpointManager
-    best_manager: tf.train.CheckpointManager
-
-
-def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int, out_dir: Path) -> TrainState:
-    """Builds the seeded model, the optimiser and the counters, with their checkpoint managers."""
-    with strategy.scope():
-        keras.utils.set_random_seed(config.train.seed)
-        model = models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
-        optimizer = optimizer_lib.build_optimizer(config.train, steps_per_epoch, policy)
-        # Build slots now so a restore fills them instead of deferring.
-        optimizer.build(model.trainable_variables)
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        best = tf.Variable(-1.0, trainable=False, name="best_val_accuracy")
-        best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-    # The model is tracked as in `final_model.weights_checkpoint`: single-view,
-    # so the test-time views can change after training.
-    checkpoint = tf.train.Checkpoint(
-        model=models.single_view(model),
-        optimizer=optimizer,
-        epoch=epoch,
-        best_val_accuracy=best,
-        best_epoch=best_epoch,
-        random_states=random_states(model),
-    )
-    manager = tf.train.CheckpointManager(checkpoint, out_dir / "checkpoints", max_to_keep=2)
-    best_manager = tf.train.CheckpointManager(final_model.weights_checkpoint(model), out_dir / "best", max_to_keep=1)
-    return TrainState(model, optimizer, epoch, best, best_epoch, manager, best_manager)
-
-
-def random_states(model: keras.Model) -> dict[str, tf.Variable]:
-    """The dropout layers' random-number states, by layer name.
-
-    Keras 3 keeps them in `SeedGenerator` objects that TensorFlow's checkpoint
-    does not track, so without this a resumed run would replay the dropout
-    masks of the first epoch instead of continuing the sequence, and would
-    not match an uninterrupted run.
-    """
-    return {
-        layer.name: layer.seed_generator.state
-        for layer in model.layers
-        if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)
-    }
-
-
-def restore(state: TrainState, workdir: Path, strategy) -> int:
-    """Restores the newest checkpoint in the chief's workdir; returns completed epochs.
-
-    Every worker reads the chief's checkpoint (the workdir must be shared on a
-    multi-host cluster); a consistency check stops workers that disagree.
-    """
-    latest = tf.train.latest_checkpoint(workdir / "checkpoints")
-    if latest:
-        state.manager.checkpoint.restore(latest).assert_existing_objects_matched()
-        log.info("resumed from %s (epoch %d completed)", latest, int(state.epoch.numpy()))
-    _check_workers_agree(strategy, int(state.epoch.numpy()))
-    return int(state.epoch.numpy())
-
-
-def _check_workers_agree(strategy, epoch: int) -> None:
-    if distribution.num_workers(strategy) > 1:
-        value = tf.constant([epoch, epoch * epoch], tf.float32)
-        per_replica = strategy.run(lambda: value)
-        total, squares = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
-        n = strategy.num_replicas_in_sync
-        if abs(n * squares - total * total) > 0.5:
-            raise workdir_lib.WorkdirError(
-                "workers restored different epochs: the workdir must be on a file system every "
-                "worker can read (NFS, GCS, a shared volume)"
-            )
 
 
 def per_example_loss(labels, logits, label_smoothing: float):
@@ -192,21 +110,6 @@ def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split) -> dict[st
     return summarize(eval_steps_fn(iter(ds), tf.constant(num_steps)))
 
 
-def train_epoch(train_steps_fn, dataset, steps_per_epoch: int, chunk: int, progress: bool) -> dict[str, float]:
-    """One epoch in chunks of `chunk` steps; shows a progress bar when asked."""
-    iterator = iter(dataset)
-    bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if progress else None
-    totals, done = np.zeros(3), 0
-    while done < steps_per_epoch:
-        n = min(chunk, steps_per_epoch - done)
-        totals += train_steps_fn(iterator, tf.constant(n)).numpy()
-        done += n
-        if bar:
-            running = summarize(totals)
-            bar.update(done, [("loss", running["loss"]), ("accuracy", running["accuracy"])])
-    return summarize(totals)
-
-
 def write_summaries(writers: dict, epoch: int, record: dict) -> None:
     """TensorBoard scalars for one epoch."""
     for split, writer in writers.items():
@@ -217,7 +120,7 @@ def write_summaries(writers: dict, epoch: int, record: dict) -> None:
                 tf.summary.scalar("learning_rate", record["learning_rate"])
 
 
-def record_if_best(state: TrainState, record: dict) -> bool:
+def record_if_best(state: train_state.TrainState, record: dict) -> bool:
     """Remembers `record` as the best epoch when its validation accuracy is the highest so far."""
     if record["val_accuracy"] > float(state.best_val_accuracy.numpy()):
         state.best_val_accuracy.assign(record["val_accuracy"])
@@ -226,35 +129,87 @@ def record_if_best(state: TrainState, record: dict) -> bool:
     return False
 
 
-def should_stop(config: config_lib.Config, state: TrainState, epoch: int) -> bool:
+def should_stop(config: config_lib.Config, state: train_state.TrainState, epoch: int) -> bool:
     """Early stopping: `patience` epochs since the best one."""
     patience = config.train.early_stopping_patience
     return patience is not None and epoch - int(state.best_epoch.numpy()) >= patience
 
 
+def train_epoch(
+    config: config_lib.Config,
+    strategy,
+    state: train_state.TrainState,
+    train_steps_fn,
+    dataset,
+    steps_per_epoch: int,
+    progress: bool,
+    stop: preemption.StopSignal | None,
+    seconds_before: float,
+) -> dict[str, float]:
+    """Trains the rest of one epoch in compiled calls of `steps_per_execution` steps.
+
+    After every call: show progress; when a stop was requested on any worker,
+    save the position and raise `TrainingStopped`; every
+    `checkpoint_every_steps` steps, save the position.
+    """
+    chunk, every = config.train.steps_per_execution, config.train.checkpoint_every_steps
+    iterator = iter(dataset)
+    bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if progress else None
+    done, totals = int(state.epoch_step.numpy()), state.epoch_totals.numpy()
+    started, last_saved = time.perf_counter(), done
+    while done < steps_per_epoch:
+        n = min(chunk, steps_per_epoch - done)
+        totals = totals + train_steps_fn(iterator, tf.constant(n)).numpy()
+        done += n
+        if bar:
+            running = summarize(totals)
+            bar.update(done, [("loss", running["loss"]), ("accuracy", running["accuracy"])])
+        stopping = stop is not None and stop.agreed(strategy)
+        if done < steps_per_epoch and (stopping or (every and done - last_saved >= every)):
+            state.epoch_step.assign(done)
+            state.epoch_totals.assign(totals)
+            state.epoch_seconds.assign(seconds_before + time.perf_counter() - started)
+            path = train_state.save(state)
+            last_saved = done
+            if stopping:
+                raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
+    return summarize(totals)
+
+
+def _stopped_message(stop: preemption.StopSignal, state: train_state.TrainState, path: str) -> str:
+    name = signal.Signals(stop.signum).name
+    return (
+        f"stopped by {name} at optimizer step {int(state.optimizer.iterations.numpy())} "
+        f"({train_state.describe_position(state)}); checkpoint {path}; rerun the same command to resume"
+    )
+
+
 def fit(
     config: config_lib.Config,
     strategy,
-    state: TrainState,
+    state: train_state.TrainState,
     dataset: data_lib.Dataset,
     history: list[dict],
     out_dir: Path,
     progress: bool,
     on_epoch_end=None,
     deadline: float | None = None,
+    stop: preemption.StopSignal | None = None,
 ) -> list[dict]:
-    """Trains from the restored epoch to `config.train.epochs`, checkpointing each epoch.
+    """Trains from the restored position to `config.train.epochs`, checkpointing each epoch.
 
     Args:
       config: the run's configuration.
       strategy: the distribution strategy the state was built under.
-      state: from `build_state`, restored by `restore`.
+      state: from `train_state.build_state`, restored by `train_state.restore`.
       dataset: the three splits.
       history: the records of the epochs already completed.
       out_dir: where this process writes checkpoints and TensorBoard logs.
       progress: show a progress bar and a line per epoch.
       on_epoch_end: optional `fn(record)` called after each epoch (tuning).
       deadline: optional `time.time()` after which no new epoch starts.
+      stop: the installed `StopSignal`, if any: a requested stop saves a
+        checkpoint at the next step boundary and raises `TrainingStopped`.
 
     Returns:
       The full per-epoch history, earlier invocations' epochs included.
@@ -266,18 +221,29 @@ def fit(
     writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0
     for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
-        if should_stop(config, state, epoch - 1):
+        start_step = int(state.epoch_step.numpy())
+        if start_step == 0 and should_stop(config, state, epoch - 1):
             log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
             break
-        if deadline is not None and time.time() > deadline:
+        if start_step == 0 and deadline is not None and time.time() > deadline:
             log.info("time budget reached before epoch %d", epoch)
             break
-        start = time.perf_counter()
+        start, seconds_before = time.perf_counter(), float(state.epoch_seconds.numpy())
         if progress:
             print(f"Epoch {epoch}/{config.train.epochs}", flush=True)
-        running = train_epoch(train_steps, train_fn(epoch), steps_per_epoch, config.train.steps_per_execution, progress)
+        running = train_epoch(
+            config,
+            strategy,
+            state,
+            train_steps,
+            train_fn(epoch, start_step),
+            steps_per_epoch,
+            progress,
+            stop,
+            seconds_before,
+        )
         val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
-        seconds = time.perf_counter() - start
+        seconds = seconds_before + time.perf_counter() - start
         elapsed += seconds
         record = {
             "epoch": epoch,
@@ -299,15 +265,20 @@ def fit(
             seconds,
         )
         if record_if_best(state, record):
-            state.best_manager.save(checkpoint_number=epoch)
+            with workdir_lib.writing("the best weights", out_dir / "best"):
+                state.best_manager.save(checkpoint_number=epoch)
         history.append(record)
         write_summaries(writers, epoch, record)
         state.epoch.assign(epoch)
+        for variable in (state.epoch_step, state.epoch_totals, state.epoch_seconds):
+            variable.assign(tf.zeros_like(variable))
         # History before checkpoint: a crash between the two re-runs the epoch
         # and the history is truncated to the checkpoint's epoch on resume.
         if distribution.is_chief(strategy):
             workdir_lib.write_json(out_dir / "history.json", history)
-        state.manager.save(checkpoint_number=epoch)
+        path = train_state.save(state)
         if on_epoch_end:
             on_epoch_end(record)
+        if stop is not None and epoch < config.train.epochs and stop.agreed(strategy):
+            raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
     return history

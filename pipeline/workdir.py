@@ -6,8 +6,10 @@ checkpoints/, best/, tensorboard/, report/, export/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from pipeline import config as config_lib
@@ -17,11 +19,48 @@ class WorkdirError(RuntimeError):
     """The workdir cannot be used for this run; the message says why and what to do."""
 
 
+@contextlib.contextmanager
+def writing(what: str, where: str | Path):
+    """Turns a failed write (a full, read-only or vanished disk) into a one-line WorkdirError.
+
+    Every file here is written under a temporary name and renamed into place,
+    so a failed write leaves the earlier files (checkpoints, exports) intact.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+        raise WorkdirError(
+            f"could not write {what} to {where}: {reason}; free space there or choose another location "
+            "(everything saved before is intact; rerun the same command to resume)"
+        ) from None
+
+
 def write_json(path: Path, data) -> None:
     """Writes JSON via a temporary file and rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with writing(path.name, path.parent):
+        try:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def remove_leftovers(workdir: Path) -> list[Path]:
+    """Removes what an interrupted write left: temporary JSON files and checkpoint `_temp` directories.
+
+    Call it only while holding the workdir's lock: then no other run is writing here.
+    """
+    found = list(workdir.glob(".*.tmp")) + [workdir / "config.json.tmp"]
+    for sub in ("checkpoints", "best", "final"):
+        found += list((workdir / sub).glob("*_temp*")) if (workdir / sub).is_dir() else []
+    removed = [p for p in found if p.exists()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
 
 
 def read_json(path: Path):
@@ -59,6 +98,7 @@ RESUMABLE_CHANGES = (
     "train.early_stopping_patience",
     "train.steps_per_execution",
     "train.jit_compile",
+    "train.checkpoint_every_steps",
     "model.test_time_augmentation",  # Checkpoints hold the single-view network.
     "model.batch_norm_kernel",  # The same weights and semantics, another kernel.
     "model.relu_after_pooling",  # The same outputs, another order.

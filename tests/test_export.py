@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import export as export_lib
+from pipeline import workdir as workdir_lib
 from pipeline.config import DataConfig
 from pipeline.train import train_and_evaluate
 
@@ -116,7 +117,8 @@ def test_failure_midway_leaves_no_numbered_directory(trained, tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(export_lib, "_write_warmup", broken)
-    with pytest.raises(OSError, match="disk full"):
+    # A one-line error naming what was being written and where.
+    with pytest.raises(workdir_lib.WorkdirError, match=f"could not write export version 1 to {tmp_path}: disk full"):
         export_lib.export_run(workdir, tmp_path)
     assert list(tmp_path.iterdir()) == []
 

@@ -47,7 +47,8 @@ def test_one_epoch_writes_metrics_config_history_and_checkpoint(tiny_data_dir, t
     assert 0 <= saved["test_accuracy"] <= 1 and saved["test_loss"] > 0
     assert config_lib.load_file(tmp_path / "config.json") == tiny_config(tiny_data_dir)
     assert len(json.loads((tmp_path / "history.json").read_text())) == 1
-    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-1")
+    # Checkpoints are numbered by optimizer step: one epoch of 576 examples at batch 64.
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-9")
     assert list((tmp_path / "tensorboard" / "train").iterdir())
 
 
@@ -80,7 +81,8 @@ def _train_command(workdir, data_dir, *extra):
     ]
 
 
-def _latest_epoch(checkpoint_dir):
+def _latest_step(checkpoint_dir):
+    """The optimizer step of the newest recorded checkpoint (checkpoints are numbered by step)."""
     latest = tf.train.latest_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
@@ -88,19 +90,21 @@ def _latest_epoch(checkpoint_dir):
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     command = _train_command(tmp_path, tiny_data_dir, "--epochs=40", "--max_train_examples=256")
+    steps_per_epoch = 256 // 64
     child = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    # Wait for the checkpoint state file, not for ckpt-2.index: the index is written before the
-    # manager records the checkpoint, so a kill in between leaves ckpt-1 as the latest.
-    while time.time() < deadline and _latest_epoch(tmp_path / "checkpoints") < 2:
+    # Wait for the checkpoint state file, not for the checkpoint's index: the index is written before
+    # the manager records the checkpoint, so a kill in between leaves the previous one as the latest.
+    while time.time() < deadline and _latest_step(tmp_path / "checkpoints") < 2 * steps_per_epoch:
         time.sleep(0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    killed_at = _latest_epoch(tmp_path / "checkpoints")
+    step = _latest_step(tmp_path / "checkpoints")
+    killed_at = step // steps_per_epoch
     assert 2 <= killed_at < 40, "the run should have been killed mid-way"
     done = run(command, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed from" in done.stderr and f"ckpt-{killed_at}" in done.stderr
+    assert "resumed from" in done.stderr and f"ckpt-{step}" in done.stderr
     assert f"Epoch {killed_at + 1}/40" in done.stdout and "Epoch 1/40" not in done.stdout
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 41))
@@ -173,7 +177,7 @@ print(json.dumps(out))
 def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
     """Trains `config` in `workdir` (resuming), optionally interrupted after an epoch."""
     from pipeline import data as data_lib
-    from pipeline import final_model, train_lib
+    from pipeline import final_model, train_lib, train_state
     from pipeline import input_pipeline as ip
 
     class Interrupted(Exception):
@@ -186,8 +190,8 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
     strategy = tf.distribute.get_strategy()
     dataset = data_lib.load(config.data)
     steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-    state = train_lib.build_state(config, strategy, "float32", steps, workdir)
-    train_lib.restore(state, workdir, strategy)
+    state = train_state.build_state(config, strategy, "float32", steps, workdir)
+    train_state.restore(state, workdir, strategy, steps)
     try:
         train_lib.fit(config, strategy, state, dataset, [], workdir, progress=False, on_epoch_end=interrupt)
     except Interrupted:

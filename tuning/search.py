@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from pipeline import config as config_lib
 from pipeline import workdir as workdir_lib
+from pipeline.preemption import StopSignal
 from pipeline.train import train_and_evaluate
+from pipeline.workdir_lock import WorkdirLock
 from tuning import results
 from tuning.tuner import TuneConfig, build_tuner
 
@@ -66,9 +69,18 @@ def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneCon
 
 
 def run_search(
-    directory: str | Path, base: config_lib.Config, tune: TuneConfig, strategy, retrain_best: bool = False
+    directory: str | Path,
+    base: config_lib.Config,
+    tune: TuneConfig,
+    strategy,
+    retrain_best: bool = False,
+    stop: StopSignal | None = None,
 ) -> dict:
     """Runs (or resumes) a search; the chief writes the results and optionally retrains the best.
+
+    The chief holds the directory's lock; tuner workers share it. A stop
+    signal saves the running trial's step and raises `TrainingStopped`; a
+    rerun continues that trial where it stopped.
 
     Returns:
       {"best_config": path, "best_val_accuracy": float, "trials": n} and, with
@@ -78,25 +90,27 @@ def run_search(
     chief = is_tuning_chief()
     if chief:
         workdir_lib.ensure_writable(directory)
-        _check_same_search(directory, base, tune)
-    tuner = build_tuner(directory, base, tune, strategy)
-    tuner.search()
-    if not chief:
-        return {}
-    best = write_results(directory, tuner, base, tune)
-    (best_trial,) = tuner.oracle.get_best_trials(1)
-    summary = {
-        "best_config": str(directory / "best_config.json"),
-        "best_val_accuracy": best_trial.score,
-        "trials": len(tuner.oracle.trials),
-    }
-    log.info(
-        "best trial %s: val accuracy %.4f; config %s",
-        best_trial.trial_id,
-        best_trial.score,
-        json.dumps(config_lib.to_dict(best.model)),
-    )
-    if retrain_best:
-        summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy)
-    workdir_lib.write_json(directory / "summary.json", summary)
-    return summary
+    with WorkdirLock(directory) if chief else contextlib.nullcontext():
+        if chief:
+            _check_same_search(directory, base, tune)
+        tuner = build_tuner(directory, base, tune, strategy, stop)
+        tuner.search()
+        if not chief:
+            return {}
+        best = write_results(directory, tuner, base, tune)
+        (best_trial,) = tuner.oracle.get_best_trials(1)
+        summary = {
+            "best_config": str(directory / "best_config.json"),
+            "best_val_accuracy": best_trial.score,
+            "trials": len(tuner.oracle.trials),
+        }
+        log.info(
+            "best trial %s: val accuracy %.4f; config %s",
+            best_trial.trial_id,
+            best_trial.score,
+            json.dumps(config_lib.to_dict(best.model)),
+        )
+        if retrain_best:
+            summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy, stop=stop)
+        workdir_lib.write_json(directory / "summary.json", summary)
+        return summary

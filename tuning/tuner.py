@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, train_lib
+from pipeline import distribution, final_model, models, train_lib, train_state
 from pipeline import input_pipeline as ip
 from tuning import search_space
 from tuning.budget import BudgetClock
@@ -107,11 +107,12 @@ class PipelineHyperModel(kt.HyperModel):
 class PipelineTuner(kt.Tuner):
     """Runs each trial through the project's training loop instead of `model.fit`."""
 
-    def __init__(self, oracle, base: config_lib.Config, tune: TuneConfig, strategy, dataset, **kwargs):
+    def __init__(self, oracle, base: config_lib.Config, tune: TuneConfig, strategy, dataset, stop=None, **kwargs):
         # In a tuning cluster `self.oracle` becomes a client proxy, so the
         # deadline is kept here too (read from the budget file at start).
         self.deadline = oracle.clock.deadline()
-        self.tune, self.strategy, self.dataset = tune, strategy, dataset
+        # A stop signal saves the running trial's step and ends the search (`TrainingStopped`).
+        self.tune, self.strategy, self.dataset, self.stop = tune, strategy, dataset, stop
         super().__init__(oracle, hypermodel=PipelineHyperModel(base, tune.search), **kwargs)
 
     def trial_config(self, hp: kt.HyperParameters) -> config_lib.Config:
@@ -126,8 +127,9 @@ class PipelineTuner(kt.Tuner):
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         policy = distribution.resolve_precision(config.train.precision)
         steps = ip.steps_per_epoch(len(self.dataset.train), config.train.global_batch_size)
-        state = train_lib.build_state(config, self.strategy, policy, steps, trial_dir)
-        if not train_lib.restore(state, trial_dir, self.strategy) and "tuner/trial_id" in hp.values:
+        state = train_state.build_state(config, self.strategy, policy, steps, trial_dir)
+        restored = train_state.restore(state, trial_dir, self.strategy, steps) or int(state.epoch_step.numpy())
+        if not restored and "tuner/trial_id" in hp.values:
             self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps)
         started = time.time()
 
@@ -151,6 +153,7 @@ class PipelineTuner(kt.Tuner):
             progress=False,
             on_epoch_end=report,
             deadline=self.deadline,
+            stop=self.stop,
         )
         final_model.save_final_model(state.model, trial_dir)
         best = max((h["val_accuracy"] for h in history), default=0.0)
@@ -165,7 +168,7 @@ class PipelineTuner(kt.Tuner):
             state.optimizer.iterations.assign(initial_epoch * steps_per_epoch)
 
 
-def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy) -> PipelineTuner:
+def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy, stop=None) -> PipelineTuner:
     """Creates (or reloads, to resume) the tuner whose state lives in DIRECTORY/search."""
     dataset = data_lib.load(base.data)
     return PipelineTuner(
@@ -174,6 +177,7 @@ def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, stra
         tune,
         strategy,
         dataset,
+        stop=stop,
         directory=str(directory),
         project_name="search",
         overwrite=False,

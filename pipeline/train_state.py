@@ -1,0 +1,211 @@
+"""What a training checkpoint holds, and restoring it, falling back past a corrupt one.
+
+Checkpoints are numbered by optimizer step (`checkpoints/ckpt-<step>`): one at
+the end of every epoch, and mid-epoch ones when training is stopped by a
+signal or `train.checkpoint_every_steps` asks for them. Besides the model,
+optimiser and counters, a checkpoint holds the position inside the epoch
+(optimizer steps, running loss and accuracy sums, seconds), so a run resumed
+mid-epoch ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import distribution, final_model, models
+from pipeline import optimizer as optimizer_lib
+from pipeline import workdir as workdir_lib
+
+log = logging.getLogger(__name__)
+CHECKPOINTS, QUARANTINE = "checkpoints", "corrupt"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint holds, and the objects that use it."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    epoch: tf.Variable  # Completed epochs.
+    best_val_accuracy: tf.Variable
+    best_epoch: tf.Variable
+    # Position inside the epoch in progress: optimizer steps done (0 at an
+    # epoch boundary), [loss_sum, correct, count] so far, and seconds spent.
+    epoch_step: tf.Variable
+    epoch_totals: tf.Variable
+    epoch_seconds: tf.Variable
+    manager: tf.train.CheckpointManager
+    best_manager: tf.train.CheckpointManager
+
+    def core(self) -> tf.train.Checkpoint:
+        """The checkpoint's fields that every checkpoint has had."""
+        return tf.train.Checkpoint(
+            model=models.single_view(self.model),
+            optimizer=self.optimizer,
+            epoch=self.epoch,
+            best_val_accuracy=self.best_val_accuracy,
+            best_epoch=self.best_epoch,
+            random_states=random_states(self.model),
+        )
+
+    def position(self) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(step=self.epoch_step, totals=self.epoch_totals, seconds=self.epoch_seconds)
+
+
+def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int, out_dir: Path) -> TrainState:
+    """Builds the seeded model, the optimiser and the counters, with their checkpoint managers."""
+    with strategy.scope():
+        keras.utils.set_random_seed(config.train.seed)
+        model = models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+        optimizer = optimizer_lib.build_optimizer(config.train, steps_per_epoch, policy)
+        # Build slots now so a restore fills them instead of deferring.
+        optimizer.build(model.trainable_variables)
+        counters = dict(
+            epoch=tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
+            best_val_accuracy=tf.Variable(-1.0, trainable=False, name="best_val_accuracy"),
+            best_epoch=tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch"),
+            epoch_step=tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step"),
+            epoch_totals=tf.Variable(tf.zeros([3], tf.float64), trainable=False, name="epoch_totals"),
+            epoch_seconds=tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_seconds"),
+        )
+    state = TrainState(model, optimizer, **counters, manager=None, best_manager=None)
+    # The model is tracked single-view (as in `final_model.weights_checkpoint`),
+    # so the test-time views can change after training.
+    checkpoint = state.core()
+    checkpoint.position = state.position()
+    state.manager = tf.train.CheckpointManager(checkpoint, out_dir / CHECKPOINTS, max_to_keep=2)
+    state.best_manager = tf.train.CheckpointManager(
+        final_model.weights_checkpoint(model), out_dir / "best", max_to_keep=1
+    )
+    return state
+
+
+def random_states(model: keras.Model) -> dict[str, tf.Variable]:
+    """The dropout layers' random-number states, by layer name.
+
+    Keras 3 keeps them in `SeedGenerator` objects that TensorFlow's checkpoint
+    does not track, so without this a resumed run would replay the dropout
+    masks of the first epoch instead of continuing the sequence, and would
+    not match an uninterrupted run.
+    """
+    return {
+        layer.name: layer.seed_generator.state
+        for layer in model.layers
+        if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)
+    }
+
+
+def _restore_one(state: TrainState, path: str) -> None:
+    # Checkpoints written before the position was recorded resume at an epoch boundary.
+    for variable in (state.epoch_step, state.epoch_totals, state.epoch_seconds):
+        variable.assign(tf.zeros_like(variable))
+    state.core().restore(path).assert_existing_objects_matched()
+    state.position().restore(path).expect_partial()
+
+
+def _quarantine(path: str, reason: str) -> None:
+    """Moves a corrupt checkpoint's files aside (never deletes them) and drops it from the state file."""
+    directory = Path(path).parent
+    aside = directory / QUARANTINE
+    aside.mkdir(exist_ok=True)
+    for file in directory.glob(f"{Path(path).name}.*"):
+        shutil.move(str(file), aside / file.name)
+    (aside / f"{Path(path).name}.reason.txt").write_text(reason + "\n")
+    state = tf.train.get_checkpoint_state(str(directory))
+    kept = [p for p in state.all_model_checkpoint_paths if Path(p).name != Path(path).name]
+    if kept:
+        tf.train.update_checkpoint_state(str(directory), kept[-1], all_model_checkpoint_paths=kept)
+    else:
+        (directory / "checkpoint").unlink()
+
+
+def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) -> int:
+    """Restores the newest usable checkpoint in the chief's workdir; returns completed epochs.
+
+    A checkpoint that cannot be read is named, moved to checkpoints/corrupt/
+    (by the chief) and the previous one is used, with a warning saying how
+    much training that loses. Every worker reads the chief's checkpoint (the
+    workdir must be shared on a multi-host cluster); a consistency check
+    stops workers that disagree.
+
+    Raises:
+      WorkdirError: when checkpoints exist but none of them can be read.
+    """
+    directory = workdir / CHECKPOINTS
+    saved = tf.train.get_checkpoint_state(str(directory)) if directory.exists() else None
+    candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
+    failures, restored = [], None
+    for path in candidates:
+        path = str(directory / Path(path).name)
+        try:
+            _restore_one(state, path)
+            restored = path
+            break
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            reason = f"{Path(path).name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            failures.append(reason)
+            log.warning("checkpoint %s", reason)
+            if distribution.is_chief(strategy):
+                _quarantine(path, reason)
+    if failures and restored is None:
+        raise workdir_lib.WorkdirError(
+            f"no usable checkpoint in {directory} ({'; '.join(failures)}; moved to {directory / QUARANTINE}); "
+            "rerun the same command to train from scratch in this workdir, or use a new --workdir"
+        )
+    if restored:
+        if failures:
+            lost = _step(candidates[0]) - _step(restored)
+            log.warning(
+                "resumed from the older checkpoint %s: %d optimizer steps (%.1f epochs) will be trained again",
+                Path(restored).name,
+                lost,
+                lost / steps_per_epoch,
+            )
+        log.info("resumed from %s (%s)", restored, describe_position(state))
+    _check_workers_agree(strategy, int(state.optimizer.iterations.numpy()))
+    # The manager read the state file before any quarantine; let it read it again.
+    state.manager = tf.train.CheckpointManager(state.manager.checkpoint, directory, max_to_keep=2)
+    return int(state.epoch.numpy())
+
+
+def _step(path: str) -> int:
+    """The optimizer step (or, for older checkpoints, the epoch) in a checkpoint's name."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
+def describe_position(state: TrainState) -> str:
+    step = int(state.epoch_step.numpy())
+    if step:
+        return f"epoch {int(state.epoch.numpy()) + 1} in progress, {step} steps into it"
+    return f"epoch {int(state.epoch.numpy())} completed"
+
+
+def save(state: TrainState) -> str:
+    """Saves a checkpoint numbered by optimizer step; a full or unwritable disk is a one-line error.
+
+    The checkpoint is written to a temporary name and renamed into place by
+    TensorFlow, so a failed save leaves every earlier checkpoint intact.
+    """
+    directory = state.manager.directory
+    with workdir_lib.writing("a checkpoint", directory):
+        return state.manager.save(checkpoint_number=int(state.optimizer.iterations.numpy()))
+
+
+def _check_workers_agree(strategy, step: int) -> None:
+    if distribution.num_workers(strategy) > 1:
+        reduce = lambda value: strategy.reduce(  # noqa: E731
+            tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.constant(value, tf.float64)), axis=None
+        )
+        mean = float(reduce(float(step)))
+        if float(reduce(abs(step - mean))) > 0:
+            raise workdir_lib.WorkdirError(
+                "workers restored different checkpoints: the workdir must be on a file system every "
+                "worker can read (NFS, GCS, a shared volume)"
+            )
