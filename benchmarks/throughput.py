@@ -26,13 +26,14 @@ def our_trainer(config: config_lib.Config, images, labels, num_steps: int):
     batch = config.train.global_batch_size
     iterator = iter(ip.train_dataset(images, labels, batch, 0, 0, config.augment))
     chunk = config.train.steps_per_execution
-    train_steps(iterator, tf.constant(chunk))  # Trace and warm up outside the timing.
+    zeros = tf.zeros([3], tf.float64)
+    train_steps(iterator, tf.constant(chunk), zeros)  # Trace and warm up outside the timing.
 
     def run() -> int:
         done = 0
         while done < num_steps:
             n = min(chunk, num_steps - done)
-            train_steps(iterator, tf.constant(n))
+            train_steps(iterator, tf.constant(n), zeros)
             done += n
         return done * batch
 

@@ -2,7 +2,9 @@
 
 Each process gets its own TF_CONFIG (or KERASTUNER_* variables) and free
 ports; its output is streamed with a `[worker i]` prefix. When one process
-fails, the others are stopped and the failure is named; Ctrl-C stops all.
+fails, the others are stopped and the failure is named. SIGTERM and a first
+Ctrl-C are forwarded to every process, which checkpoint the same step and
+exit; a second Ctrl-C stops them at once.
 """
 
 from __future__ import annotations
@@ -82,29 +84,54 @@ def _stop(processes: dict[str, subprocess.Popen]) -> None:
             process.wait()
 
 
+def _forward_signals(processes: dict[str, subprocess.Popen]) -> dict:
+    """Passes SIGTERM and SIGINT on to every task; a second SIGINT kills them."""
+    received = []
+
+    def forward(signum, frame):
+        del frame
+        if received and signum == signal.SIGINT:
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+            return
+        received.append(signum)
+        print(f"launcher: {signal.Signals(signum).name} passed on to every task", file=sys.stderr, flush=True)
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    return {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
 def run_cluster(tasks: list[Task], command: list[str]) -> int:
     """Runs `command` once per task and returns 0 when all succeed.
 
     Returns a non-zero code (and prints which task failed) as soon as one task
     fails; the remaining tasks are stopped so nothing waits on a dead peer.
+    After a forwarded SIGTERM or Ctrl-C it waits for the tasks to save their
+    checkpoint and returns their exit code (143 or 130).
     """
     lock = threading.Lock()
     processes: dict[str, subprocess.Popen] = {}
     threads = []
+    previous = _forward_signals(processes)
     try:
         for task in tasks:
             env = {**os.environ, **task.env, "PYTHONUNBUFFERED": "1"}
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            # Each task in its own session: a Ctrl-C in the terminal reaches the
+            # launcher only, which forwards it once to every task.
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
             processes[task.name] = process
             print(f"launcher: started {task.name} (pid {process.pid})", flush=True)
             threads.append(threading.Thread(target=_stream, args=(task.name, process.stdout, lock), daemon=True))
             threads[-1].start()
         return _wait(processes)
-    except KeyboardInterrupt:
-        print("launcher: interrupted; stopping every task", file=sys.stderr, flush=True)
-        _stop(processes)
-        return 130
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _stop(processes)
         for thread in threads:
             thread.join(timeout=5)
@@ -113,7 +140,11 @@ def run_cluster(tasks: list[Task], command: list[str]) -> int:
 def _wait(processes: dict[str, subprocess.Popen]) -> int:
     while True:
         codes = {name: p.poll() for name, p in processes.items()}
-        failed = [(name, code) for name, code in codes.items() if code not in (None, 0)]
+        stopped = [code for code in codes.values() if code in (128 + signal.SIGTERM, 128 + signal.SIGINT)]
+        if stopped and all(code is not None for code in codes.values()):
+            print("launcher: every task saved its checkpoint and stopped; rerun to resume", file=sys.stderr, flush=True)
+            return stopped[0]
+        failed = [(name, code) for name, code in codes.items() if code not in (None, 0) and code not in stopped]
         if failed:
             name, code = failed[0]
             how = f"signal {-code}" if code < 0 else f"exit code {code}"

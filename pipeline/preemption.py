@@ -41,33 +41,58 @@ class TrainingStopped(BaseException):  # noqa: N818 - it is a stop, not an error
 
 
 class StopSignal:
-    """While installed (a context manager), SIGTERM and a first SIGINT request a stop."""
+    """While installed (a context manager), SIGTERM and a first SIGINT request a stop.
+
+    Python runs signal handlers only between bytecodes, so while the main
+    thread waits in a long TensorFlow call they would wait too. Instead every
+    delivery also writes its number to a wake-up pipe (`signal.set_wakeup_fd`),
+    which a helper thread reads at once: the request is recorded as it
+    arrives, and a second Ctrl-C ends the process even in the middle of a call.
+    """
 
     def __init__(self):
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._previous_fd = -1
+        self._pipe: tuple[int, int] | None = None
 
     def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Signals reach only the main thread; nothing to watch here.
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, lambda signum, frame: None)
+        self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), name="stop-signal", daemon=True).start()
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        self._previous.clear()
+        os.close(self._pipe[1])  # The watcher reads end-of-file and closes the other end.
+        self._pipe, self._previous = None, {}
 
-    def _handle(self, signum, frame) -> None:
-        del frame
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while data := pipe.read(1):
+                self._handle(data[0])
+
+    def _handle(self, signum: int) -> None:
+        if signum not in (signal.SIGTERM, signal.SIGINT):
+            return
         if self.received is not None and signum == signal.SIGINT:
             os.write(2, b"interrupted again: exiting at once, without a checkpoint\n")
             os._exit(128 + signal.SIGINT)
-        self.received = signum
-        name = signal.Signals(signum).name
-        os.write(
-            2, f"{name}: stopping at the next step boundary to save a checkpoint (Ctrl-C again to quit)\n".encode()
-        )
+        if self.received is None:
+            self.received = signum
+            name = signal.Signals(signum).name
+            message = f"{name}: stopping at the next step boundary to save a checkpoint (Ctrl-C again to quit)\n"
+            os.write(2, message.encode())
 
     def agreed(self, strategy) -> bool:
         """True when this worker or any other received a stop request (one all-reduce with several workers)."""

@@ -48,21 +48,25 @@ def _statistics(labels, logits, per_example_loss, weights):
 
 
 def _looped(strategy, step):
-    """Compiles `fn(iterator, n)` running `step` n times, summing its statistics."""
+    """Compiles `fn(iterator, n, totals)`: runs `step` n times, adding its statistics to `totals`.
+
+    The running totals (float64) go in and come out of every call, so they are
+    summed step by step in the same order however the steps are split into
+    calls (`steps_per_execution` may change when a run resumes).
+    """
 
     @tf.function
-    def run_steps(iterator, num_steps):
-        totals = tf.zeros([3])
+    def run_steps(iterator, num_steps, totals):
         for _ in tf.range(num_steps):
             per_replica = strategy.run(step, args=next(iterator))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            totals += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float64)
         return totals
 
     return run_steps
 
 
 def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig):
-    """Returns `train_steps(iterator, n)`: n optimiser steps, summed statistics.
+    """Returns `train_steps(iterator, n, totals)`: n optimiser steps, their statistics added to `totals`.
 
     Several steps per call amortise Python and dispatch overhead, which
     dominates small-batch CPU training. The result is [loss_sum, correct,
@@ -88,7 +92,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig)
 
 
 def make_eval_steps(strategy, model):
-    """Returns `eval_steps(iterator, n)`: [loss_sum, correct, count] in inference mode."""
+    """Returns `eval_steps(iterator, n, totals)`: [loss_sum, correct, count] in inference mode."""
 
     def eval_step(images, labels, weights):
         logits = model(images, training=False)
@@ -107,7 +111,7 @@ def summarize(totals) -> dict[str, float]:
 def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split) -> dict[str, float]:
     """Loss and accuracy over a whole split, inference mode, each example once."""
     ds, num_steps = eval_fn(split)
-    return summarize(eval_steps_fn(iter(ds), tf.constant(num_steps)))
+    return summarize(eval_steps_fn(iter(ds), tf.constant(num_steps), tf.zeros([3], tf.float64)))
 
 
 def write_summaries(writers: dict, epoch: int, record: dict) -> None:
@@ -159,7 +163,7 @@ def train_epoch(
     started, last_saved = time.perf_counter(), done
     while done < steps_per_epoch:
         n = min(chunk, steps_per_epoch - done)
-        totals = totals + train_steps_fn(iterator, tf.constant(n)).numpy()
+        totals = train_steps_fn(iterator, tf.constant(n), tf.constant(totals, tf.float64)).numpy()
         done += n
         if bar:
             running = summarize(totals)

@@ -106,8 +106,8 @@ def _restore_one(state: TrainState, path: str) -> None:
     # Checkpoints written before the position was recorded resume at an epoch boundary.
     for variable in (state.epoch_step, state.epoch_totals, state.epoch_seconds):
         variable.assign(tf.zeros_like(variable))
-    state.core().restore(path).assert_existing_objects_matched()
-    state.position().restore(path).expect_partial()
+    state.core().restore(path).assert_existing_objects_matched().expect_partial()
+    tf.train.Checkpoint(position=state.position()).restore(path).expect_partial()
 
 
 def _quarantine(path: str, reason: str) -> None:
@@ -121,7 +121,7 @@ def _quarantine(path: str, reason: str) -> None:
     state = tf.train.get_checkpoint_state(str(directory))
     kept = [p for p in state.all_model_checkpoint_paths if Path(p).name != Path(path).name]
     if kept:
-        tf.train.update_checkpoint_state(str(directory), kept[-1], all_model_checkpoint_paths=kept)
+        tf.compat.v1.train.update_checkpoint_state(str(directory), kept[-1], all_model_checkpoint_paths=kept)
     else:
         (directory / "checkpoint").unlink()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,11 +32,23 @@ def writing(what: str, where: str | Path):
     try:
         yield
     except (OSError, tf.errors.OpError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:200]
+        reason = _reason(e)
         raise WorkdirError(
             f"could not write {what} to {where}: {reason}; free space there or choose another location "
             "(everything saved before is intact; rerun the same command to resume)"
         ) from None
+
+
+# The operating system's words for a failed write, inside TensorFlow's longer messages.
+_OS_REASONS = re.compile(r"No space left on device|Read-only file system|Permission denied|Disk quota exceeded")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    found = _OS_REASONS.search(text)
+    return found[0] if found else text.strip().splitlines()[-1][:200]
 
 
 def write_json(path: Path, data) -> None:

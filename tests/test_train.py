@@ -15,6 +15,7 @@ import tensorflow as tf
 from conftest import run, subprocess_env
 
 from pipeline import config as config_lib
+from pipeline import workdir as workdir_lib
 from pipeline.train import train_and_evaluate
 
 METRIC_KEYS = {
@@ -174,10 +175,10 @@ print(json.dumps(out))
         assert np.isclose(out["mirrored"][key], out["default"][key], atol=2e-3), key
 
 
-def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
-    """Trains `config` in `workdir` (resuming), optionally interrupted after an epoch."""
+def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
+    """Trains `config` in `workdir` (resuming), optionally interrupted after an epoch or by `stop`."""
     from pipeline import data as data_lib
-    from pipeline import final_model, train_lib, train_state
+    from pipeline import final_model, preemption, train_lib, train_state
     from pipeline import input_pipeline as ip
 
     class Interrupted(Exception):
@@ -192,9 +193,10 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None):
     steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
     state = train_state.build_state(config, strategy, "float32", steps, workdir)
     train_state.restore(state, workdir, strategy, steps)
+    history = workdir_lib.load_history(workdir, int(state.epoch.numpy()))
     try:
-        train_lib.fit(config, strategy, state, dataset, [], workdir, progress=False, on_epoch_end=interrupt)
-    except Interrupted:
+        train_lib.fit(config, strategy, state, dataset, history, workdir, False, on_epoch_end=interrupt, stop=stop)
+    except (Interrupted, preemption.TrainingStopped):
         return None
     return final_model.fingerprint(state.model)
 
@@ -207,6 +209,33 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_data_dir, 
     uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
     assert _fit_to_fingerprint(config, tmp_path / "resumed", stop_after_epoch=1) is None
     assert _fit_to_fingerprint(config, tmp_path / "resumed") == uninterrupted
+
+
+class _StopAfterCalls:
+    """A stop request that arrives after `calls` compiled calls, as a signal would."""
+
+    def __init__(self, calls: int):
+        self.calls, self.signum = calls, int(signal.SIGTERM)
+
+    def agreed(self, strategy) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
+def test_stopped_mid_epoch_and_resumed_equals_an_uninterrupted_run(tiny_data_dir, tmp_path):
+    # 9 steps per epoch in calls of 2: the stop lands after step 2 of epoch 2.
+    config = tiny_config(tiny_data_dir, epochs=3, steps_per_execution=2, checkpoint_every_steps=4)
+    uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
+    assert _fit_to_fingerprint(config, tmp_path / "resumed", stop=_StopAfterCalls(6)) is None
+    assert tf.train.latest_checkpoint(tmp_path / "resumed" / "checkpoints").endswith("ckpt-11")
+    # The rerun takes other calls (3 steps each): the position is kept in optimizer steps.
+    rerun = dataclasses.replace(config.train, steps_per_execution=3)
+    assert _fit_to_fingerprint(config.replace(train=rerun), tmp_path / "resumed") == uninterrupted
+    histories = [json.loads((tmp_path / d / "history.json").read_text()) for d in ("straight", "resumed")]
+    for history in histories:
+        for record in history:
+            del record["seconds"], record["elapsed_seconds"]
+    assert histories[0] == histories[1] and len(histories[0]) == 3
 
 
 def test_mixed_bfloat16_trains_and_exports(tiny_data_dir, tmp_path):
