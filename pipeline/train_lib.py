@@ -176,6 +176,8 @@ def train_epoch(
             path = train_state.save(state)
             last_saved = done
             if stopping:
+                if bar:
+                    print(flush=True)  # End the progress bar's line.
                 raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
     return summarize(totals)
 

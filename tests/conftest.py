@@ -43,6 +43,12 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_data_dir(tmp_path_factory) -> Path:
+    """Enough synthetic images for epochs of about 180 smoke-model steps (a second or more)."""
+    return write_dataset(tmp_path_factory.mktemp("long_data"), n_train=11600, n_test=160)
+
+
+@pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real Fashion-MNIST not found at {REAL_DATA}")

@@ -79,7 +79,9 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
         lines.append(line)
         if match := re.match(r"launcher: started (worker \d) \(pid (\d+)\)", line):
             pids[match[1]] = int(match[2])
-        if (workdir / "checkpoints" / "ckpt-3.index").exists() or time.time() > deadline:
+        latest = tf.train.latest_checkpoint(workdir / "checkpoints") if (workdir / "checkpoints").exists() else None
+        # Checkpoints are numbered by optimizer step: 4 steps per epoch here.
+        if (latest and int(latest.rsplit("-", 1)[1]) >= 3 * 4) or time.time() > deadline:
             break
     import os
 
@@ -101,6 +103,37 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
     straight = run(two_workers(tmp_path / "straight"), timeout=600, env=env)
     assert straight.returncode == 0, straight.stdout[-3000:]
     assert _chief_fingerprint(done.stdout) == _chief_fingerprint(straight.stdout)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is_exact(long_data_dir, tmp_path):
+    env, _ = _env(tmp_path)
+
+    def two_workers(workdir):
+        extra = ["--epochs=3", "--max_train_examples=11520", "--validation_size=64"]
+        return [*LAUNCH, "--num_workers=2", "--", *_train(workdir, long_data_dir, *extra)]
+
+    workdir = tmp_path / "run"
+    launcher = subprocess.Popen(
+        two_workers(workdir), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not (workdir / "history.json").exists():
+        assert time.time() < deadline and launcher.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # Into epoch 2.
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, output[-3000:]
+    stops = re.findall(r"\[(worker \d)\] error: stopped by SIGTERM at optimizer step (\d+)", output)
+    assert len(stops) == 2 and stops[0][1] == stops[1][1], output[-3000:]
+    assert "every task saved its checkpoint" in output
+    resumed = run(two_workers(workdir), timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"ckpt-{stops[0][1]}" in resumed.stdout and "epoch 2 in progress" in resumed.stdout
+    straight = run(two_workers(tmp_path / "straight"), timeout=600, env=env)
+    assert straight.returncode == 0, straight.stdout[-3000:]
+    assert _chief_fingerprint(resumed.stdout) == _chief_fingerprint(straight.stdout)
 
 
 def _chief_fingerprint(output: str) -> str:

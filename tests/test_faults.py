@@ -16,18 +16,13 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, run, subprocess_env, write_dataset
+from conftest import REPO, run, subprocess_env
 
 from pipeline import workdir as workdir_lib
 from pipeline import workdir_lock
 
 # Long enough epochs (about 180 steps of the smoke model) to signal a process mid-epoch.
 LONG = ["--max_train_examples=11520", "--validation_size=64", "--noexport", "--noreport"]
-
-
-@pytest.fixture(scope="module")
-def long_data_dir(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("long_data"), n_train=11600, n_test=160)
 
 
 def _train(workdir: Path, data_dir: Path, *extra: str) -> list[str]:

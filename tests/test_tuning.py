@@ -117,6 +117,35 @@ def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_saves_the_running_trial_and_the_rerun_redoes_no_finished_trial(long_data_dir, tmp_path):
+    tune = tmp_path / "tune"
+    extra = ["--max_trials=3", "--max_epochs=2", "--max_train_examples=11520", "--validation_size=64"]
+    command = _tune(tune, long_data_dir, *extra)
+    child = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def status(trial: str) -> str | None:
+        path = tune / "search" / trial / "trial.json"
+        return json.loads(path.read_text())["status"] if path.exists() else None
+
+    deadline = time.time() + 300
+    while not (status("trial_0") == "COMPLETED" and list((tune / "search" / "trial_1").glob("history.json"))):
+        assert time.time() < deadline and child.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)  # Into trial 1's second epoch.
+    finished = (tune / "search" / "trial_0" / "trial.json").read_text()
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr.decode()[-3000:]
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("error: search stopped by SIGTERM") and "in progress" in last, last
+    done = run(command, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr and "epoch 2 in progress" in done.stderr
+    assert (tune / "search" / "trial_0" / "trial.json").read_text() == finished  # Not trained again.
+    assert json.loads((tune / "summary.json").read_text())["trials"] == 3
+
+
+@pytest.mark.slow
 def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
     command = [
         sys.executable,
