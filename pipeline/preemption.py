@@ -102,6 +102,21 @@ class StopSignal:
         flags = strategy.run(lambda: tf.constant(local))
         return float(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)) > 0
 
+    def check(self, strategy, after: str, collective: bool = True) -> None:
+        """Raises `TrainingStopped` when a stop was requested, at a point where nothing needs saving.
+
+        Args:
+          strategy: the run's strategy.
+          after: what is complete at this point, for the message.
+          collective: ask every worker (all of them must call it at the same
+            point); False for work only the chief does.
+        """
+        requested = self.agreed(strategy) if collective else self.received is not None
+        if requested:
+            name = signal.Signals(self.signum).name
+            message = f"stopped by {name} after {after}; rerun the same command to finish the run"
+            raise TrainingStopped(message, self.signum)
+
     @property
     def signum(self) -> int:
         """The signal to report: this worker's, or SIGTERM when a peer was the one signalled."""

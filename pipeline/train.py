@@ -25,12 +25,17 @@ from pipeline.workdir_lock import WorkdirLock
 log = logging.getLogger(__name__)
 
 
-def final_metrics(config, strategy, state, dataset, history, policy: str, started: float) -> dict:
-    """Evaluates train, validation and test in inference mode; returns metrics.json content."""
+def final_metrics(config, strategy, state, dataset, history, policy: str, started: float, stop=None) -> dict:
+    """Evaluates train, validation and test in inference mode; returns metrics.json content.
+
+    A stop request ends it between splits (training is checkpointed by then).
+    """
     eval_steps = train_lib.make_eval_steps(strategy, state.model)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     metrics = {"preset": config.name}
     for name in ("train", "val", "test"):
+        if stop is not None:
+            stop.check(strategy, "training (every epoch is checkpointed)")
         split = {"train": dataset.train, "val": dataset.validation, "test": dataset.test}[name]
         result = train_lib.evaluate(strategy, eval_steps, eval_fn, split)
         metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
@@ -139,13 +144,15 @@ def train_and_evaluate(
             history = train_lib.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             if config.train.early_stopping_patience:
                 state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
-            metrics = final_metrics(config, strategy, state, dataset, history, policy, started)
+            metrics = final_metrics(config, strategy, state, dataset, history, policy, started, stop)
             with workdir_lib.writing("the final weights", out_dir / final_model.FINAL_DIR):
                 final_model.save_final_model(state.model, out_dir)
             # Every worker logs this; equal fingerprints prove the replicas agree.
             log.info("final weights fingerprint %s", final_model.fingerprint(state.model))
             if chief:
                 workdir_lib.write_json(workdir / "metrics.json", metrics)
+                if stop is not None:
+                    stop.check(strategy, "training and evaluation", collective=False)
                 if make_report:
                     with workdir_lib.writing("the report", workdir / "report"):
                         report.build_report(workdir)

@@ -238,6 +238,29 @@ def test_stopped_mid_epoch_and_resumed_equals_an_uninterrupted_run(tiny_data_dir
     assert histories[0] == histories[1] and len(histories[0]) == 3
 
 
+class _Killed(Exception):
+    pass
+
+
+class _KillAfterCalls(_StopAfterCalls):
+    """Ends the run abruptly after `calls` compiled calls, without a stop checkpoint (as kill -9 would)."""
+
+    def agreed(self, strategy) -> bool:
+        if super().agreed(strategy):
+            raise _Killed
+        return False
+
+
+def test_killed_after_a_periodic_checkpoint_resumes_from_it_exactly(tiny_data_dir, tmp_path):
+    # Calls of 1 step, a checkpoint every 4: killed after step 6 of epoch 2, the rerun starts from its step 4.
+    config = tiny_config(tiny_data_dir, epochs=2, steps_per_execution=1, checkpoint_every_steps=4)
+    uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
+    with pytest.raises(_Killed):
+        _fit_to_fingerprint(config, tmp_path / "killed", stop=_KillAfterCalls(9 + 6))
+    assert tf.train.latest_checkpoint(tmp_path / "killed" / "checkpoints").endswith(f"ckpt-{9 + 4}")
+    assert _fit_to_fingerprint(config, tmp_path / "killed") == uninterrupted
+
+
 def test_mixed_bfloat16_trains_and_exports(tiny_data_dir, tmp_path):
     # What `precision=auto` picks on CPUs with AVX512_BF16 or AMX and on recent
     # GPUs. This CPU emulates bfloat16 (slowly), which is enough to check that
