@@ -184,12 +184,55 @@ def _native_logs_filtered():
             sys.stderr.flush()
 
 
+def define_thread_flags() -> None:
+    """Flags that size TensorFlow's thread pools (`fmnist-launch` sets them per worker)."""
+    flags.DEFINE_integer(
+        "intra_op_threads",
+        None,
+        "Threads inside one op (default: TensorFlow's, or the launcher's share).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "inter_op_threads", None, "Ops run at once (default: TensorFlow's, or the launcher's share).", lower_bound=1
+    )
+
+
+def _thread_settings() -> tuple[int | None, int | None]:
+    """(intra-op, inter-op) threads: the flags, else the environment (as `fmnist-launch` sets it), else None."""
+    settings = []
+    for flag, variable in (
+        ("intra_op_threads", "TF_NUM_INTRAOP_THREADS"),
+        ("inter_op_threads", "TF_NUM_INTEROP_THREADS"),
+    ):
+        value = FLAGS[flag].value if flag in FLAGS and FLAGS[flag].value else os.environ.get(variable)
+        settings.append(int(value) if value else None)
+    return settings[0], settings[1]
+
+
 def start_tensorflow() -> None:
-    """Imports TensorFlow and probes its devices, hiding the start-up chatter."""
+    """Applies the core share and thread settings, imports TensorFlow and probes its devices quietly."""
+    cores = os.environ.get("FMNIST_CPU_CORES")
+    if cores and hasattr(os, "sched_setaffinity"):
+        # Before TensorFlow starts its threads, which inherit the affinity.
+        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    intra, inter = _thread_settings()
+    if intra:
+        os.environ.setdefault("OMP_NUM_THREADS", str(intra))  # oneDNN's pool, read when TensorFlow loads.
     with _native_logs_filtered():
         import tensorflow as tf
 
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.list_physical_devices()
+    if intra or inter or cores:
+        std_logging.getLogger("launch").info(
+            "threads: intra-op %s, inter-op %s, cores %s",
+            intra or "default",
+            inter or "default",
+            cores or "all",
+        )
 
 
 def _quiet_console() -> None:

@@ -44,24 +44,70 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+# Thread settings a user may have made; the launcher then leaves all of them alone.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+def available_cores() -> list[int]:
+    """The cores this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # Not Linux.
+        return list(range(os.cpu_count() or 1))
+
+
+def core_shares(num_processes: int, cores: list[int] | None = None) -> list[list[int]]:
+    """Splits the cores into `num_processes` contiguous shares (at least one core each)."""
+    cores = cores or available_cores()
+    per = max(1, len(cores) // num_processes)
+    return [cores[(i * per) % len(cores) :][:per] for i in range(num_processes)]
+
+
+def thread_env(share: list[int]) -> dict[str, str]:
+    """Thread pools sized to a share of the cores, unless the user set any of them.
+
+    Each TensorFlow process otherwise sizes its intra-op, inter-op and
+    oneDNN/OpenMP pools to every core of the machine, and processes sharing
+    a host fight over the same cores.
+    """
+    if any(name in os.environ for name in THREAD_VARIABLES):
+        return {}
+    n = str(len(share))
+    return {
+        "TF_NUM_INTRAOP_THREADS": n,
+        "TF_NUM_INTEROP_THREADS": n,
+        "OMP_NUM_THREADS": n,
+        "FMNIST_CPU_CORES": ",".join(map(str, share)),
+    }
+
+
 def tf_config_tasks(num_workers: int) -> list[Task]:
-    """One MultiWorkerMirroredStrategy worker per process; worker 0 is the chief."""
+    """One MultiWorkerMirroredStrategy worker per process, each on its share of the cores; worker 0 is the chief."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
     return [
         Task(
             f"worker {i}",
-            {"TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})},
+            {
+                "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}),
+                **thread_env(share),
+            },
         )
-        for i in range(num_workers)
+        for i, share in enumerate(core_shares(num_workers))
     ]
 
 
 def tuner_tasks(num_workers: int) -> list[Task]:
-    """A KerasTuner oracle chief plus `num_workers` tuner workers."""
+    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores.
+
+    The chief only answers the workers' requests; it trains nothing.
+    """
     (port,) = free_ports(1)
     common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
-    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief"})
-    return [chief] + [Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(num_workers)]
+    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", **thread_env(available_cores()[:1])})
+    return [chief] + [
+        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **thread_env(share)})
+        for i, share in enumerate(core_shares(num_workers))
+    ]
 
 
 def _stream(name: str, pipe, lock: threading.Lock) -> None:

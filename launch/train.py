@@ -34,6 +34,7 @@ flags.DEFINE_boolean("export", True, "Export the final model for TF Serving (chi
 flags.DEFINE_string("export_base", None, "Export base directory (default WORKDIR/export).")
 flags.DEFINE_boolean("report", True, "Write WORKDIR/report/ (plots and tables) at the end.")
 common.define_config_flags()
+common.define_thread_flags()
 flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 

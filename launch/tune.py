@@ -30,6 +30,7 @@ flags.DEFINE_list(
 flags.DEFINE_boolean("retrain_best", False, "Retrain the best config through fmnist-train's path and export it.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"], "Strategy inside each trial.")
 common.define_config_flags()
+common.define_thread_flags()
 flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 

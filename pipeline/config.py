@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 BatchNormKernel = Literal["fused", "keras"]
+BatchNormStatistics = Literal["global", "per_replica"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 Schedule = Literal["constant", "cosine"]
 Optimizer = Literal["adam", "adamw"]
@@ -107,6 +108,13 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     precision: Precision = "auto"
     steps_per_execution: int = 16
+    # With several replicas, batch norm normalises with "global" statistics
+    # (moments all-reduced over the global batch in every forward and backward
+    # pass) or "per_replica" ones (each replica's own batch; the moving
+    # statistics are averaged over the replicas after every compiled call, so
+    # every replica and checkpoint holds the same ones). One replica: no
+    # difference. The benchmark record compares the two.
+    batch_norm_statistics: BatchNormStatistics = "per_replica"
     # Also checkpoint inside an epoch every this many optimizer steps (long
     # epochs on preemptible machines); None checkpoints at epoch ends and on
     # SIGTERM only.
@@ -229,6 +237,7 @@ FIELDS_ADDED = {
     "model.batch_norm_kernel": "fused",
     "model.relu_after_pooling": True,
     "train.checkpoint_every_steps": None,
+    "train.batch_norm_statistics": "global",
 }
 
 

@@ -123,9 +123,10 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
       config: the architecture.
       dtype: a Keras dtype policy name, e.g. "float32" or "mixed_bfloat16".
       sync_batch_norm: compute batch statistics over the global batch (all
-        replicas). Needed with several replicas: Keras 3 updates moving
-        statistics per replica (aggregation "none"), so without it every
-        replica would end with different statistics.
+        replicas). Without it each replica normalises with its own batch's
+        statistics and Keras 3 updates the moving statistics per replica
+        (aggregation "none"), so the training loop averages them
+        (`TrainConfig.batch_norm_statistics`).
     """
     inputs = keras.Input((28, 28, 1), name="images")
     x = inputs

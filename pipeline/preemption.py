@@ -23,8 +23,6 @@ import os
 import signal
 import threading
 
-import tensorflow as tf
-
 from pipeline import distribution
 
 
@@ -99,8 +97,7 @@ class StopSignal:
         local = 0.0 if self.received is None else 1.0
         if distribution.num_workers(strategy) == 1:
             return bool(local)
-        flags = strategy.run(lambda: tf.constant(local))
-        return float(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)) > 0
+        return distribution.all_workers_sum(strategy, local) > 0
 
     def check(self, strategy, after: str, collective: bool = True) -> None:
         """Raises `TrainingStopped` when a stop was requested, at a point where nothing needs saving.

@@ -47,22 +47,73 @@ def _statistics(labels, logits, per_example_loss, weights):
     )
 
 
-def _looped(strategy, step):
+def _looped(strategy, step, after=None):
     """Compiles `fn(iterator, n, totals)`: runs `step` n times, adding its statistics to `totals`.
 
-    The running totals (float64) go in and come out of every call, so they are
-    summed step by step in the same order however the steps are split into
-    calls (`steps_per_execution` may change when a run resumes).
+    Each replica sums its own steps' statistics in a sync-on-read variable,
+    and reading it sums over the replicas: one all-reduce per call instead of
+    one per step. The running totals (float64) go in and come out of every
+    call and the first replica adds its steps to them one by one, so with one
+    replica they are summed in the same order however the steps are split
+    into calls (`steps_per_execution` may change when a run resumes).
+
+    Args:
+      strategy: the distribution strategy.
+      step: the per-replica step; returns [loss_sum, correct, count].
+      after: optional per-replica function run once at the end of each call.
     """
+    with strategy.scope():
+        local = tf.Variable(
+            tf.zeros([3], tf.float64),
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+        )
+
+    def start(totals):
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        local.assign(tf.where(first, totals, tf.zeros_like(totals)))
+
+    def step_and_add(*batch):
+        local.assign_add(tf.cast(step(*batch), tf.float64))
 
     @tf.function
     def run_steps(iterator, num_steps, totals):
+        strategy.run(start, args=(totals,))
         for _ in tf.range(num_steps):
-            per_replica = strategy.run(step, args=next(iterator))
-            totals += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float64)
-        return totals
+            strategy.run(step_and_add, args=next(iterator))
+        if after is not None:
+            strategy.run(after)
+        return local.read_value()
 
     return run_steps
+
+
+def _average_moving_statistics(strategy, model):
+    """A per-replica function that sets every batch-norm moving statistic to its mean over the replicas.
+
+    With per-replica batch statistics each replica's moving statistics follow
+    its own batches. They are linear in the batch moments, so their mean is
+    the moving average of the replicas' mean moments; averaging once per call
+    (one packed all-reduce) keeps every replica, and so every checkpoint and
+    evaluation, identical.
+    """
+    variables = [
+        v
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return None
+
+    def average():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
+        for variable, mean in zip(variables, means, strict=True):
+            variable.assign(mean)
+
+    return average
 
 
 def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig):
@@ -88,7 +139,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig)
     if config.jit_compile:
         # Only the step is compiled: the loop around it reads an iterator.
         train_step = tf.function(train_step, jit_compile=True)
-    return _looped(strategy, train_step)
+    return _looped(strategy, train_step, after=_average_moving_statistics(strategy, model))
 
 
 def make_eval_steps(strategy, model):

@@ -63,7 +63,8 @@ def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoc
     """Builds the seeded model, the optimiser and the counters, with their checkpoint managers."""
     with strategy.scope():
         keras.utils.set_random_seed(config.train.seed)
-        model = models.build_model(config.model, dtype=policy, sync_batch_norm=strategy.num_replicas_in_sync > 1)
+        sync = strategy.num_replicas_in_sync > 1 and config.train.batch_norm_statistics == "global"
+        model = models.build_model(config.model, dtype=policy, sync_batch_norm=sync)
         optimizer = optimizer_lib.build_optimizer(config.train, steps_per_epoch, policy)
         # Build slots now so a restore fills them instead of deferring.
         optimizer.build(model.trainable_variables)
@@ -200,11 +201,9 @@ def save(state: TrainState) -> str:
 
 def _check_workers_agree(strategy, step: int) -> None:
     if distribution.num_workers(strategy) > 1:
-        reduce = lambda value: strategy.reduce(  # noqa: E731
-            tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.constant(value, tf.float64)), axis=None
-        )
-        mean = float(reduce(float(step)))
-        if float(reduce(abs(step - mean))) > 0:
+        replicas = strategy.num_replicas_in_sync
+        mean = distribution.all_workers_sum(strategy, float(step)) / replicas
+        if distribution.all_workers_sum(strategy, abs(step - mean)) > 0:
             raise workdir_lib.WorkdirError(
                 "workers restored different checkpoints: the workdir must be on a file system every "
                 "worker can read (NFS, GCS, a shared volume)"

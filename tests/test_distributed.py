@@ -52,6 +52,9 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     prints = re.findall(r"\[(worker \d)\] .*final weights fingerprint (\w+)", done.stdout)
     assert len(prints) == 2 and prints[0][1] == prints[1][1], prints
     assert "2 replica(s) x batch 32 = global batch 64" in done.stdout
+    # Each worker runs on its own share of the cores, with thread pools to match.
+    threads = dict(re.findall(r"\[(worker \d)\] threads: (intra-op \d+, inter-op \d+, cores [\d,]+)", done.stdout))
+    assert threads == {"worker 0": "intra-op 1, inter-op 1, cores 0", "worker 1": "intra-op 1, inter-op 1, cores 1"}
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["workers"] == 2 and metrics["epochs_completed"] == 2
     assert metrics["strategy"] == "multi_worker"
@@ -197,3 +200,30 @@ def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_port
     tuners = local_cluster.tuner_tasks(2)
     assert [t.env["KERASTUNER_TUNER_ID"] for t in tuners] == ["chief", "tuner0", "tuner1"]
     assert len({t.env["KERASTUNER_ORACLE_PORT"] for t in tuners}) == 1
+
+
+def test_each_local_worker_gets_its_share_of_the_cores_unless_threads_are_set(monkeypatch):
+    from launch import local_cluster
+
+    assert local_cluster.core_shares(2, [0, 1]) == [[0], [1]]
+    assert local_cluster.core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
+    assert local_cluster.core_shares(3, [0, 1]) == [[0], [1], [0]]  # More workers than cores: they share.
+    for name in local_cluster.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    env = local_cluster.thread_env([2, 3])
+    assert env == {
+        "TF_NUM_INTRAOP_THREADS": "2",
+        "TF_NUM_INTEROP_THREADS": "2",
+        "OMP_NUM_THREADS": "2",
+        "FMNIST_CPU_CORES": "2,3",
+    }
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # The user's own setting wins.
+    assert local_cluster.thread_env([2, 3]) == {}
+
+
+def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    cpu, gpu = distribution.communication_options(0, 60.0), distribution.communication_options(2)
+    assert cpu.implementation == implementation.RING and gpu.implementation == implementation.NCCL
+    assert cpu.bytes_per_pack == gpu.bytes_per_pack == distribution.BYTES_PER_PACK > 0
+    assert cpu.timeout_seconds == 60.0
