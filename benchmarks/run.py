@@ -62,13 +62,18 @@ def main(argv):
     if FLAGS.export:
         _save("serving", "5. Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
-        from benchmarks.scaling import two_workers_vs_one
+        from benchmarks import scaling
+        from pipeline import config as config_lib
 
+        rows = scaling.two_workers_vs_one(FLAGS.data_dir, FLAGS.quick)
         _save(
-            "two_workers_vs_one",
-            "6. Two local workers against one process",
-            two_workers_vs_one(FLAGS.data_dir, FLAGS.quick),
+            "two_workers_vs_one", "6. Two local workers against one process (reference recipe, global batch 128)", rows
         )
+        costs = scaling.collective_costs(FLAGS.data_dir, FLAGS.quick)
+        _save("step_breakdown", "6b. Where a two-worker step's time goes", scaling.step_breakdown(rows, costs))
+        per_call = config_lib.load_file(scaling.REFERENCE).train.steps_per_execution
+        table = scaling.scaling_table(costs, per_call)
+        _save("scaling_model", "6c. Predicted efficiency of N workers on real networks (weak scaling)", table)
 
 
 def _serving(export: str, images) -> list[dict]:

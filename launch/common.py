@@ -54,6 +54,12 @@ def define_config_flags() -> None:
         "Dtype policy; auto picks bfloat16 where the hardware has it.",
     )
     flags.DEFINE_integer("steps_per_execution", None, "Training steps per compiled call.", lower_bound=1)
+    flags.DEFINE_enum(
+        "batch_norm_statistics",
+        None,
+        ["global", "per_replica"],
+        "With several replicas: normalise with global-batch statistics, or each replica's own (default).",
+    )
     flags.DEFINE_integer(
         "checkpoint_every_steps",
         None,
@@ -113,6 +119,7 @@ def config_from_flags() -> config_lib.Config:
         "precision",
         "steps_per_execution",
         "checkpoint_every_steps",
+        "batch_norm_statistics",
         "jit_compile",
     ):
         train.update(pick(name))
@@ -210,11 +217,7 @@ def _thread_settings() -> tuple[int | None, int | None]:
 
 
 def start_tensorflow() -> None:
-    """Applies the core share and thread settings, imports TensorFlow and probes its devices quietly."""
-    cores = os.environ.get("FMNIST_CPU_CORES")
-    if cores and hasattr(os, "sched_setaffinity"):
-        # Before TensorFlow starts its threads, which inherit the affinity.
-        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    """Applies the thread settings, imports TensorFlow and probes its devices quietly."""
     intra, inter = _thread_settings()
     if intra:
         os.environ.setdefault("OMP_NUM_THREADS", str(intra))  # oneDNN's pool, read when TensorFlow loads.
@@ -226,12 +229,9 @@ def start_tensorflow() -> None:
         if inter:
             tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.list_physical_devices()
-    if intra or inter or cores:
+    if intra or inter:
         std_logging.getLogger("launch").info(
-            "threads: intra-op %s, inter-op %s, cores %s",
-            intra or "default",
-            inter or "default",
-            cores or "all",
+            "threads: intra-op %s, inter-op %s", intra or "default", inter or "default"
         )
 
 

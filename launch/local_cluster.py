@@ -68,17 +68,15 @@ def thread_env(share: list[int]) -> dict[str, str]:
 
     Each TensorFlow process otherwise sizes its intra-op, inter-op and
     oneDNN/OpenMP pools to every core of the machine, and processes sharing
-    a host fight over the same cores.
+    a host fight over the same cores. The processes are not pinned to their
+    cores: a worker waiting on a collective then leaves its core to the
+    others' input pipelines and RPC threads, which measured faster here
+    (benchmark record, two workers on one host).
     """
     if any(name in os.environ for name in THREAD_VARIABLES):
         return {}
     n = str(len(share))
-    return {
-        "TF_NUM_INTRAOP_THREADS": n,
-        "TF_NUM_INTEROP_THREADS": n,
-        "OMP_NUM_THREADS": n,
-        "FMNIST_CPU_CORES": ",".join(map(str, share)),
-    }
+    return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n}
 
 
 def tf_config_tasks(num_workers: int) -> list[Task]:

@@ -53,8 +53,8 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     assert len(prints) == 2 and prints[0][1] == prints[1][1], prints
     assert "2 replica(s) x batch 32 = global batch 64" in done.stdout
     # Each worker runs on its own share of the cores, with thread pools to match.
-    threads = dict(re.findall(r"\[(worker \d)\] threads: (intra-op \d+, inter-op \d+, cores [\d,]+)", done.stdout))
-    assert threads == {"worker 0": "intra-op 1, inter-op 1, cores 0", "worker 1": "intra-op 1, inter-op 1, cores 1"}
+    threads = dict(re.findall(r"\[(worker \d)\] threads: (intra-op \d+, inter-op \d+)", done.stdout))
+    assert threads == {"worker 0": "intra-op 1, inter-op 1", "worker 1": "intra-op 1, inter-op 1"}
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["workers"] == 2 and metrics["epochs_completed"] == 2
     assert metrics["strategy"] == "multi_worker"
@@ -211,12 +211,7 @@ def test_each_local_worker_gets_its_share_of_the_cores_unless_threads_are_set(mo
     for name in local_cluster.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     env = local_cluster.thread_env([2, 3])
-    assert env == {
-        "TF_NUM_INTRAOP_THREADS": "2",
-        "TF_NUM_INTEROP_THREADS": "2",
-        "OMP_NUM_THREADS": "2",
-        "FMNIST_CPU_CORES": "2,3",
-    }
+    assert env == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2"}
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # The user's own setting wins.
     assert local_cluster.thread_env([2, 3]) == {}
 
