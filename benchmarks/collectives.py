@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 
 from absl import app, flags
+
+from benchmarks.common import latencies
 
 flags.DEFINE_integer("repeats", 50, "Timed repetitions of each part.")
 flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
@@ -21,15 +24,7 @@ FLAGS = flags.FLAGS
 
 def _timed(fn, repeats: int) -> float:
     """Median milliseconds of `fn()` over `repeats` calls, after one warm-up call."""
-    import statistics
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(latencies(fn, repeats))
 
 
 def main(argv) -> None:

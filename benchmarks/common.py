@@ -7,6 +7,17 @@ import time
 from collections.abc import Callable
 
 
+def latencies(call: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `call`, after one warm-up call."""
+    call()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def alternate(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
     """Runs each contender `repeats` times in turn (A B C A B C ...).
 

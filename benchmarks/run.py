@@ -23,7 +23,8 @@ flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX file
 flags.DEFINE_boolean("quick", False, "Small sizes and few repeats: minutes, for smoke tests.")
 flags.DEFINE_list("runs", [], "name=WORKDIR of finished runs for time to accuracy.")
 flags.DEFINE_string("export", None, "An exported version directory for the serving comparison.")
-flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process.")
+flags.DEFINE_boolean("throughput", True, "Include training throughput, input headroom and utilisation (1-3).")
+flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process (6).")
 flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings (3b).")
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
@@ -42,13 +43,14 @@ def main(argv):
     from pipeline import data as data_lib
 
     train, test, _ = data_lib.load_train_test(FLAGS.data_dir)
-    rates = throughput.training_throughput(train.images, train.labels, FLAGS.quick)
-    _save("training_throughput", "1. Seed model training throughput", rates)
-    model_rate = max(r["examples/s"] for r in rates)
-    headroom = throughput.input_headroom(train.images, train.labels, model_rate, FLAGS.quick)
-    _save("input_headroom", "2. Input pipeline alone, against the fastest model's consumption", headroom)
     peak = throughput.matmul_peak(FLAGS.quick)
-    _save("utilisation", "3. Hardware utilisation", throughput.utilisation(rates, peak))
+    if FLAGS.throughput:
+        rates = throughput.training_throughput(train.images, train.labels, FLAGS.quick)
+        _save("training_throughput", "1. Seed model training throughput", rates)
+        model_rate = max(r["examples/s"] for r in rates)
+        headroom = throughput.input_headroom(train.images, train.labels, model_rate, FLAGS.quick)
+        _save("input_headroom", "2. Input pipeline alone, against the fastest model's consumption", headroom)
+        _save("utilisation", "3. Hardware utilisation", throughput.utilisation(rates, peak))
     if FLAGS.settings:
         from benchmarks.settings import execution_settings
 

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.common import latencies
 from pipeline import input_pipeline as ip
-
-
-def _latencies(call, repeats: int) -> list[float]:
-    call()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def _signature(export_dir):
@@ -41,8 +31,8 @@ def serving_speed(exports: dict, keras_model, images: np.ndarray, quick: bool) -
     thr = {name: [] for name in paths}
     for _ in range(3):
         for name, fn in paths.items():
-            lat[name] += _latencies(lambda fn=fn: fn(one), repeats // 3)
-            thr[name] += [256 / t for t in _latencies(lambda fn=fn: fn(many), max(3, repeats // 30))]
+            lat[name] += latencies(lambda fn=fn: fn(one), repeats // 3)
+            thr[name] += [256 / t for t in latencies(lambda fn=fn: fn(many), max(3, repeats // 30))]
     rows = []
     for name in paths:
         rows.append(

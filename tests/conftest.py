@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,19 @@ def real_data_dir() -> Path:
 def _no_ambient_data(monkeypatch):
     # Tests name their data explicitly; a developer's environment must not leak in.
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+
+
+def smoke_train_command(workdir, data_dir, *extra: str) -> list[str]:
+    """`fmnist-train --preset=smoke` on `data_dir`, with the running interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--workdir={workdir}",
+        "--preset=smoke",
+        f"--data_dir={data_dir}",
+        *extra,
+    ]
 
 
 def run(command: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -16,6 +16,16 @@ from conftest import REPO, run, subprocess_env
 from pipeline import distribution
 
 LAUNCH = [sys.executable, "-m", "launch.launch"]
+MALFORMED_TF_CONFIGS = pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', 'needs a "cluster" object'),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'needs a "task" object'),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
+        ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+    ],
+)
 
 
 def _train(workdir, data_dir, *extra):
@@ -144,19 +154,15 @@ def _chief_fingerprint(output: str) -> str:
     return fingerprint
 
 
-@pytest.mark.parametrize(
-    "tf_config, message",
-    [
-        ("{not json", "TF_CONFIG is not valid JSON"),
-        ('{"task": {"type": "worker", "index": 0}}', 'needs a "cluster" object'),
-        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'needs a "task" object'),
-        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
-        ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
-    ],
-)
-def test_malformed_tf_config_is_a_clear_error(tf_config, message, tiny_data_dir, tmp_path):
+@MALFORMED_TF_CONFIGS
+def test_malformed_tf_config_is_a_clear_error(tf_config, message):
     with pytest.raises(distribution.ClusterError, match=message):
         distribution.parse_tf_config(tf_config)
+
+
+@pytest.mark.slow
+@MALFORMED_TF_CONFIGS
+def test_fmnist_train_reports_a_malformed_tf_config_in_one_line(tf_config, message, tiny_data_dir, tmp_path):
     env = dict(subprocess_env(), TF_CONFIG=tf_config)
     done = subprocess.run(
         [
@@ -222,3 +228,37 @@ def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
     assert cpu.implementation == implementation.RING and gpu.implementation == implementation.NCCL
     assert cpu.bytes_per_pack == gpu.bytes_per_pack == distribution.BYTES_PER_PACK > 0
     assert cpu.timeout_seconds == 60.0
+
+
+PACKING_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+from pipeline import distribution
+
+strategy = distribution.make_strategy("multi_worker", collective_timeout_seconds=60.0)
+rng = np.random.default_rng(strategy.cluster_resolver.task_id)
+tensors = [tf.constant(rng.normal(size=shape), tf.float32) for shape in ((3, 3, 1, 32), (32,), (1152, 256), (10,))]
+unpacked = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=0)
+
+@tf.function
+def both():
+    def fn():
+        context = tf.distribute.get_replica_context()
+        packed = context.all_reduce("sum", [tf.identity(t) for t in tensors])
+        single = [context.all_reduce("sum", tf.identity(t), options=unpacked) for t in tensors]
+        return packed, single
+    return strategy.run(fn)
+
+packed, single = both()
+print(json.dumps({"max_difference": max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(packed, single))}))
+"""
+
+
+@pytest.mark.slow
+def test_packed_and_per_variable_all_reduce_agree(tmp_path):
+    env, _ = _env(tmp_path)
+    done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", PACKING_SCRIPT], timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    results = [json.loads(line.split("] ", 1)[1]) for line in done.stdout.splitlines() if "max_difference" in line]
+    assert len(results) == 2 and all(r["max_difference"] <= 1e-6 for r in results), results

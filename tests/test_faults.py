@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, run, subprocess_env
+from conftest import REPO, run, smoke_train_command, subprocess_env
 
 from pipeline import workdir as workdir_lib
 from pipeline import workdir_lock
@@ -26,16 +26,7 @@ LONG = ["--max_train_examples=11520", "--validation_size=64", "--noexport", "--n
 
 
 def _train(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "launch.train",
-        f"--workdir={workdir}",
-        "--preset=smoke",
-        f"--data_dir={data_dir}",
-        *LONG,
-        *extra,
-    ]
+    return smoke_train_command(workdir, data_dir, *LONG, *extra)
 
 
 def _start(command: list[str]) -> subprocess.Popen:

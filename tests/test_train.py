@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run, subprocess_env
+from conftest import run, smoke_train_command, subprocess_env
 
 from pipeline import config as config_lib
 from pipeline import workdir as workdir_lib
@@ -70,18 +70,6 @@ def test_workdir_of_another_config_is_refused(tiny_data_dir, tmp_path):
         train_and_evaluate(other, tmp_path, tf.distribute.get_strategy(), progress=False)
 
 
-def _train_command(workdir, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "launch.train",
-        f"--workdir={workdir}",
-        "--preset=smoke",
-        f"--data_dir={data_dir}",
-        *extra,
-    ]
-
-
 def _latest_step(checkpoint_dir):
     """The optimizer step of the newest recorded checkpoint (checkpoints are numbered by step)."""
     latest = tf.train.latest_checkpoint(checkpoint_dir) if checkpoint_dir.exists() else None
@@ -90,7 +78,7 @@ def _latest_step(checkpoint_dir):
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
-    command = _train_command(tmp_path, tiny_data_dir, "--epochs=40", "--max_train_examples=256")
+    command = smoke_train_command(tmp_path, tiny_data_dir, "--epochs=40", "--max_train_examples=256")
     steps_per_epoch = 256 // 64
     child = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -127,7 +115,7 @@ def test_kill_9_then_rerun_resumes_at_next_epoch(tiny_data_dir, tmp_path):
     ],
 )
 def test_bad_flags_exit_nonzero_with_a_message(tiny_data_dir, tmp_path, flags, message):
-    done = run(_train_command(tmp_path / "w", tiny_data_dir, *flags), timeout=120)
+    done = run(smoke_train_command(tmp_path / "w", tiny_data_dir, *flags), timeout=120)
     assert done.returncode != 0 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
@@ -137,10 +125,14 @@ def test_unwritable_workdir_and_missing_data(tiny_data_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     done = subprocess.run(
-        _train_command(blocker / "w", tiny_data_dir), env=subprocess_env(), capture_output=True, text=True, timeout=120
+        smoke_train_command(blocker / "w", tiny_data_dir),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0 and "not writable" in done.stderr and "Traceback" not in done.stderr
-    done = run(_train_command(tmp_path / "w", tmp_path / "no_data"), timeout=120)
+    done = run(smoke_train_command(tmp_path / "w", tmp_path / "no_data"), timeout=120)
     assert done.returncode != 0 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
