@@ -113,7 +113,7 @@ def test_no_development_history_in_docs_or_code():
             r"\bsessions [0-9]+-[0-9]+",
             r"before the (fix|change)",
             r"the issue'?s goal",
-            r"earlier sessions",
+            r"earlier session[s]",
             r"\bissue #?[0-9]+",
         ]
     )
