@@ -48,63 +48,57 @@ def free_ports(count: int) -> list[int]:
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
-def available_cores() -> list[int]:
-    """The cores this process may run on."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # Not Linux.
-        return list(range(os.cpu_count() or 1))
+def threads_per_process(num_processes: int, cores: int | None = None) -> int:
+    """Each process's share of the cores this launcher may use (at least one)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // num_processes)
 
 
-def core_shares(num_processes: int, cores: list[int] | None = None) -> list[list[int]]:
-    """Splits the cores into `num_processes` contiguous shares (at least one core each)."""
-    cores = cores or available_cores()
-    per = max(1, len(cores) // num_processes)
-    return [cores[(i * per) % len(cores) :][:per] for i in range(num_processes)]
-
-
-def thread_env(share: list[int]) -> dict[str, str]:
-    """Thread pools sized to a share of the cores, unless the user set any of them.
+def thread_env(threads: int) -> dict[str, str]:
+    """Thread pools of `threads` threads, unless the user set any of them.
 
     Each TensorFlow process otherwise sizes its intra-op, inter-op and
     oneDNN/OpenMP pools to every core of the machine, and processes sharing
-    a host fight over the same cores. The processes are not pinned to their
-    cores: a worker waiting on a collective then leaves its core to the
-    others' input pipelines and RPC threads, which measured faster here
-    (benchmark record, two workers on one host).
+    a host fight over the same cores. The processes are not pinned to cores:
+    a worker waiting on a collective then leaves its core to the other's input
+    pipeline and RPC threads; pinned workers ran slower on a 2-core host.
     """
     if any(name in os.environ for name in THREAD_VARIABLES):
         return {}
-    n = str(len(share))
+    n = str(threads)
     return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n}
 
 
 def tf_config_tasks(num_workers: int) -> list[Task]:
-    """One MultiWorkerMirroredStrategy worker per process, each on its share of the cores; worker 0 is the chief."""
+    """One MultiWorkerMirroredStrategy worker per process, each with threads for its share of the cores.
+
+    Worker 0 is the chief.
+    """
     workers = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
     return [
         Task(
             f"worker {i}",
             {
                 "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}),
-                **thread_env(share),
+                **thread_env(threads_per_process(num_workers)),
             },
         )
-        for i, share in enumerate(core_shares(num_workers))
+        for i in range(num_workers)
     ]
 
 
 def tuner_tasks(num_workers: int) -> list[Task]:
-    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores.
+    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker with threads for its share.
 
     The chief only answers the workers' requests; it trains nothing.
     """
     (port,) = free_ports(1)
     common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
-    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", **thread_env(available_cores()[:1])})
+    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", **thread_env(1)})
+    threads = thread_env(threads_per_process(num_workers))
     return [chief] + [
-        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **thread_env(share)})
-        for i, share in enumerate(core_shares(num_workers))
+        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads}) for i in range(num_workers)
     ]
 
 

@@ -27,6 +27,7 @@ from pipeline import models
 from pipeline import workdir as workdir_lib
 from pipeline.final_model import load_final_model
 from pipeline.images import decode_to_grayscale_28
+from pipeline.workdir_lock import pid_alive
 
 log = logging.getLogger(__name__)
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -138,7 +139,7 @@ def _remove_abandoned_staging(base: Path) -> None:
     """Removes staging directories of exports on this host whose process is gone."""
     for staging in base.glob(".*.incomplete-*"):
         writer = re.search(r"\.incomplete-(\d+)@(.+)-[a-z0-9_]+$", staging.name)
-        if writer and writer[2] == socket.gethostname() and not Path(f"/proc/{writer[1]}").exists():
+        if writer and writer[2] == socket.gethostname() and not pid_alive(int(writer[1])):
             shutil.rmtree(staging, ignore_errors=True)
 
 

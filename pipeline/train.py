@@ -1,8 +1,9 @@
 """The training driver: `train_and_evaluate`, the one library call behind `fmnist-train`.
 
-It reads top to bottom: check the workdir, load the data, build and restore
-the state, train, evaluate, save, report and export. The pieces live in
-`pipeline.train_lib`.
+It reads top to bottom: lock and check the workdir, load the data, build and
+restore the state, train, evaluate, save, report and export. The pieces live
+in `pipeline.train_state` (the checkpointed state) and `pipeline.train_lib`
+(the steps and the epoch loop).
 """
 
 from __future__ import annotations

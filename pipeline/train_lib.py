@@ -219,8 +219,9 @@ def train_epoch(
         if bar:
             running = summarize(totals)
             bar.update(done, [("loss", running["loss"]), ("accuracy", running["accuracy"])])
-        stopping = stop is not None and stop.agreed(strategy)
-        if done < steps_per_epoch and (stopping or (every and done - last_saved >= every)):
+        # At the epoch's end `fit` asks, after validating and checkpointing the epoch.
+        stopping = done < steps_per_epoch and stop is not None and stop.agreed(strategy)
+        if stopping or (done < steps_per_epoch and every and done - last_saved >= every):
             state.epoch_step.assign(done)
             state.epoch_totals.assign(totals)
             state.epoch_seconds.assign(seconds_before + time.perf_counter() - started)

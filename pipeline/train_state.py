@@ -171,8 +171,9 @@ def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) ->
             )
         log.info("resumed from %s (%s)", restored, describe_position(state))
     _check_workers_agree(strategy, int(state.optimizer.iterations.numpy()))
-    # The manager read the state file before any quarantine; let it read it again.
-    state.manager = tf.train.CheckpointManager(state.manager.checkpoint, state.manager.directory, max_to_keep=2)
+    if failures:
+        # The manager read the state file before the quarantine; let it read it again.
+        state.manager = tf.train.CheckpointManager(state.manager.checkpoint, state.manager.directory, max_to_keep=2)
     return int(state.epoch.numpy())
 
 

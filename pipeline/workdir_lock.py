@@ -41,7 +41,8 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,7 +55,7 @@ def _pid_alive(pid: int) -> bool:
 def holder_is_alive(holder: dict) -> tuple[bool, str]:
     """(alive, why) for the process a lock record names."""
     if holder.get("host") == socket.gethostname():
-        if not _pid_alive(holder["pid"]):
+        if not pid_alive(holder["pid"]):
             return False, f"pid {holder['pid']} has exited"
         start = _process_start(holder["pid"])
         if start not in (None, "unknown") and start != holder.get("pid_start"):

@@ -211,15 +211,15 @@ def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_port
 def test_each_local_worker_gets_its_share_of_the_cores_unless_threads_are_set(monkeypatch):
     from launch import local_cluster
 
-    assert local_cluster.core_shares(2, [0, 1]) == [[0], [1]]
-    assert local_cluster.core_shares(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
-    assert local_cluster.core_shares(3, [0, 1]) == [[0], [1], [0]]  # More workers than cores: they share.
+    assert local_cluster.threads_per_process(2, cores=2) == 1
+    assert local_cluster.threads_per_process(2, cores=5) == 2
+    assert local_cluster.threads_per_process(3, cores=2) == 1  # More workers than cores: at least one each.
     for name in local_cluster.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    env = local_cluster.thread_env([2, 3])
+    env = local_cluster.thread_env(2)
     assert env == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2"}
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # The user's own setting wins.
-    assert local_cluster.thread_env([2, 3]) == {}
+    assert local_cluster.thread_env(2) == {}
 
 
 def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():

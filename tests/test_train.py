@@ -215,10 +215,11 @@ class _StopAfterCalls:
 
 
 def test_stopped_mid_epoch_and_resumed_equals_an_uninterrupted_run(tiny_data_dir, tmp_path):
-    # 9 steps per epoch in calls of 2: the stop lands after step 2 of epoch 2.
+    # 9 steps per epoch in calls of 2; the loop asks after each call but an epoch's last (the epoch's end
+    # asks instead), so 5 asks per epoch: the stop lands after step 2 of epoch 2.
     config = tiny_config(tiny_data_dir, epochs=3, steps_per_execution=2, checkpoint_every_steps=4)
     uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
-    assert _fit_to_fingerprint(config, tmp_path / "resumed", stop=_StopAfterCalls(6)) is None
+    assert _fit_to_fingerprint(config, tmp_path / "resumed", stop=_StopAfterCalls(5)) is None
     assert tf.train.latest_checkpoint(tmp_path / "resumed" / "checkpoints").endswith("ckpt-11")
     # The rerun takes other calls (3 steps each): the position is kept in optimizer steps.
     rerun = dataclasses.replace(config.train, steps_per_execution=3)
