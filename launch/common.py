@@ -41,7 +41,8 @@ def define_config_flags() -> None:
         ["none", "flip", "flip_and_shift"],
         "Views averaged at inference (evaluation, export): none, flip (2x), flip_and_shift (10x).",
     )
-    flags.DEFINE_float("weight_decay", None, "AdamW decoupled weight decay.", lower_bound=0.0)
+    flags.DEFINE_enum("optimizer", None, ["adam", "adamw", "sgd"], "Optimiser (sgd: with Nesterov momentum).")
+    flags.DEFINE_float("weight_decay", None, "Decoupled weight decay of the kernels (adamw, sgd).", lower_bound=0.0)
     flags.DEFINE_float("label_smoothing", None, "Label smoothing.", lower_bound=0.0, upper_bound=0.99)
     flags.DEFINE_integer(
         "early_stopping_patience", None, "Stop after N epochs without a better val accuracy.", lower_bound=1
@@ -111,6 +112,7 @@ def config_from_flags() -> config_lib.Config:
         "epochs",
         "global_batch_size",
         "learning_rate",
+        "optimizer",
         "seed",
         "weight_decay",
         "label_smoothing",

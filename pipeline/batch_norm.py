@@ -32,7 +32,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and not self.synchronized
             and not self.renorm
             and mask is None
-            and self.scale
             and self.center
         )
 
@@ -40,7 +39,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if not self._can_fuse(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         inputs = tf.cast(inputs, self.compute_dtype)
-        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+        beta = tf.cast(self.beta, tf.float32)
+        # A frozen scale (`scale=False`) is a scale of one.
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones_like(beta)
         if training and self.trainable:
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, is_training=True

@@ -18,7 +18,10 @@ BatchNormKernel = Literal["fused", "keras"]
 BatchNormStatistics = Literal["global", "per_replica"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 Schedule = Literal["constant", "cosine"]
-Optimizer = Literal["adam", "adamw"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+FlipMode = Literal["random", "alternating"]
+StemInit = Literal["default", "whitening"]
+ConvInit = Literal["default", "identity"]
 TestTimeAugmentation = Literal["none", "flip", "flip_and_shift"]
 
 
@@ -55,6 +58,21 @@ class ModelConfig:
     # training, so inference-mode accuracy trails training accuracy badly;
     # 0.9 (PyTorch's default) tracks the weights within ~10 steps.
     batch_norm_momentum: float = 0.9
+    # Train batch norm's scale (gamma). False freezes it at 1: the following
+    # ReLU and convolution are scale-equivariant, so the scale adds little but
+    # optimiser work.
+    batch_norm_scale: bool = True
+    # Initialisation of the first convolution. "whitening": its first filters
+    # start as the whitening transform of the training images' k x k patches
+    # (the leading eigenvectors of the patch covariance, each scaled by
+    # 1/sqrt(eigenvalue), with both signs; `models.whitening_kernel`), so the
+    # first layer's outputs start decorrelated with unit variance instead of
+    # as random projections.
+    stem_init: StemInit = "default"
+    # Initialisation of the other convolutions. "identity": the first
+    # min(in, out) filters start as the identity (a dirac at the centre tap),
+    # so a new network passes the stem's features through every block.
+    conv_init: ConvInit = "default"
     # "fused": TensorFlow's fused kernel (`pipeline.batch_norm`), faster on CPU
     # with the same weights and semantics; "keras": Keras' own layer. The
     # benchmarks' execution-settings comparison measures both.
@@ -83,6 +101,11 @@ class AugmentConfig:
 
     enabled: bool = True
     flip: bool = True
+    # "random": each image is mirrored with probability 1/2 in every epoch.
+    # "alternating": a random half in the first epoch, then every image is
+    # mirrored in every other epoch, so any two consecutive epochs show each
+    # image both ways instead of the same way half the time.
+    flip_mode: FlipMode = "random"
     max_shift: int = 2  # Padded random crop: pixels of shift in each direction.
     erase_probability: float = 0.0  # Random erasing (cutout) per example.
     erase_max_fraction: float = 0.25  # Largest erased area as image fraction.
@@ -96,7 +119,11 @@ class TrainConfig:
     global_batch_size: int = 128
     learning_rate: float = 2e-3
     optimizer: Optimizer = "adamw"
+    # Decoupled weight decay of the kernels (AdamW, SGD): every step shrinks
+    # them by learning_rate * weight_decay. Adam ignores it.
     weight_decay: float = 0.02
+    # SGD only: Nesterov momentum.
+    momentum: float = 0.9
     schedule: Schedule = "cosine"
     warmup_epochs: float = 1.0
     # Linear scaling rule: lr *= global_batch_size / base_batch_size.
@@ -238,6 +265,11 @@ FIELDS_ADDED = {
     "model.relu_after_pooling": True,
     "train.checkpoint_every_steps": None,
     "train.batch_norm_statistics": "global",
+    "model.batch_norm_scale": True,
+    "model.stem_init": "default",
+    "model.conv_init": "default",
+    "augment.flip_mode": "random",
+    "train.momentum": 0.9,
 }
 
 
@@ -289,6 +321,7 @@ def validate(config: Config) -> Config:
         (m.kernel_size in (1, 3, 5, 7), "model.kernel_size must be 1, 3, 5 or 7"),
         (m.dropout is None or 0 < m.dropout < 1, "model.dropout must be in (0, 1) or null"),
         (0 <= m.batch_norm_momentum < 1, "model.batch_norm_momentum must be in [0, 1)"),
+        (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
         (m.dense_units >= 1, "model.dense_units must be >= 1"),
         (d.validation_size >= 1, "data.validation_size must be >= 1"),
         (0 <= a.max_shift <= 8, "augment.max_shift must be in [0, 8]"),

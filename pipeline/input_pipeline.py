@@ -50,8 +50,10 @@ def normalize(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def _flip_and_shift(images: tf.Tensor, config: AugmentConfig, seeds: tf.Tensor) -> tf.Tensor:
-    """Random horizontal flip and padded random crop (shift by up to `max_shift`) in one step.
+def _flip_and_shift(images: tf.Tensor, config: AugmentConfig, seeds: tf.Tensor, flip=None) -> tf.Tensor:
+    """Horizontal flip and padded random crop (shift by up to `max_shift`) in one step.
+
+    `flip` (bool [B]) says which images to mirror; None draws it at random.
 
     Each output image is R @ image @ C^T with one-hot row and column selectors
     R and C: a zero row of R or C is the zero padding, and a mirrored C is the
@@ -65,7 +67,8 @@ def _flip_and_shift(images: tf.Tensor, config: AugmentConfig, seeds: tf.Tensor) 
     source_rows = offsets[:, :1] + tf.range(height)[tf.newaxis]
     source_cols = offsets[:, 1:] + tf.range(width)[tf.newaxis]
     if config.flip:
-        flip = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
+        if flip is None:
+            flip = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
         source_cols = tf.where(flip[:, tf.newaxis], width - 1 - source_cols, source_cols)
     # one_hot of an index outside [0, size) is all zeros: the padding.
     rows = tf.one_hot(source_rows, height, dtype=images.dtype)
@@ -89,11 +92,14 @@ def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tens
     return tf.where(erase, tf.zeros_like(images), images)
 
 
-def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Augments a float batch [B, H, W, 1]; deterministic for a given `seed` pair."""
+def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor, flip=None) -> tf.Tensor:
+    """Augments a float batch [B, H, W, 1]; deterministic for a given `seed` pair.
+
+    `flip` (bool [B]), when given, says which images to mirror (`alternating_flips`).
+    """
     seeds = tf.random.experimental.stateless_split(seed, 3)
     if config.flip or config.max_shift:
-        images = _flip_and_shift(images, config, seeds)
+        images = _flip_and_shift(images, config, seeds, flip)
     if config.erase_probability:
         images = _erase(images, config, seeds[2])
     return images
@@ -106,6 +112,16 @@ def _shard(images: np.ndarray, labels: np.ndarray, context: tf.distribute.InputC
     shards = np.array_split(np.arange(len(labels)), context.num_input_pipelines)
     mine = shards[context.input_pipeline_id]
     return images[mine], labels[mine]
+
+
+def alternating_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """Which examples epoch `epoch` (from 1) mirrors under `flip_mode="alternating"`.
+
+    A fixed random half (drawn from `seed`) in odd epochs, the other half in
+    even ones: every image is seen both ways in any two consecutive epochs.
+    """
+    first = np.random.default_rng(seed).random(num_examples) < 0.5
+    return first ^ (epoch % 2 == 0)
 
 
 def epoch_seed(seed: int, epoch: int, shard_id: int) -> int:
@@ -152,6 +168,16 @@ def train_dataset(
     # shuffling the images (benchmark record, input pipeline). tf.data's
     # shuffle order depends only on the seed and buffer size, so this is
     # exactly the order of shuffling the examples themselves.
+    alternating = augment.enabled and augment.flip and augment.flip_mode == "alternating"
+    flips = (
+        tf.constant(
+            alternating_flips(
+                len(labels), epoch_seed(seed, 0, 0 if context is None else context.input_pipeline_id), epoch
+            )
+        )
+        if alternating
+        else None
+    )
     images = tf.constant(images)
     labels = tf.constant(labels.astype(np.int64))
     ds = tf.data.Dataset.range(len(labels))
@@ -160,7 +186,10 @@ def train_dataset(
     ds = ds.shuffle(len(labels), seed=this_epoch, reshuffle_each_iteration=True).repeat()
     # Fixed-size batches: every replica takes the same number of steps.
     ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch)
-    ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
+    if flips is None:
+        ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
+    else:
+        ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index), tf.gather(flips, index)))
     # Normalise and augment whole batches (vectorised), after the gather from
     # the raw uint8 arrays so each epoch sees new augmentations; seeds are
     # per batch and stateless.
@@ -172,11 +201,14 @@ def train_dataset(
 
 
 def prepare_train(batch, augment: AugmentConfig, seed):
-    """Normalises a gathered uint8 batch and, when enabled, augments it with the per-batch `seed`."""
-    images, labels = batch
+    """Normalises a gathered uint8 batch and, when enabled, augments it with the per-batch `seed`.
+
+    `batch` is (images, labels) or, with alternating flips, (images, labels, flips).
+    """
+    images, labels, *flip = batch
     images = normalize(images)
     if augment.enabled:
-        images = augment_batch(images, augment, seed)
+        images = augment_batch(images, augment, seed, flip[0] if flip else None)
     return images, labels
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras.layers import BatchNormalization
 
 from pipeline.batch_norm import FusedBatchNormalization
@@ -69,16 +70,87 @@ class AverageViews(keras.layers.Layer):
 
 
 VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(_SHIFTS)}
+STEM = "block0_conv0"
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class PartialIdentity(keras.initializers.Initializer):
+    """Glorot-uniform conv kernels whose first min(in, out) filters are the identity.
+
+    Filter i < min(in, out) is a dirac: 1 at the centre tap of input channel
+    i, 0 elsewhere, so it copies channel i through (`ModelConfig.conv_init`).
+    """
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        height, width, channels_in, channels_out = shape
+        kernel = keras.initializers.GlorotUniform(self.seed)(shape, dtype)
+        n = min(channels_in, channels_out)
+        dirac = np.zeros((height, width, channels_in, n), "float32")
+        dirac[height // 2, width // 2, np.arange(n), np.arange(n)] = 1.0
+        return keras.ops.concatenate([keras.ops.cast(dirac, kernel.dtype), kernel[..., n:]], axis=-1)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def whitening_kernel(images: np.ndarray, kernel_size: int, filters: int, max_images: int = 5000) -> np.ndarray:
+    """Conv filters that whiten the images' kernel_size x kernel_size patches.
+
+    The patch covariance's leading eigenvectors, each divided by the square
+    root of its eigenvalue, give outputs that are uncorrelated with unit
+    variance; each appears with both signs so a following ReLU keeps both
+    halves. A small ridge (1e-3 of the mean eigenvalue) keeps the weakest,
+    noise-like directions from being amplified without bound.
+
+    Args:
+      images: float [N, H, W, C] as the model sees them (`input_pipeline.normalize`).
+      kernel_size: the convolution's kernel size.
+      filters: the convolution's filter count; min(k*k*C, filters // 2)
+        eigenvectors are used, 2 filters each.
+      max_images: images sampled for the covariance (the first ones).
+
+    Returns:
+      float32 [k, k, C, 2m] kernel.
+    """
+    images = np.asarray(images[:max_images], np.float64)
+    channels = images.shape[-1]
+    windows = np.lib.stride_tricks.sliding_window_view(images, (kernel_size, kernel_size), axis=(1, 2))
+    # windows: [N, H', W', C, k, k] -> patches [P, k, k, C] flattened.
+    patches = np.moveaxis(windows, 3, -1).reshape(-1, kernel_size * kernel_size * channels)
+    covariance = np.cov(patches, rowvar=False)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    count = min(len(eigenvalues), filters // 2)
+    order = np.argsort(eigenvalues)[::-1][:count]
+    ridge = 1e-3 * eigenvalues.mean()
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + ridge)
+    kernel = np.concatenate([scaled, -scaled], axis=1)
+    return kernel.reshape(kernel_size, kernel_size, channels, 2 * count).astype("float32")
+
+
+def initialize_stem(model: keras.Model, config: ModelConfig, images: np.ndarray) -> None:
+    """Applies `config.stem_init` to the first convolution, given normalised training images."""
+    if config.stem_init != "whitening":
+        return
+    stem = model.get_layer(STEM)
+    kernel = keras.ops.convert_to_numpy(stem.kernel).copy()
+    whitening = whitening_kernel(images, config.kernel_size, kernel.shape[-1])
+    kernel[..., : whitening.shape[-1]] = whitening
+    stem.kernel.assign(kernel)
 
 
 def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
     for j in range(config.convs_per_block):
         name = f"block{index}_conv{j}"
         # With batch norm the conv bias is redundant (BN's beta replaces it).
+        identity = config.conv_init == "identity" and name != STEM
         x = keras.layers.Conv2D(
             filters,
             config.kernel_size,
             padding=config.padding,
+            kernel_initializer=PartialIdentity() if identity else "glorot_uniform",
             use_bias=not config.batch_norm,
             activation=None if config.batch_norm else "relu",
             name=name,
@@ -86,7 +158,13 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
         )(x)
         if config.batch_norm:
             batch_norm = FusedBatchNormalization if config.batch_norm_kernel == "fused" else BatchNormalization
-            x = batch_norm(momentum=config.batch_norm_momentum, name=f"{name}_bn", dtype=dtype, synchronized=sync_bn)(x)
+            x = batch_norm(
+                momentum=config.batch_norm_momentum,
+                scale=config.batch_norm_scale,
+                name=f"{name}_bn",
+                dtype=dtype,
+                synchronized=sync_bn,
+            )(x)
             if j < config.convs_per_block - 1 or not config.relu_after_pooling:
                 x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)

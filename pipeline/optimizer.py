@@ -51,14 +51,22 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupC
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> keras.optimizers.Optimizer:
-    """Adam or AdamW (decoupled weight decay) with the configured schedule."""
+    """Adam, AdamW or SGD with Nesterov momentum, with the configured schedule.
+
+    Weight decay (AdamW, SGD) applies to kernels only: decaying batch norm's
+    scales and offsets, or biases, only hurts.
+    """
     rate = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-        # Decaying BN scales/offsets and biases only hurts; decay kernels only.
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            rate, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay or None
+        )
     else:
         optimizer = keras.optimizers.Adam(rate)
+    if config.optimizer != "adam":
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -137,7 +137,7 @@ def train_and_evaluate(
         out_dir = distribution.write_dir(workdir, strategy)
         try:
             steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-            state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir)
+            state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
             done = train_state.restore(state, workdir, strategy, steps_per_epoch)
             if chief:
                 config_lib.save(config, workdir / "config.json")

@@ -16,10 +16,12 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import distribution, final_model, models
+from pipeline import input_pipeline as ip
 from pipeline import optimizer as optimizer_lib
 from pipeline import workdir as workdir_lib
 
@@ -59,12 +61,27 @@ class TrainState:
         return tf.train.Checkpoint(step=self.epoch_step, totals=self.epoch_totals, seconds=self.epoch_seconds)
 
 
-def build_state(config: config_lib.Config, strategy, policy: str, steps_per_epoch: int, out_dir: Path) -> TrainState:
-    """Builds the seeded model, the optimiser and the counters, with their checkpoint managers."""
+def build_state(
+    config: config_lib.Config,
+    strategy,
+    policy: str,
+    steps_per_epoch: int,
+    out_dir: Path,
+    train_images: np.ndarray | None = None,
+) -> TrainState:
+    """Builds the seeded model, the optimiser and the counters, with their checkpoint managers.
+
+    `train_images` (uint8 [N, 28, 28]) are needed when the first convolution
+    is initialised from the data (`ModelConfig.stem_init`).
+    """
     with strategy.scope():
         keras.utils.set_random_seed(config.train.seed)
         sync = strategy.num_replicas_in_sync > 1 and config.train.batch_norm_statistics == "global"
         model = models.build_model(config.model, dtype=policy, sync_batch_norm=sync)
+        if config.model.stem_init != "default":
+            if train_images is None:
+                raise ValueError(f"model.stem_init={config.model.stem_init} needs the training images")
+            models.initialize_stem(model, config.model, ip.normalize(train_images[:5000]).numpy())
         optimizer = optimizer_lib.build_optimizer(config.train, steps_per_epoch, policy)
         # Build slots now so a restore fills them instead of deferring.
         optimizer.build(model.trainable_variables)

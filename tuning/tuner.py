@@ -127,7 +127,7 @@ class PipelineTuner(kt.Tuner):
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         policy = distribution.resolve_precision(config.train.precision)
         steps = ip.steps_per_epoch(len(self.dataset.train), config.train.global_batch_size)
-        state = train_state.build_state(config, self.strategy, policy, steps, trial_dir)
+        state = train_state.build_state(config, self.strategy, policy, steps, trial_dir, self.dataset.train.images)
         restored = train_state.restore(state, trial_dir, self.strategy, steps) or int(state.epoch_step.numpy())
         if not restored and "tuner/trial_id" in hp.values:
             self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps)
