@@ -16,8 +16,9 @@ NOTES = {
     ),
     "utilisation": (
         "Analytic model FLOPs (forward multiply-adds x 2, x 3 for training) times examples per second, as a "
-        "fraction of the float32 matrix-multiply rate measured in the same run. The row '3x the tutorial' shows "
-        "what that rate would demand of this machine."
+        "fraction of the matrix-multiply rate measured in the same run in the precision the row trains in "
+        "(bfloat16 for `mixed_bfloat16` rows, float32 otherwise). The row '3x the tutorial' shows what that rate "
+        "would demand of this machine."
     ),
     "execution_settings": (
         "The default model's training step under each setting, each in its own process (thread pools are fixed "
@@ -45,6 +46,23 @@ NOTES = {
         "shaped like the gradients, packed (as training does) and one collective per variable; the batch-norm "
         "synchronisation is the step with global statistics minus the default step. The rest (input pipeline, "
         "dispatch, the once-per-call reduces, waiting for the slower worker) is what remains of the measured step."
+    ),
+    "recipes": (
+        "Each recipe trained once on the full training split, back to back on this machine with nothing else "
+        "running (`python -m benchmarks.run --recipes`). The reference is benchmarks/reference_default.json, the "
+        "`default` recipe this record started from. Seconds to 93% are `elapsed_seconds` in history.json "
+        "(training plus per-epoch validation, single view) at the first epoch reaching 93.0% validation accuracy. "
+        "Test accuracy is evaluated once, at the end of each run: as served (with the preset's test-time views) "
+        "and by the network alone."
+    ),
+    "ablation": (
+        "`fast` without one technique at a time, replaced by what the row names; each value is the median of "
+        "two seeds. A technique helps when removing it costs epochs or seconds to 93% or final validation "
+        "accuracy."
+    ),
+    "precision": (
+        "Each recipe trained in `mixed_bfloat16` (what `--precision=auto` picks on processors with AVX512_BF16 "
+        "or AMX) and in float32, on the same machine in the same run: accuracy and training seconds."
     ),
     "scaling_model": (
         "Predicted efficiency (compute time over compute plus communication) for N workers, each keeping a batch "

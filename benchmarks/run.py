@@ -26,6 +26,10 @@ flags.DEFINE_string("export", None, "An exported version directory for the servi
 flags.DEFINE_boolean("throughput", True, "Include training throughput, input headroom and utilisation (1-3).")
 flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process (6).")
 flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings (3b).")
+flags.DEFINE_boolean(
+    "recipes", True, "Include time to accuracy of the presets, the ablation of fast, bf16 vs float32 (7)."
+)
+flags.DEFINE_list("recipe_presets", ["reference", "fast", "default"], "Recipes comparison 7 trains (add best: hours).")
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
 FLAGS = flags.FLAGS
@@ -43,18 +47,18 @@ def main(argv):
     from pipeline import data as data_lib
 
     train, test, _ = data_lib.load_train_test(FLAGS.data_dir)
-    peak = throughput.matmul_peak(FLAGS.quick)
+    peaks = throughput.matmul_peaks(FLAGS.quick)
     if FLAGS.throughput:
         rates = throughput.training_throughput(train.images, train.labels, FLAGS.quick)
         _save("training_throughput", "1. Seed model training throughput", rates)
         model_rate = max(r["examples/s"] for r in rates)
         headroom = throughput.input_headroom(train.images, train.labels, model_rate, FLAGS.quick)
         _save("input_headroom", "2. Input pipeline alone, against the fastest model's consumption", headroom)
-        _save("utilisation", "3. Hardware utilisation", throughput.utilisation(rates, peak))
+        _save("utilisation", "3. Hardware utilisation", throughput.utilisation(rates, peaks))
     if FLAGS.settings:
         from benchmarks.settings import execution_settings
 
-        settings = execution_settings(FLAGS.data_dir, FLAGS.quick, peak)
+        settings = execution_settings(FLAGS.data_dir, FLAGS.quick, peaks)
         _save("execution_settings", "3b. Execution settings, default model (each in its own process)", settings)
     if FLAGS.runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
@@ -76,6 +80,21 @@ def main(argv):
         per_call = config_lib.load_file(scaling.REFERENCE).train.steps_per_execution
         table = scaling.scaling_table(costs, per_call)
         _save("scaling_model", "6c. Predicted efficiency of N workers on real networks (weak scaling)", table)
+    if FLAGS.recipes:
+        from benchmarks import recipes
+
+        rows, runs = recipes.presets_side_by_side(FLAGS.data_dir, FLAGS.quick, FLAGS.recipe_presets)
+        _save("recipes", "7. Time to 93% validation accuracy and final accuracy of each recipe, back to back", rows)
+        _save(
+            "ablation",
+            "7b. Ablation: fast without one technique at a time (median of 2 seeds)",
+            recipes.ablation(FLAGS.data_dir, FLAGS.quick),
+        )
+        _save(
+            "precision",
+            "7c. mixed_bfloat16 against float32",
+            recipes.precision_comparison(FLAGS.data_dir, FLAGS.quick, runs),
+        )
 
 
 def _serving(export: str, images) -> list[dict]:

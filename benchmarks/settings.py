@@ -77,11 +77,15 @@ def _measure(name: str, data_dir: str | None, num_steps: int) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["examples/s"]
 
 
-def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> list[dict]:
-    """Default-model training examples/s per setting, alternating child processes, medians."""
-    from benchmarks.throughput import model_flops_per_example
+def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float]) -> list[dict]:
+    """Default-model training examples/s per setting, alternating child processes, medians.
+
+    `peaks` are `throughput.matmul_peaks`: each row is measured against the
+    ceiling of the precision it trains in.
+    """
+    from benchmarks.throughput import ceiling, model_flops_per_example
     from pipeline import config as config_lib
-    from pipeline import models
+    from pipeline import distribution, models
 
     flops = model_flops_per_example(models.build_model(config_lib.preset("default").model))
     num_steps, repeats = (4, 1) if quick else (96, 3)
@@ -90,6 +94,7 @@ def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> 
         for name in SETTINGS:
             rates[name].append(_measure(name, data_dir, num_steps))
     base = statistics.median(rates[next(iter(SETTINGS))])
+    policy = distribution.resolve_precision(config_lib.preset("default").train.precision)
     rows = []
     for name, values in rates.items():
         rate = statistics.median(values)
@@ -98,7 +103,8 @@ def execution_settings(data_dir: str | None, quick: bool, peak_flops: float) -> 
                 "setting": name,
                 "examples/s": rate,
                 "vs default": rate / base,
-                "fraction of matmul peak": rate * flops / peak_flops,
+                "precision": policy,
+                "fraction of matmul peak": rate * flops / ceiling(peaks, policy),
             }
         )
     return rows
@@ -113,9 +119,9 @@ def _main(argv) -> None:
         _child(f.setting, f.data_dir, f.steps)
         return
     from benchmarks.record import table
-    from benchmarks.throughput import matmul_peak
+    from benchmarks.throughput import matmul_peaks
 
-    rows = execution_settings(f.data_dir, f.quick, matmul_peak(f.quick))
+    rows = execution_settings(f.data_dir, f.quick, matmul_peaks(f.quick))
     print(table({"columns": list(rows[0]), "rows": rows}))
 
 

@@ -83,7 +83,11 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
     }
     rates = alternate(contenders, repeats=2 if quick else 3)
     base = rates["tutorial: model.fit float64 NumPy, batch 32"]
-    return [{"setting": k, "examples/s": v, "vs tutorial": v / base} for k, v in rates.items()]
+    precision = {name: "float32" for name in rates}
+    precision["ours recommended: batch 256, lr x sqrt(8), precision auto"] = distribution.resolve_precision("auto")
+    return [
+        {"setting": k, "precision": precision[k], "examples/s": v, "vs tutorial": v / base} for k, v in rates.items()
+    ]
 
 
 def _pipeline_reader(dataset: tf.data.Dataset, batches: int, batch: int):
@@ -153,10 +157,10 @@ def model_flops_per_example(model: keras.Model) -> float:
     return 3.0 * forward
 
 
-def matmul_peak(quick: bool) -> float:
-    """Measured float32 matrix-multiply FLOP/s of this machine (the ceiling)."""
+def matmul_peak(quick: bool, dtype=tf.float32) -> float:
+    """Measured matrix-multiply FLOP/s of this machine in `dtype` (a ceiling)."""
     size = 1024 if quick else 2048
-    a = tf.random.uniform([size, size])
+    a = tf.cast(tf.random.uniform([size, size]), dtype)
     matmul = tf.function(lambda m: tf.matmul(m, m))
     matmul(a).numpy()
     repeats = 5 if quick else 20
@@ -167,19 +171,46 @@ def matmul_peak(quick: bool) -> float:
     return 2.0 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def utilisation(rates: list[dict], peak: float) -> list[dict]:
-    """Achieved model FLOP/s of each training setting as a fraction of the matmul ceiling `peak`.
+def matmul_peaks(quick: bool) -> dict[str, float]:
+    """The matmul ceiling of each precision a row can train in, keyed by dtype policy.
+
+    Under `mixed_bfloat16` the convolutions and matmuls run in bfloat16, so
+    such rows are measured against the bfloat16 matmul rate; it is measured
+    only where `--precision=auto` would pick it (bf16 instructions).
+    """
+    peaks = {"float32": matmul_peak(quick)}
+    if distribution.resolve_precision("auto") == "mixed_bfloat16":
+        peaks["mixed_bfloat16"] = matmul_peak(quick, tf.bfloat16)
+    return peaks
+
+
+def ceiling(peaks: dict[str, float], policy: str) -> float:
+    """The matmul ceiling for a row trained under dtype policy `policy`."""
+    return peaks.get(policy, peaks["float32"])
+
+
+def utilisation(rates: list[dict], peaks: dict[str, float]) -> list[dict]:
+    """Achieved model FLOP/s of each training setting as a fraction of the matmul ceiling of its precision.
 
     `rates` are `training_throughput`'s rows, the tutorial first. A last row
     shows what 3x the tutorial's rate would take on this machine.
     """
     flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
-    goal = {"setting": "3x the tutorial", "examples/s": 3.0 * rates[0]["examples/s"]}
+    goal = {"setting": "3x the tutorial", "examples/s": 3.0 * rates[0]["examples/s"], "precision": "float32"}
     return [
         {
             "setting": r["setting"],
+            "precision": r["precision"],
             "GFLOP/s": r["examples/s"] * flops / 1e9,
-            "fraction of matmul peak": r["examples/s"] * flops / peak,
+            "fraction of matmul peak": r["examples/s"] * flops / ceiling(peaks, r["precision"]),
         }
         for r in [*rates, goal]
-    ] + [{"setting": "float32 matmul ceiling (measured)", "GFLOP/s": peak / 1e9, "fraction of matmul peak": 1.0}]
+    ] + [
+        {
+            "setting": f"{policy} matmul ceiling (measured)",
+            "precision": policy,
+            "GFLOP/s": peak / 1e9,
+            "fraction of matmul peak": 1.0,
+        }
+        for policy, peak in peaks.items()
+    ]

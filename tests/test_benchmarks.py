@@ -41,6 +41,9 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "execution_settings",
         "time_to_accuracy",
         "serving",
+        "recipes",
+        "ablation",
+        "precision",
     )
     for section in sections:
         assert results[section], section
@@ -106,3 +109,42 @@ def test_settings_are_valid_configs_and_flops_are_analytic():
     # Seed model: conv 26x26x64x(3x3x1), conv 11x11x64x(3x3x64), dense 1600x128, dense 128x10; x2 x3.
     forward = 26 * 26 * 64 * 9 + 11 * 11 * 64 * 9 * 64 + 1600 * 128 + 128 * 10
     assert model_flops_per_example(models.build_model(config_lib.preset("seed").model)) == 6.0 * forward
+
+
+def test_every_ablation_row_turns_one_technique_of_fast_off():
+    from benchmarks import recipes
+
+    fast = recipes.preset_config("fast")
+    assert fast == config_lib.to_dict(config_lib.preset("fast"))
+    for name, changes in recipes.TECHNIQUES.items():
+        variant = json.loads(json.dumps(fast))
+        for section, fields in changes.items():
+            assert all(variant[section][k] != v for k, v in fields.items() if k != "weight_decay"), name
+            variant[section].update(fields)
+        config_lib.validate(config_lib.from_dict(config_lib.Config, variant))
+
+
+def test_time_to_target_reads_the_first_epoch_reaching_it():
+    from benchmarks.recipes import time_to
+
+    history = [
+        {"epoch": 1, "val_accuracy": 0.92, "elapsed_seconds": 3.0},
+        {"epoch": 2, "val_accuracy": 0.931, "elapsed_seconds": 6.5},
+    ]
+    assert time_to(history, 0.93) == (2, 6.5) and time_to(history, 0.95) is None
+
+
+def test_utilisation_divides_each_row_by_the_ceiling_of_its_precision():
+    from benchmarks.throughput import model_flops_per_example, utilisation
+    from pipeline import models
+
+    flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
+    rates = [
+        {"setting": "tutorial", "precision": "float32", "examples/s": 1000.0},
+        {"setting": "bf16 row", "precision": "mixed_bfloat16", "examples/s": 2000.0},
+    ]
+    rows = utilisation(rates, {"float32": 1e12, "mixed_bfloat16": 4e12})
+    assert rows[0]["fraction of matmul peak"] == pytest.approx(1000 * flops / 1e12)
+    assert rows[1]["fraction of matmul peak"] == pytest.approx(2000 * flops / 4e12)
+    # Without a bfloat16 ceiling (no bf16 instructions) every row is measured against float32's.
+    assert utilisation(rates, {"float32": 1e12})[1]["fraction of matmul peak"] == pytest.approx(2000 * flops / 1e12)

@@ -183,7 +183,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     strategy = tf.distribute.get_strategy()
     dataset = data_lib.load(config.data)
     steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-    state = train_state.build_state(config, strategy, "float32", steps, workdir)
+    state = train_state.build_state(config, strategy, "float32", steps, workdir, dataset.train.images)
     train_state.restore(state, workdir, strategy, steps)
     history = workdir_lib.load_history(workdir, int(state.epoch.numpy()))
     try:
@@ -193,10 +193,25 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     return final_model.fingerprint(state.model)
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_data_dir, tmp_path):
+def with_fast_techniques(config: config_lib.Config) -> config_lib.Config:
+    """`config` trained with every technique of the `fast` preset (its own state: momentum, flips by epoch)."""
+    fast = config_lib.preset("fast")
+    techniques = ("stem_init", "conv_init", "batch_norm_scale")
+    return config.replace(
+        model=dataclasses.replace(config.model, **{k: getattr(fast.model, k) for k in techniques}),
+        augment=dataclasses.replace(config.augment, flip_mode=fast.augment.flip_mode),
+        train=dataclasses.replace(
+            config.train, optimizer=fast.train.optimizer, momentum=fast.train.momentum, learning_rate=0.05
+        ),
+    )
+
+
+@pytest.mark.parametrize("techniques", [False, True], ids=["smoke", "smoke_with_fast_techniques"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_data_dir, tmp_path, techniques):
     # Dropout is on in the smoke preset: the resumed run must continue its
     # random masks (checkpointed seed-generator state), not replay them.
     config = tiny_config(tiny_data_dir, epochs=3)
+    config = with_fast_techniques(config) if techniques else config
     assert config.model.dropout
     uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
     assert _fit_to_fingerprint(config, tmp_path / "resumed", stop_after_epoch=1) is None
@@ -214,10 +229,12 @@ class _StopAfterCalls:
         return self.calls < 0
 
 
-def test_stopped_mid_epoch_and_resumed_equals_an_uninterrupted_run(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("techniques", [False, True], ids=["smoke", "smoke_with_fast_techniques"])
+def test_stopped_mid_epoch_and_resumed_equals_an_uninterrupted_run(tiny_data_dir, tmp_path, techniques):
     # 9 steps per epoch in calls of 2; the loop asks after each call but an epoch's last (the epoch's end
     # asks instead), so 5 asks per epoch: the stop lands after step 2 of epoch 2.
     config = tiny_config(tiny_data_dir, epochs=3, steps_per_execution=2, checkpoint_every_steps=4)
+    config = with_fast_techniques(config) if techniques else config
     uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
     assert _fit_to_fingerprint(config, tmp_path / "resumed", stop=_StopAfterCalls(5)) is None
     assert tf.train.latest_checkpoint(tmp_path / "resumed" / "checkpoints").endswith("ckpt-11")
@@ -252,6 +269,18 @@ def test_killed_after_a_periodic_checkpoint_resumes_from_it_exactly(tiny_data_di
         _fit_to_fingerprint(config, tmp_path / "killed", stop=_KillAfterCalls(9 + 6))
     assert tf.train.latest_checkpoint(tmp_path / "killed" / "checkpoints").endswith(f"ckpt-{9 + 4}")
     assert _fit_to_fingerprint(config, tmp_path / "killed") == uninterrupted
+
+
+@pytest.mark.parametrize("name", ["fast", "default", "best"])
+def test_each_preset_trains_a_few_steps_and_exports(tiny_data_dir, tmp_path, name):
+    base = config_lib.preset(name)
+    config = base.replace(
+        data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64, max_train_examples=256),
+        train=dataclasses.replace(base.train, epochs=1, global_batch_size=64, steps_per_execution=2),
+    )
+    metrics = train_and_evaluate(config, tmp_path, tf.distribute.get_strategy(), progress=False, make_report=False)
+    assert metrics["epochs_completed"] == 1 and np.isfinite(metrics["train_loss"])
+    assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
 
 
 def test_mixed_bfloat16_trains_and_exports(tiny_data_dir, tmp_path):
