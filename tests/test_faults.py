@@ -189,9 +189,10 @@ def test_full_disk_is_one_line_keeps_earlier_checkpoints_and_the_rerun_cleans_up
     # Room for the first checkpoint and the best weights, not for a second checkpoint.
     _tiny_run(tiny_data_dir, tmp_path / "measure", epochs=1)
     checkpoint_bytes = sum(f.stat().st_size for f in (tmp_path / "measure" / "checkpoints").glob("ckpt-*"))
+    best_bytes = sum(f.stat().st_size for f in (tmp_path / "measure" / "best").glob("ckpt-*"))
     ballast = small_disk / "ballast"
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-    ballast.write_bytes(b"\0" * int(free - 1.6 * checkpoint_bytes))
+    ballast.write_bytes(b"\0" * int(free - best_bytes - 1.6 * checkpoint_bytes))
     workdir = small_disk / "run"
     command = [
         sys.executable,

@@ -12,9 +12,11 @@ from pipeline import config as config_lib
 from pipeline.batch_norm import FusedBatchNormalization
 from pipeline.models import TestTimeViews, build_model, probabilities, single_view
 
-# conv 1->32 (288, no bias: BN follows) + BN 128 + conv 32->64 18,432 + BN 256
-# + conv 64->128 73,728 + BN 512 + dense 3*3*128->256 295,168 + dense 256->10 2,570.
-DEFAULT_PARAMS = 391_082
+# Two convs per block, no conv bias (BN follows), BN with a frozen scale (beta and
+# the two moving statistics: 3 per channel): block 0 conv 1->16 144 + 16->16 2,304,
+# block 1 16->32 4,608 + 32->32 9,216, block 2 32->64 18,432 + 64->64 36,864, BN
+# 3 x 2 x (16 + 32 + 64) = 672, dense 3*3*64->256 147,712 + dense 256->10 2,570.
+DEFAULT_PARAMS = 222_522
 
 
 def _layer_types(model):
@@ -170,9 +172,10 @@ def test_relu_after_pooling_equals_relu_before_it():
 def test_batch_norm_kernel_selects_the_layer():
     fused = build_model(config_lib.preset("default").model)
     keras_bn = build_model(dataclasses.replace(config_lib.preset("default").model, batch_norm_kernel="keras"))
-    assert sum(isinstance(layer, FusedBatchNormalization) for layer in fused.layers) == 3
+    convs = len(config_lib.preset("default").model.filters) * config_lib.preset("default").model.convs_per_block
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in fused.layers) == convs == 6
     bn = [layer for layer in keras_bn.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(bn) == 3 and not any(isinstance(layer, FusedBatchNormalization) for layer in bn)
+    assert len(bn) == convs and not any(isinstance(layer, FusedBatchNormalization) for layer in bn)
     assert keras_bn.count_params() == fused.count_params()
 
 
