@@ -55,6 +55,11 @@ NOTES = {
         "Test accuracy is evaluated once, at the end of each run: as served (with the preset's test-time views) "
         "and by the network alone."
     ),
+    "recipes_best": (
+        "`best` and the reference recipe trained back to back, as in section 7 "
+        "(`python -m benchmarks.run --recipe_presets=reference,best --nothroughput --nosettings --noscaling`). "
+        "`best` is bounded by 6.3 times the reference's training seconds."
+    ),
     "ablation": (
         "`fast` without one technique at a time, replaced by what the row names; each value is the median of "
         "two seeds. A technique helps when removing it costs epochs or seconds to 93% or final validation "
@@ -63,6 +68,11 @@ NOTES = {
     "precision": (
         "Each recipe trained in `mixed_bfloat16` (what `--precision=auto` picks on processors with AVX512_BF16 "
         "or AMX) and in float32, on the same machine in the same run: accuracy and training seconds."
+    ),
+    "tuning_rate": (
+        "A random search of one-epoch trials of the reference recipe on 16,384 training images, first by one tuner "
+        "with the whole machine, then by a chief and two tuner workers under `fmnist-launch --tuner_workers=2` "
+        "(each worker with its share of the cores), each for the same wall-clock budget (`--time_budget`)."
     ),
     "scaling_model": (
         "Predicted efficiency (compute time over compute plus communication) for N workers, each keeping a batch "

@@ -92,9 +92,9 @@ def _row(name: str, run: dict, target: float) -> dict:
         "recipe": name,
         f"epochs to {target:.0%} val": reached[0] if reached else "never",
         f"seconds to {target:.0%} val": reached[1] if reached else "never",
-        "best val (single view)": max(h["val_accuracy"] for h in run["history"]),
-        "test as served": metrics["test_accuracy"],
-        "test single view": metrics.get("test_accuracy_single_view", metrics["test_accuracy"]),
+        "best val, single view (%)": 100 * max(h["val_accuracy"] for h in run["history"]),
+        "test as served (%)": 100 * metrics["test_accuracy"],
+        "test single view (%)": 100 * metrics.get("test_accuracy_single_view", metrics["test_accuracy"]),
         "test loss": metrics["test_loss"],
         "gap (points)": 100 * metrics["generalization_gap"],
         "train seconds": metrics["train_seconds"],
@@ -134,7 +134,8 @@ def ablation(data_dir: str, quick: bool) -> list[dict]:
                 "seeds reaching target": f"{len(epochs)}/{len(runs)}",
                 f"median epochs to {target:.0%} val": statistics.median(epochs) if epochs else "never",
                 f"median seconds to {target:.0%} val": statistics.median(seconds) if seconds else "never",
-                "median final val (single view)": statistics.median(run["history"][-1]["val_accuracy"] for run in runs),
+                "median final val, single view (%)": 100
+                * statistics.median(run["history"][-1]["val_accuracy"] for run in runs),
             }
         )
     return rows
@@ -168,7 +169,7 @@ def precision_comparison(data_dir: str, quick: bool, bf16_runs: dict) -> list[di
                 {
                     "recipe": name,
                     "precision": metrics["precision"],
-                    "test as served": metrics["test_accuracy"],
+                    "test as served (%)": 100 * metrics["test_accuracy"],
                     "test minus float32's (points)": 100 * (metrics["test_accuracy"] - f32["metrics"]["test_accuracy"]),
                     "train seconds": metrics["train_seconds"],
                     "speed vs float32": f32["metrics"]["train_seconds"] / metrics["train_seconds"],

@@ -64,7 +64,9 @@ def save_section(key: str, title: str, rows: list[dict], columns: list[str], qui
     return section
 
 
-def _format_cell(value) -> str:
+def _format_cell(value, column: str = "") -> str:
+    if isinstance(value, float) and column.endswith("(%)"):
+        return f"{value:.2f}"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return "" if value is None else str(value)
@@ -74,7 +76,7 @@ def table(section: dict) -> str:
     """A section's rows as a Markdown table."""
     columns = section["columns"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format_cell(row.get(c)) for c in columns) + " |" for row in section["rows"]]
+    lines += ["| " + " | ".join(_format_cell(row.get(c), c) for c in columns) + " |" for row in section["rows"]]
     return "\n".join(lines) + "\n"
 
 

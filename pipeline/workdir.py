@@ -139,7 +139,7 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     if changes:
         raise WorkdirError(
             f"workdir {workdir} holds a run with a different config ({'; '.join(changes)}); "
-            "use a new --workdir, or the same settings to resume"
+            f"to resume it as it was, pass --config={path}; otherwise use a new --workdir"
         )
     return True
 

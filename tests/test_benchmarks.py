@@ -44,6 +44,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "recipes",
         "ablation",
         "precision",
+        "tuning_rate",
     )
     for section in sections:
         assert results[section], section
@@ -51,6 +52,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     assert all(row["examples/s"] > 0 for row in results["training_throughput"] + results["execution_settings"])
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
     assert "ReLU before max-pooling" in done.stdout
+    assert [row["recipe"] for row in results["recipes"]] == ["reference", "fast", "default"]
+    assert len(results["ablation"]) == 1 + 6 and all(row["trials"] >= 1 for row in results["tuning_rate"])
     # The smoke run averages 10 views; the table also shows the plain network's export.
     assert [row["path"] for row in results["serving"]] == [
         "SavedModel serving_default (flip_and_shift)",
