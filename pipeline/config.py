@@ -223,7 +223,7 @@ def _best() -> Config:
         name="best",
         model=dataclasses.replace(base.model, filters=(32, 64, 128)),
         augment=dataclasses.replace(base.augment, erase_probability=0.5),
-        train=dataclasses.replace(base.train, epochs=80, global_batch_size=256, learning_rate=0.2, warmup_epochs=2.0),
+        train=dataclasses.replace(base.train, epochs=60, warmup_epochs=2.0),
     )
 
 
