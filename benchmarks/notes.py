@@ -50,7 +50,7 @@ NOTES = {
     "recipes": (
         "Each recipe trained once on the full training split, back to back on this machine with nothing else "
         "running (`python -m benchmarks.run --recipes`). The reference is benchmarks/reference_default.json, the "
-        "`default` recipe this record started from. Seconds to 93% are `elapsed_seconds` in history.json "
+        "fixed recipe the comparisons measure against. Seconds to 93% are `elapsed_seconds` in history.json "
         "(training plus per-epoch validation, single view) at the first epoch reaching 93.0% validation accuracy. "
         "Test accuracy is evaluated once, at the end of each run: as served (with the preset's test-time views) "
         "and by the network alone."

@@ -1,7 +1,7 @@
 """Comparison 6: two local workers against one process, where a step's time goes, and predicted scaling.
 
 Every run trains the reference recipe (benchmarks/reference_default.json, the
-`default` preset this record started from) at the same global batch of 128.
+fixed recipe the comparisons measure against) at the same global batch of 128.
 The collectives are timed alone in a two-worker cluster by
 `python -m benchmarks.collectives` (started here through fmnist-launch).
 """
