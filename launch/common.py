@@ -13,13 +13,14 @@ import tempfile
 from absl import app, flags, logging
 
 from pipeline import config as config_lib
+from pipeline import presets
 
 FLAGS = flags.FLAGS
 
 
 def define_config_flags() -> None:
     """Flags that override fields of the preset or --config file (unset: keep it)."""
-    flags.DEFINE_string("preset", "default", f"Named config: {', '.join(sorted(config_lib.PRESETS))}.")
+    flags.DEFINE_string("preset", "default", f"Named config: {', '.join(sorted(presets.PRESETS))}.")
     flags.DEFINE_string("config", None, "JSON config file (e.g. a tuner's best_config.json); overrides --preset.")
     flags.DEFINE_string("data_dir", None, "Directory with the four Fashion-MNIST IDX files (gzipped or not).")
     flags.DEFINE_integer("epochs", None, "Training epochs.", lower_bound=1)

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from pipeline import config as config_lib
+from pipeline import presets
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_presets_round_trip(name, tmp_path):
     config = config_lib.validate(config_lib.preset(name))
     config_lib.save(config, tmp_path / "config.json")

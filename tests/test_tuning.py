@@ -15,10 +15,11 @@ import pytest
 from conftest import REPO, run, subprocess_env
 
 from pipeline import config as config_lib
+from pipeline import presets
 from tuning.search_space import GROUPS, config_from_hp
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_empty_hyperparameters_give_the_base_config(name):
     base = config_lib.preset(name)
     assert config_from_hp(kt.HyperParameters(), base) == base
