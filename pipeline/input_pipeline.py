@@ -161,23 +161,18 @@ def train_dataset(
       Dataset of (float32 [B, 28, 28, 1], int64 [B]).
     """
     images, labels = _shard(images, labels, context)
-    this_epoch = epoch_seed(seed, epoch, context.input_pipeline_id if context else 0)
+    shard_id = context.input_pipeline_id if context else 0
+    this_epoch = epoch_seed(seed, epoch, shard_id)
     # The shard stays in memory as two tensors and only indices flow through
     # the pipeline: a scalar per example through shuffle and batch, then one
     # gather per batch. It needs no cache and runs as fast as caching and
     # shuffling the images (benchmark record, input pipeline). tf.data's
     # shuffle order depends only on the seed and buffer size, so this is
     # exactly the order of shuffling the examples themselves.
-    alternating = augment.enabled and augment.flip and augment.flip_mode == "alternating"
-    flips = (
-        tf.constant(
-            alternating_flips(
-                len(labels), epoch_seed(seed, 0, 0 if context is None else context.input_pipeline_id), epoch
-            )
-        )
-        if alternating
-        else None
-    )
+    flips = None
+    if augment.enabled and augment.flip and augment.flip_mode == "alternating":
+        # The half mirrored in odd epochs is drawn once per run (epoch 0's seed).
+        flips = tf.constant(alternating_flips(len(labels), epoch_seed(seed, 0, shard_id), epoch))
     images = tf.constant(images)
     labels = tf.constant(labels.astype(np.int64))
     ds = tf.data.Dataset.range(len(labels))
