@@ -33,7 +33,14 @@ TECHNIQUES = {
     "frozen batch-norm scale (vs trained)": {"model": {"batch_norm_scale": True}},
     "alternating flip (vs random)": {"augment": {"flip_mode": "random"}},
 }
-QUICK = ["--max_train_examples=1024", "--validation_size=500", "--epochs=2", "--test_time_augmentation=none"]
+# Smoke-test sizes for `--quick`: they fit the tests' 640 synthetic training images.
+QUICK = [
+    "--max_train_examples=512",
+    "--validation_size=128",
+    "--global_batch_size=64",
+    "--epochs=2",
+    "--test_time_augmentation=none",
+]
 
 
 def _config_file(base: dict, changes: dict, directory: Path) -> Path:

@@ -26,7 +26,7 @@ def _tune_command(workdir: Path, data_dir: str, budget: int, quick: bool) -> lis
         f"--data_dir={data_dir}",
         "--tuner=random",
         "--max_epochs=1",
-        f"--max_train_examples={1024 if quick else 16384}",
+        *(["--max_train_examples=512", "--validation_size=128"] if quick else ["--max_train_examples=16384"]),
         f"--time_budget={budget}",
         "--search_space=filters,dropout,learning_rate",
     ]
