@@ -28,6 +28,7 @@ def _tune_command(workdir: Path, data_dir: str, budget: int, quick: bool) -> lis
         "--max_epochs=1",
         *(["--max_train_examples=512", "--validation_size=128"] if quick else ["--max_train_examples=16384"]),
         f"--time_budget={budget}",
+        "--max_trials=100000",  # The budget, not a trial cap, ends both searches.
         "--search_space=filters,dropout,learning_rate",
     ]
 
