@@ -71,6 +71,8 @@ class AverageViews(keras.layers.Layer):
 
 VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(_SHIFTS)}
 STEM = "block0_conv0"
+# Training images whose patches give the whitening stem its covariance (the first ones).
+WHITENING_SAMPLE = 5000
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -96,7 +98,7 @@ class PartialIdentity(keras.initializers.Initializer):
         return {"seed": self.seed}
 
 
-def whitening_kernel(images: np.ndarray, kernel_size: int, filters: int, max_images: int = 5000) -> np.ndarray:
+def whitening_kernel(images: np.ndarray, kernel_size: int, filters: int) -> np.ndarray:
     """Conv filters that whiten the images' kernel_size x kernel_size patches.
 
     The patch covariance's leading eigenvectors, each divided by the square
@@ -110,12 +112,11 @@ def whitening_kernel(images: np.ndarray, kernel_size: int, filters: int, max_ima
       kernel_size: the convolution's kernel size.
       filters: the convolution's filter count; min(k*k*C, filters // 2)
         eigenvectors are used, 2 filters each.
-      max_images: images sampled for the covariance (the first ones).
 
     Returns:
       float32 [k, k, C, 2m] kernel.
     """
-    images = np.asarray(images[:max_images], np.float64)
+    images = np.asarray(images, np.float64)
     channels = images.shape[-1]
     windows = np.lib.stride_tricks.sliding_window_view(images, (kernel_size, kernel_size), axis=(1, 2))
     # windows: [N, H', W', C, k, k] -> patches [P, k, k, C] flattened.

@@ -81,7 +81,7 @@ def build_state(
         if config.model.stem_init != "default":
             if train_images is None:
                 raise ValueError(f"model.stem_init={config.model.stem_init} needs the training images")
-            models.initialize_stem(model, config.model, ip.normalize(train_images[:5000]).numpy())
+            models.initialize_stem(model, config.model, ip.normalize(train_images[: models.WHITENING_SAMPLE]).numpy())
         optimizer = optimizer_lib.build_optimizer(config.train, steps_per_epoch, policy)
         # Build slots now so a restore fills them instead of deferring.
         optimizer.build(model.trainable_variables)
