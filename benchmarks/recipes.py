@@ -12,6 +12,7 @@ the end of each finished run.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,13 +83,19 @@ def train(config: dict, data_dir: str, quick: bool, *flags: str, changes: dict |
         *(QUICK if quick else []),
         *flags,
     ]
+    changed = [f"{key}={value}" for fields in (changes or {}).values() for key, value in fields.items()]
+    print(f"  training {' '.join([config['name'], *changed, *flags])} ...", end="", flush=True)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
+        print(flush=True)
         raise RuntimeError(f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    return {
+    run = {
         "history": json.loads((workdir / "history.json").read_text()),
         "metrics": json.loads((workdir / "metrics.json").read_text()),
     }
+    shutil.rmtree(directory)  # Checkpoints of every run would fill /tmp over a full benchmark.
+    print(f" {run['metrics']['train_seconds']:.0f} s, last val {run['history'][-1]['val_accuracy']:.2%}", flush=True)
+    return run
 
 
 def time_to(history: list[dict], target: float) -> tuple[int, float] | None:

@@ -49,6 +49,9 @@ def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = No
 
 def main(argv):
     del argv
+    from launch import common
+
+    common.start_tensorflow()  # Quietly: the console shows the comparisons, not TensorFlow's start-up.
     from benchmarks import throughput
     from pipeline import data as data_lib
 

@@ -9,6 +9,7 @@ The collectives are timed alone in a two-worker cluster by
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,7 @@ def two_workers_vs_one(data_dir: str, quick: bool) -> list[dict]:
         for name, command in setups.items():
             workdir = Path(tempfile.mkdtemp(prefix="fmnist-bench-"))
             rates[name].append(_epoch_rate(command(workdir), workdir, examples))
+            shutil.rmtree(workdir)
     base = statistics.median(rates["one process"])
     return [
         {"setup": name, "examples/s": statistics.median(r), "vs one process": statistics.median(r) / base}

@@ -8,6 +8,7 @@ recipe on 16,384 training images; the workers run under
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def trials_per_hour(data_dir: str, quick: bool) -> list[dict]:
     ):
         workdir = Path(tempfile.mkdtemp(prefix="fmnist-tune-rate-")) / "tune"
         trials = _trials([*launch, *_tune_command(workdir, data_dir, budget, quick)], workdir)
+        shutil.rmtree(workdir.parent)
         rows.append({"search": name, "budget (s)": budget, "trials": trials, "trials per hour": trials * 3600 / budget})
     for row in rows:
         row["vs one tuner"] = row["trials per hour"] / rows[0]["trials per hour"]
