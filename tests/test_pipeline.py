@@ -131,3 +131,13 @@ def test_index_shuffle_gives_the_order_of_shuffling_the_examples():
     for (images, labels), (want_images, want_labels) in zip(_first(ours, 8), _first(reference, 8), strict=True):
         np.testing.assert_array_equal(labels, want_labels)
         np.testing.assert_allclose(images[..., 0], want_images / 255.0, atol=1e-6)
+
+
+def test_datasets_run_without_tf_data_autotuning():
+    # Destroying an epoch's iterator waited for the autotuning thread (see
+    # `pipeline_options`); every training and evaluation dataset turns it off.
+    train = ip.train_dataset(IMAGES, LABELS, 32, 0, 1, STRONG)
+    evaluation = ip.eval_dataset(IMAGES, LABELS, 32, ip.eval_steps(len(LABELS), 32, 1))
+    for ds in (train, evaluation, train.take(3)):
+        assert ds.options().autotune.enabled is False
+    assert len(_first(train, 2)) == 2
