@@ -73,11 +73,12 @@ def two_workers_vs_one(data_dir: str, quick: bool) -> list[dict]:
         ),
     }
     rates: dict[str, list[float]] = {name: [] for name in setups}
-    for _ in range(1 if quick else 3):
+    for round_number in range(1, (1 if quick else 3) + 1):
         for name, command in setups.items():
             workdir = Path(tempfile.mkdtemp(prefix="fmnist-bench-"))
             rates[name].append(_epoch_rate(command(workdir), workdir, examples))
             shutil.rmtree(workdir)
+            print(f"  round {round_number}, {name}: {rates[name][-1]:,.0f} examples/s", flush=True)
     base = statistics.median(rates["one process"])
     return [
         {"setup": name, "examples/s": statistics.median(r), "vs one process": statistics.median(r) / base}

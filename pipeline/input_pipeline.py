@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 def pipeline_options() -> tf.data.Options:
     """Options of every training and evaluation dataset: tf.data's autotuning off.
 
-    Each epoch iterates a new dataset, and with autotuning on, destroying the
-    previous epoch's iterator waited for tf.data's autotuning thread: about
-    half the epochs stalled for seconds with the processor idle. The
-    pipeline runs many times faster than any model here consumes (benchmark
-    record, input pipeline), so it needs no tuning: without autotuning a
+    The pipeline runs many times faster than any model here consumes
+    (benchmark record, input pipeline), so it needs no tuning: without it a
     parallel map uses one call per core and prefetching grows its own buffer.
+    And each epoch iterates a new dataset: with autotuning on, destroying the
+    previous epoch's iterator waited for the autotuning thread, and about
+    half the epochs stalled for seconds with the processor idle.
     """
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import tensorflow as tf
 from conftest import run, smoke_train_command, subprocess_env
 
 from pipeline import config as config_lib
+from pipeline import train_lib
 from pipeline import workdir as workdir_lib
 from pipeline.train import train_and_evaluate
 
@@ -170,7 +173,7 @@ print(json.dumps(out))
 def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     """Trains `config` in `workdir` (resuming), optionally interrupted after an epoch or by `stop`."""
     from pipeline import data as data_lib
-    from pipeline import final_model, preemption, train_lib, train_state
+    from pipeline import final_model, preemption, train_state
     from pipeline import input_pipeline as ip
 
     class Interrupted(Exception):
@@ -296,3 +299,26 @@ def test_mixed_bfloat16_trains_and_exports(tiny_data_dir, tmp_path):
     probabilities = served(images=tf.constant(images))["probabilities"]
     assert probabilities.dtype == tf.float32
     np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-3)
+
+
+def test_an_epochs_iterator_is_released_off_the_training_thread():
+    # Destroying a tf.data iterator can wait seconds for tf.data's autotuning
+    # thread; `release_in_background` drops it on another thread.
+    released = threading.Event()
+    where = []
+
+    class Iterator:
+        def __del__(self):
+            where.append(threading.current_thread().name)
+            released.set()
+
+    holder = [Iterator()]
+    train_lib.release_in_background(holder)
+    assert released.wait(10) and where == ["release-iterator"]
+    dataset_iterator = [iter(tf.data.Dataset.range(3).prefetch(2))]
+    reference = weakref.ref(dataset_iterator[0])
+    train_lib.release_in_background(dataset_iterator)
+    deadline = time.time() + 10
+    while reference() is not None and time.time() < deadline:
+        time.sleep(0.01)
+    assert reference() is None
