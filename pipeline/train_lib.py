@@ -161,9 +161,11 @@ def release_in_background(holder: list) -> None:
     which took seconds with the processor idle. Our datasets turn autotuning
     off (`input_pipeline.pipeline_options`), but the per-device datasets
     that tf.distribute builds around them autotune regardless, so each
-    epoch's iterators are destroyed off the training thread.
+    epoch's iterators are destroyed off the training thread. The thread is
+    not a daemon: the interpreter waits for it at exit, since killing a
+    thread inside TensorFlow's destructor aborts the process.
     """
-    threading.Thread(target=holder.clear, name="release-iterator", daemon=True).start()
+    threading.Thread(target=holder.clear, name="release-iterator").start()
 
 
 def summarize(totals) -> dict[str, float]:
