@@ -116,7 +116,7 @@ class AugmentConfig:
 class TrainConfig:
     """Optimisation, schedule, precision and stopping."""
 
-    epochs: int = 33
+    epochs: int = 31
     global_batch_size: int = 512
     learning_rate: float = 0.4
     optimizer: Optimizer = "sgd"
