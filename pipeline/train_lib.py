@@ -155,7 +155,7 @@ def make_eval_steps(strategy, model):
 
 
 def release_in_background(holder: list) -> None:
-    """Drops the iterator in `holder` (its only reference) on a daemon thread.
+    """Drops the iterator in `holder` (its only reference) on another thread.
 
     Destroying a tf.data iterator waits for its autotuning thread to wake,
     which took seconds with the processor idle. Our datasets turn autotuning
