@@ -1,9 +1,10 @@
 """Times a two-worker step's parts alone; run on every worker by fmnist-launch (benchmarks/scaling.py does).
 
 Prints one JSON line: the reference model's gradient bytes and variable
-count, the gradient all-reduce packed (the strategy's options) and one
-collective per variable, and one worker's train step alone at its per-replica
-batch (default strategy, this worker's threads).
+count; the gradient all-reduce packed (the strategy's options) in float32,
+in the dtype training uses (`TrainConfig.all_reduce_dtype`), and as one
+float32 collective per variable; and one worker's train step alone at its
+per-replica batch (default strategy, this worker's threads).
 """
 
 from __future__ import annotations
@@ -46,10 +47,17 @@ def main(argv) -> None:
         model = models.build_model(config.model)
     grads = [tf.ones_like(v.value) for v in model.trainable_variables]
     unpacked = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=0)
+    policy = distribution.resolve_precision(config.train.precision)
+    dtype = distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, 2) or tf.float32
+    as_trained = [tf.cast(g, dtype) for g in grads]
 
     @tf.function
     def packed_all_reduce():
         return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", grads))
+
+    @tf.function
+    def all_reduce_as_trained():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", as_trained))
 
     @tf.function
     def per_variable_all_reduce():
@@ -57,6 +65,7 @@ def main(argv) -> None:
         return strategy.run(lambda: [context().all_reduce("sum", g, options=unpacked) for g in grads])
 
     packed = _timed(packed_all_reduce, FLAGS.repeats)
+    trained = _timed(all_reduce_as_trained, FLAGS.repeats)
     per_variable = _timed(per_variable_all_reduce, FLAGS.repeats)
     # One worker's compute: its share of the global batch, with the default strategy.
     per_worker = GLOBAL_BATCH // strategy.num_replicas_in_sync
@@ -72,6 +81,9 @@ def main(argv) -> None:
                 "gradient_bytes": sum(int(tf.size(g)) * 4 for g in grads),
                 "variables": len(grads),
                 "packed_ms": packed,
+                "all_reduce_dtype": dtype.name,
+                "all_reduce_bytes": sum(int(tf.size(g)) * dtype.size for g in grads),
+                "all_reduce_ms": trained,
                 "unpacked_ms": per_variable,
                 "compute_ms": compute,
             }

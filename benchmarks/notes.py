@@ -37,13 +37,16 @@ NOTES = {
     "two_workers_vs_one": (
         "The reference recipe (benchmarks/reference_default.json) at the same global batch of 128 on one process, "
         "and on two MultiWorkerMirroredStrategy workers sharing this machine's cores over 127.0.0.1 (each with its "
-        "share of the threads), with per-replica and with global batch-norm statistics. Each run's value is its "
-        "fastest steady-state epoch (validation included); each row is the median of alternating rounds."
+        "share of the threads): as `fmnist-launch` starts them by default (each worker pinned to its own cores, "
+        "per-replica batch-norm statistics, gradients summed in the recipe's `all_reduce_dtype`, bfloat16 under "
+        "mixed_bfloat16), then with one of those changed per row. Each run's value is its fastest steady-state "
+        "epoch (validation included); each row is the median of alternating rounds."
     ),
     "step_breakdown": (
         "Where a two-worker step's time goes. The compute is one worker's train step alone, at its batch of 64 with "
         "its share of the threads; the gradient all-reduce is timed alone in a two-worker cluster on tensors "
-        "shaped like the gradients, packed (as training does) and one collective per variable; the batch-norm "
+        "shaped like the gradients: packed in the dtype training uses, packed in float32, and one float32 "
+        "collective per variable; the batch-norm "
         "synchronisation is the step with global statistics minus the default step. The rest (input pipeline, "
         "dispatch, the once-per-call reduces, waiting for the slower worker) is what remains of the measured step."
     ),
@@ -76,7 +79,8 @@ NOTES = {
     ),
     "scaling_model": (
         "Predicted efficiency (compute time over compute plus communication) for N workers, each keeping a batch "
-        "of 64, from this machine's measured compute per step and the gradient bytes: a ring all-reduce over N "
+        "of 64, from this machine's measured compute per step and the gradient bytes in the dtype training "
+        "all-reduces them in: a ring all-reduce over N "
         "workers takes T = 2(N-1)/N x bytes / bandwidth + k x 2(N-1) x alpha, with k collectives per step (1 for "
         "the packed gradients, plus 2 once-per-call reduces spread over the call's steps) and alpha the stated "
         "per-message latency of each network. No overlap of communication with compute is assumed."

@@ -26,6 +26,8 @@ NETWORKS = {
     "100 Gb/s (RDMA)": (100e9, 5e-6),
 }
 WORKER_COUNTS = (2, 4, 8, 16, 64)
+DEFAULT_SETUP = "two workers as launched by default (pinned, gradients in the recipe's all-reduce dtype)"
+GLOBAL_STATISTICS_SETUP = "two workers, global batch-norm statistics"
 
 
 def _train_command(workdir: Path, data_dir: str, examples: int, *extra: str) -> list[str]:
@@ -46,8 +48,8 @@ def _train_command(workdir: Path, data_dir: str, examples: int, *extra: str) -> 
     ]
 
 
-def _launch(num_workers: int, command: list[str]) -> list[str]:
-    return [sys.executable, "-m", "launch.launch", f"--num_workers={num_workers}", "--", *command]
+def _launch(num_workers: int, command: list[str], *launch_flags: str) -> list[str]:
+    return [sys.executable, "-m", "launch.launch", f"--num_workers={num_workers}", *launch_flags, "--", *command]
 
 
 def _epoch_rate(command: list[str], workdir: Path, examples: int) -> float:
@@ -63,14 +65,13 @@ def two_workers_vs_one(data_dir: str, quick: bool) -> list[dict]:
     """Examples/s of one process and of two local workers, alternating rounds, medians."""
     examples = 2048 if quick else 16384
     examples -= examples % GLOBAL_BATCH
+    two = lambda w, *flags, launch=(): _launch(2, _train_command(w, data_dir, examples, *flags), *launch)  # noqa: E731
     setups = {
         "one process": lambda w: _train_command(w, data_dir, examples),
-        "two workers, per-replica batch statistics (default)": lambda w: _launch(
-            2, _train_command(w, data_dir, examples)
-        ),
-        "two workers, global batch statistics": lambda w: _launch(
-            2, _train_command(w, data_dir, examples, "--batch_norm_statistics=global")
-        ),
+        DEFAULT_SETUP: two,
+        "two workers, gradients summed in float32": lambda w: two(w, "--all_reduce_dtype=float32"),
+        "two workers, not pinned to cores": lambda w: two(w, launch=("--nopin_cores",)),
+        GLOBAL_STATISTICS_SETUP: lambda w: two(w, "--batch_norm_statistics=global"),
     }
     rates: dict[str, list[float]] = {name: [] for name in setups}
     for round_number in range(1, (1 if quick else 3) + 1):
@@ -105,15 +106,18 @@ def collective_costs(data_dir: str, quick: bool) -> dict:
 
 def step_breakdown(rows: list[dict], costs: dict) -> list[dict]:
     """Where a two-worker step's time goes, from the measured step and the collectives timed alone."""
-    step = 1e3 * GLOBAL_BATCH / rows[1]["examples/s"]
-    synced = 1e3 * GLOBAL_BATCH / rows[2]["examples/s"]
+    rate = {row["setup"]: row["examples/s"] for row in rows}
+    step = 1e3 * GLOBAL_BATCH / rate[DEFAULT_SETUP]
+    synced = 1e3 * GLOBAL_BATCH / rate[GLOBAL_STATISTICS_SETUP]
+    dtype, sent = costs["all_reduce_dtype"], costs["all_reduce_bytes"]
     parts = [
-        ("measured step, two workers (per-replica statistics)", step),
+        ("measured step, two workers as launched by default", step),
         ("compute: one worker's train step alone (batch 64, its share of the cores)", costs["compute_ms"]),
-        (f"gradient all-reduce, packed ({costs['gradient_bytes'] / 1e6:.2f} MB)", costs["packed_ms"]),
-        (f"gradient all-reduce, one collective per variable ({costs['variables']})", costs["unpacked_ms"]),
+        (f"gradient all-reduce as training runs it, packed, {dtype} ({sent / 1e6:.2f} MB)", costs["all_reduce_ms"]),
+        (f"gradient all-reduce, packed, float32 ({costs['gradient_bytes'] / 1e6:.2f} MB)", costs["packed_ms"]),
+        (f"gradient all-reduce, float32, one collective per variable ({costs['variables']})", costs["unpacked_ms"]),
         ("batch-norm synchronisation (global statistics: measured step minus default step)", synced - step),
-        ("the rest: input, dispatch, once-per-call reduces", step - costs["compute_ms"] - costs["packed_ms"]),
+        ("the rest: input, dispatch, once-per-call reduces", step - costs["compute_ms"] - costs["all_reduce_ms"]),
     ]
     return [{"part": name, "ms per step": value} for name, value in parts]
 
@@ -122,7 +126,8 @@ def scaling_table(costs: dict, steps_per_execution: int) -> list[dict]:
     """Predicted efficiency of N workers on real networks, from the measured compute and gradient bytes.
 
     Weak scaling: every worker keeps a batch of 64, so its compute per step
-    stays `compute_ms` and the global batch is 64 x N. A ring all-reduce of
+    stays `compute_ms` and the global batch is 64 x N. B is the gradient
+    bytes in the dtype training all-reduces them in. A ring all-reduce of
     B bytes over N workers sends 2(N-1)/N x B per worker and takes 2(N-1)
     latency-bound hops, for each of k collectives per step:
 
@@ -132,7 +137,7 @@ def scaling_table(costs: dict, steps_per_execution: int) -> list[dict]:
     k is 1 (the packed gradients) plus the statistics and batch-norm averaging
     reduces, once per compiled call of `steps_per_execution` steps.
     """
-    compute, data = costs["compute_ms"] / 1e3, costs["gradient_bytes"]
+    compute, data = costs["compute_ms"] / 1e3, costs["all_reduce_bytes"]
     k = 1 + 2 / steps_per_execution
     rows = []
     for name, (bits_per_second, alpha) in NETWORKS.items():

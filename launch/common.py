@@ -62,6 +62,12 @@ def define_config_flags() -> None:
         ["global", "per_replica"],
         "With several replicas: normalise with global-batch statistics, or each replica's own (default).",
     )
+    flags.DEFINE_enum(
+        "all_reduce_dtype",
+        None,
+        ["auto", "float32", "bfloat16"],
+        "With several replicas: the dtype gradients are summed in (auto: bfloat16 under mixed_bfloat16).",
+    )
     flags.DEFINE_integer(
         "checkpoint_every_steps",
         None,
@@ -123,6 +129,7 @@ def config_from_flags() -> config_lib.Config:
         "steps_per_execution",
         "checkpoint_every_steps",
         "batch_norm_statistics",
+        "all_reduce_dtype",
         "jit_compile",
     ):
         train.update(pick(name))
@@ -233,8 +240,12 @@ def start_tensorflow() -> None:
             tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.list_physical_devices()
     if intra or inter:
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         std_logging.getLogger("launch").info(
-            "threads: intra-op %s, inter-op %s", intra or "default", inter or "default"
+            "threads: intra-op %s, inter-op %s; cores %s",
+            intra or "default",
+            inter or "default",
+            ",".join(str(c) for c in cores) or "any",
         )
 
 

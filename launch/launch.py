@@ -17,6 +17,9 @@ from launch import common
 
 flags.DEFINE_integer("num_workers", None, "MultiWorkerMirroredStrategy workers (sets TF_CONFIG).", lower_bound=1)
 flags.DEFINE_integer("tuner_workers", None, "KerasTuner workers besides the oracle chief.", lower_bound=1)
+flags.DEFINE_boolean(
+    "pin_cores", True, "Run each worker on its own share of the cores (Linux); --nopin_cores lets them run anywhere."
+)
 FLAGS = flags.FLAGS
 
 
@@ -31,9 +34,9 @@ def main(argv: list[str]) -> None:
     if shutil.which(command[0]) is None:
         common.fail(f"command {command[0]!r} not found on PATH (is the project installed: pip install -e .?)", 2)
     if FLAGS.num_workers is not None:
-        tasks = local_cluster.tf_config_tasks(FLAGS.num_workers)
+        tasks = local_cluster.tf_config_tasks(FLAGS.num_workers, FLAGS.pin_cores)
     else:
-        tasks = local_cluster.tuner_tasks(FLAGS.tuner_workers)
+        tasks = local_cluster.tuner_tasks(FLAGS.tuner_workers, FLAGS.pin_cores)
     sys.exit(local_cluster.run_cluster(tasks, command))
 
 

@@ -1,7 +1,8 @@
 """Start N local processes as one TensorFlow (or KerasTuner) cluster on 127.0.0.1.
 
-Each process gets its own TF_CONFIG (or KERASTUNER_* variables) and free
-ports; its output is streamed with a `[worker i]` prefix. When one process
+Each process gets its own TF_CONFIG (or KERASTUNER_* variables), free
+ports, and its own share of the cores; its output is streamed with a
+`[worker i]` prefix. When one process
 fails, the others are stopped and the failure is named. SIGTERM and a first
 Ctrl-C are forwarded to every process, which checkpoint the same step and
 exit; a second Ctrl-C stops them at once.
@@ -24,10 +25,11 @@ GRACE_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Task:
-    """One process to start: its name for logs and its extra environment."""
+    """One process to start: its name for logs, its extra environment, and the cores it runs on (None: any)."""
 
     name: str
     env: dict[str, str]
+    cores: tuple[int, ...] | None = None
 
 
 def free_ports(count: int) -> list[int]:
@@ -48,11 +50,31 @@ def free_ports(count: int) -> list[int]:
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
+def _usable_cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def threads_per_process(num_processes: int, cores: int | None = None) -> int:
     """Each process's share of the cores this launcher may use (at least one)."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = len(_usable_cores())
     return max(1, cores // num_processes)
+
+
+def core_shares(num_processes: int, cores: list[int] | None = None) -> list[tuple[int, ...] | None]:
+    """Disjoint runs of `threads_per_process` consecutive cores, one per process.
+
+    `cores` defaults to the cores this launcher may use. With fewer cores than
+    processes, or where the OS cannot pin (`os.sched_setaffinity`), every
+    share is None: the processes run on any core.
+    """
+    cores = _usable_cores() if cores is None else sorted(cores)
+    if len(cores) < num_processes or not hasattr(os, "sched_setaffinity"):
+        return [None] * num_processes
+    size = len(cores) // num_processes
+    return [tuple(cores[i * size : (i + 1) * size]) for i in range(num_processes)]
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -60,9 +82,7 @@ def thread_env(threads: int) -> dict[str, str]:
 
     Each TensorFlow process otherwise sizes its intra-op, inter-op and
     oneDNN/OpenMP pools to every core of the machine, and processes sharing
-    a host fight over the same cores. The processes are not pinned to cores:
-    a worker waiting on a collective then leaves its core to the other's input
-    pipeline and RPC threads; pinned workers ran slower on a 2-core host.
+    a host fight over the same cores.
     """
     if any(name in os.environ for name in THREAD_VARIABLES):
         return {}
@@ -70,12 +90,17 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n}
 
 
-def tf_config_tasks(num_workers: int) -> list[Task]:
-    """One MultiWorkerMirroredStrategy worker per process, each with threads for its share of the cores.
+def tf_config_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
+    """One MultiWorkerMirroredStrategy worker per process, each on its share of the cores.
 
-    Worker 0 is the chief.
+    Worker 0 is the chief. With `pin_cores`, each worker runs on its own
+    cores (`core_shares`): every worker computes its share of each step and
+    then waits for the others in the gradient all-reduce, so a worker whose
+    threads migrate onto another's core delays every step of the job. The
+    benchmark record (comparison 6) measures pinned against unpinned workers.
     """
     workers = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+    shares = core_shares(num_workers) if pin_cores else [None] * num_workers
     return [
         Task(
             f"worker {i}",
@@ -83,23 +108,53 @@ def tf_config_tasks(num_workers: int) -> list[Task]:
                 "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}),
                 **thread_env(threads_per_process(num_workers)),
             },
+            shares[i],
         )
         for i in range(num_workers)
     ]
 
 
-def tuner_tasks(num_workers: int) -> list[Task]:
-    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker with threads for its share.
+def tuner_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
+    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores.
 
-    The chief only answers the workers' requests; it trains nothing.
+    The chief only answers the workers' requests; it trains nothing and runs on any core.
     """
     (port,) = free_ports(1)
     common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
     chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", **thread_env(1)})
     threads = thread_env(threads_per_process(num_workers))
+    shares = core_shares(num_workers) if pin_cores else [None] * num_workers
     return [chief] + [
-        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads}) for i in range(num_workers)
+        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads}, shares[i])
+        for i in range(num_workers)
     ]
+
+
+def _start(task: Task, command: list[str]) -> subprocess.Popen:
+    """Starts `command` for `task`, on the task's cores when it has them.
+
+    The launcher's own thread takes the task's cores while it starts the
+    process, which inherits them from its first instruction (and so does
+    every thread and process it starts); pinning an already running process
+    could miss threads it had started.
+    """
+    env = {**os.environ, **task.env, "PYTHONUNBUFFERED": "1"}
+    own = os.sched_getaffinity(0) if task.cores else None
+    if task.cores:
+        os.sched_setaffinity(0, task.cores)
+    try:
+        # Each task in its own session: a Ctrl-C in the terminal reaches the
+        # launcher only, which forwards it once to every task.
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        if own is not None:
+            os.sched_setaffinity(0, own)
+
+
+def _core_list(cores) -> str:
+    return ",".join(str(c) for c in sorted(cores))
 
 
 def _stream(name: str, pipe, lock: threading.Lock) -> None:
@@ -156,14 +211,10 @@ def run_cluster(tasks: list[Task], command: list[str]) -> int:
     previous = _forward_signals(processes)
     try:
         for task in tasks:
-            env = {**os.environ, **task.env, "PYTHONUNBUFFERED": "1"}
-            # Each task in its own session: a Ctrl-C in the terminal reaches the
-            # launcher only, which forwards it once to every task.
-            process = subprocess.Popen(
-                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            process = _start(task, command)
             processes[task.name] = process
-            print(f"launcher: started {task.name} (pid {process.pid})", flush=True)
+            where = f" on cores {_core_list(task.cores)}" if task.cores else ""
+            print(f"launcher: started {task.name} (pid {process.pid}){where}", flush=True)
             threads.append(threading.Thread(target=_stream, args=(task.name, process.stdout, lock), daemon=True))
             threads[-1].start()
         return _wait(processes)

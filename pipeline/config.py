@@ -23,6 +23,7 @@ FlipMode = Literal["random", "alternating"]
 StemInit = Literal["default", "whitening"]
 ConvInit = Literal["default", "identity"]
 TestTimeAugmentation = Literal["none", "flip", "flip_and_shift"]
+AllReduceDtype = Literal["auto", "float32", "bfloat16"]
 
 
 class ConfigError(ValueError):
@@ -143,6 +144,12 @@ class TrainConfig:
     # every replica and checkpoint holds the same ones). One replica: no
     # difference. The benchmark record compares the two.
     batch_norm_statistics: BatchNormStatistics = "per_replica"
+    # The dtype the replicas' gradients are summed in. "auto": bfloat16 when
+    # the precision is mixed_bfloat16, else float32. A mixed_bfloat16 model's
+    # gradients come out of bfloat16 arithmetic, so most of them are bfloat16
+    # values already; summing them in bfloat16 halves the bytes every step
+    # sends. One replica: nothing is all-reduced, no difference.
+    all_reduce_dtype: AllReduceDtype = "auto"
     # Also checkpoint inside an epoch every this many optimizer steps (long
     # epochs on preemptible machines); None checkpoints at epoch ends and on
     # SIGTERM only.
@@ -226,6 +233,7 @@ FIELDS_ADDED = {
     "model.conv_init": "default",
     "augment.flip_mode": "random",
     "train.momentum": 0.9,
+    "train.all_reduce_dtype": "float32",
 }
 
 

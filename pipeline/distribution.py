@@ -120,6 +120,19 @@ def communication_options(num_gpus: int, timeout_seconds: float | None = None):
     )
 
 
+def gradient_all_reduce_dtype(choice: str, policy: str, num_replicas: int) -> tf.DType | None:
+    """The dtype to cast gradients to before they are all-reduced; None leaves them as computed.
+
+    Args:
+      choice: `TrainConfig.all_reduce_dtype` ("auto", "float32" or "bfloat16").
+      policy: the model's resolved Keras dtype policy.
+      num_replicas: replicas in sync; with one nothing is all-reduced.
+    """
+    if choice == "auto":
+        choice = "bfloat16" if policy == "mixed_bfloat16" else "float32"
+    return tf.bfloat16 if choice == "bfloat16" and num_replicas > 1 else None
+
+
 def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:
     """(task_type, task_id) of this process, or (None, None) outside a cluster."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -126,13 +126,17 @@ def train_and_evaluate(
             len(dataset.test),
         )
         policy = distribution.resolve_precision(config.train.precision)
+        reduce_dtype = distribution.gradient_all_reduce_dtype(
+            config.train.all_reduce_dtype, policy, strategy.num_replicas_in_sync
+        )
         log.info(
-            "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d",
+            "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d%s",
             policy,
             distribution.strategy_name(strategy),
             strategy.num_replicas_in_sync,
             per_replica,
             config.train.global_batch_size,
+            f"; gradients summed in {reduce_dtype.name}" if reduce_dtype is not None else "",
         )
         out_dir = distribution.write_dir(workdir, strategy)
         try:

@@ -117,14 +117,18 @@ def _average_moving_statistics(strategy, model):
     return average
 
 
-def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig):
+def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig, policy: str = "float32"):
     """Returns `train_steps(iterator, n, totals)`: n optimiser steps, their statistics added to `totals`.
 
     Several steps per call amortise Python and dispatch overhead, which
     dominates small-batch CPU training. The result is [loss_sum, correct,
     count] summed over replicas and steps (running training averages, shown in
-    the progress bar only).
+    the progress bar only). `policy` is the model's dtype policy, which with
+    `config.all_reduce_dtype` decides the dtype gradients are summed in.
     """
+    reduce_dtype = distribution.gradient_all_reduce_dtype(
+        config.all_reduce_dtype, policy, strategy.num_replicas_in_sync
+    )
 
     def train_step(images, labels):
         with tf.GradientTape() as tape:
@@ -134,6 +138,10 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig)
             loss = tf.reduce_sum(per_example) / config.global_batch_size
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
+        if reduce_dtype is not None:
+            # The optimiser all-reduces the gradients in the dtype it is given
+            # and casts each to its variable's dtype before the update.
+            grads = [tf.cast(g, reduce_dtype) for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
         return _statistics(labels, logits, per_example, tf.ones_like(per_example))
 
@@ -292,7 +300,7 @@ def fit(
       The full per-epoch history, earlier invocations' epochs included.
     """
     steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-    train_steps = make_train_steps(strategy, state.model, state.optimizer, config.train)
+    train_steps = make_train_steps(strategy, state.model, state.optimizer, config.train, state.policy)
     eval_steps = make_eval_steps(strategy, models.single_view(state.model))
     train_fn, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}

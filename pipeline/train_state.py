@@ -45,6 +45,7 @@ class TrainState:
     epoch_seconds: tf.Variable
     manager: tf.train.CheckpointManager
     best_manager: tf.train.CheckpointManager
+    policy: str = "float32"  # The model's Keras dtype policy.
 
     def core(self) -> tf.train.Checkpoint:
         """The checkpoint's fields that every checkpoint has had."""
@@ -93,7 +94,7 @@ def build_state(
             epoch_totals=tf.Variable(tf.zeros([3], tf.float64), trainable=False, name="epoch_totals"),
             epoch_seconds=tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_seconds"),
         )
-    state = TrainState(model, optimizer, **counters, manager=None, best_manager=None)
+    state = TrainState(model, optimizer, **counters, manager=None, best_manager=None, policy=policy)
     # The model is tracked single-view (as in `final_model.weights_checkpoint`),
     # so the test-time views can change after training.
     checkpoint = state.core()

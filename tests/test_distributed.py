@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -65,6 +66,9 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     # Each worker runs on its own share of the cores, with thread pools to match.
     threads = dict(re.findall(r"\[(worker \d)\] threads: (intra-op \d+, inter-op \d+)", done.stdout))
     assert threads == {"worker 0": "intra-op 1, inter-op 1", "worker 1": "intra-op 1, inter-op 1"}
+    cores = dict(re.findall(r"\[(worker \d)\] threads: .*; cores ([\d,]+)", done.stdout))
+    if len(os.sched_getaffinity(0)) >= 2:  # Each worker reads its own cores, none shared.
+        assert len(cores) == 2 and not set(cores["worker 0"].split(",")) & set(cores["worker 1"].split(",")), cores
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["workers"] == 2 and metrics["epochs_completed"] == 2
     assert metrics["strategy"] == "multi_worker"
@@ -96,8 +100,6 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
         # Checkpoints are numbered by optimizer step: 4 steps per epoch here.
         if (latest and int(latest.rsplit("-", 1)[1]) >= 3 * 4) or time.time() > deadline:
             break
-    import os
-
     os.kill(pids["worker 1"], signal.SIGKILL)
     rest, _ = launcher.communicate(timeout=120)
     output = "".join(lines) + rest
@@ -220,6 +222,34 @@ def test_each_local_worker_gets_its_share_of_the_cores_unless_threads_are_set(mo
     assert env == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2"}
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # The user's own setting wins.
     assert local_cluster.thread_env(2) == {}
+
+
+def test_each_local_worker_is_pinned_to_its_own_cores():
+    from launch import local_cluster
+
+    assert local_cluster.core_shares(2, cores=[0, 1]) == [(0,), (1,)]
+    assert local_cluster.core_shares(2, cores=[4, 0, 1, 2, 3]) == [(0, 1), (2, 3)]  # Sorted; one core left over.
+    assert local_cluster.core_shares(3, cores=[0, 1]) == [None] * 3  # Too few cores: no pinning.
+    unpinned = local_cluster.tf_config_tasks(2, pin_cores=False) + local_cluster.tuner_tasks(2, pin_cores=False)
+    assert all(task.cores is None for task in unpinned)
+    tuners = local_cluster.tuner_tasks(2)
+    assert tuners[0].cores is None  # The oracle chief trains nothing.
+
+
+CORES_SCRIPT = "import os, json; print(json.dumps(sorted(os.sched_getaffinity(0))))"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores")
+def test_launched_processes_run_on_their_share_of_the_cores(tmp_path):
+    env, _ = _env(tmp_path)
+    done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", CORES_SCRIPT], timeout=120, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    cores = dict(re.findall(r"\[(worker \d)\] (\[.*\])", done.stdout))
+    shares = [json.loads(cores[f"worker {i}"]) for i in range(2)]
+    assert shares[0] and shares[1] and not set(shares[0]) & set(shares[1]), shares
+    unpinned = run([*LAUNCH, "--num_workers=2", "--nopin_cores", "--", sys.executable, "-c", CORES_SCRIPT], 120, env)
+    everything = sorted(os.sched_getaffinity(0))
+    assert re.findall(r"\[worker \d\] (\[.*\])", unpinned.stdout) == [json.dumps(everything)] * 2
 
 
 def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():

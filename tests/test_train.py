@@ -322,3 +322,52 @@ def test_an_epochs_iterator_is_released_off_the_training_thread():
     while reference() is not None and time.time() < deadline:
         time.sleep(0.01)
     assert reference() is None
+
+
+def test_gradients_are_summed_in_bfloat16_only_where_asked_and_with_several_replicas():
+    from pipeline import distribution
+
+    assert distribution.gradient_all_reduce_dtype("auto", "mixed_bfloat16", 2) == tf.bfloat16
+    assert distribution.gradient_all_reduce_dtype("auto", "float32", 2) is None
+    assert distribution.gradient_all_reduce_dtype("auto", "mixed_float16", 8) is None  # Loss-scaled: float32.
+    assert distribution.gradient_all_reduce_dtype("bfloat16", "float32", 2) == tf.bfloat16
+    assert distribution.gradient_all_reduce_dtype("bfloat16", "mixed_bfloat16", 1) is None  # Nothing to sum.
+    assert distribution.gradient_all_reduce_dtype("float32", "mixed_bfloat16", 2) is None
+
+
+def test_a_bfloat16_all_reduce_keeps_replicas_identical_and_close_to_float32(tiny_data_dir, tmp_path):
+    script = f"""
+import dataclasses, json
+from pathlib import Path
+from pipeline import distribution
+distribution.use_logical_cpus(2)
+import numpy as np
+import tensorflow as tf
+from pipeline import config as C, data as data_lib, input_pipeline as ip, train_lib, train_state
+base = C.preset("smoke")
+weights = {{}}
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # One: a second would reuse collective keys.
+for dtype in ("float32", "bfloat16"):
+    config = base.replace(
+        data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64),
+        train=dataclasses.replace(base.train, all_reduce_dtype=dtype))
+    dataset = data_lib.load(config.data)
+    steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
+    state = train_state.build_state(config, strategy, "float32", steps, Path({str(tmp_path)!r}) / dtype,
+                                    dataset.train.images)
+    train_fn, _ = ip.distributed_datasets(config, strategy, dataset)
+    train_steps = train_lib.make_train_steps(strategy, state.model, state.optimizer, config.train, state.policy)
+    train_steps(iter(train_fn(1, 0)), tf.constant(4), tf.zeros([3], tf.float64))
+    replicas = [[v.value.values[i].numpy() for v in state.model.trainable_variables] for i in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(*replicas))
+    weights[dtype] = replicas[0]
+differences = [float(np.max(np.abs(a - b))) for a, b in zip(weights["float32"], weights["bfloat16"])]
+print(json.dumps({{"max": max(differences)}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    difference = json.loads(done.stdout.strip().splitlines()[-1])["max"]
+    # Float32 gradients rounded to bfloat16 (8 bits of mantissa): the weights move a little differently.
+    assert 0 < difference < 1e-2, difference
