@@ -38,8 +38,9 @@ NOTES = {
         "The reference recipe (benchmarks/reference_default.json) at the same global batch of 128 on one process, "
         "and on two MultiWorkerMirroredStrategy workers sharing this machine's cores over 127.0.0.1 (each with its "
         "share of the threads): as `fmnist-launch` starts them by default (each worker pinned to its own cores, "
-        "per-replica batch-norm statistics, gradients summed in the recipe's `all_reduce_dtype`, bfloat16 under "
-        "mixed_bfloat16), then with one of those changed per row. Each run's value is its fastest steady-state "
+        "feeding its one replica from its own tf.data iterator, per-replica batch-norm statistics, gradients summed "
+        "in the recipe's `all_reduce_dtype`, bfloat16 under mixed_bfloat16), then with one of those changed per "
+        "row. Each run's value is its fastest steady-state "
         "epoch (validation included); each row is the median of alternating rounds."
     ),
     "step_breakdown": (

@@ -26,7 +26,7 @@ NETWORKS = {
     "100 Gb/s (RDMA)": (100e9, 5e-6),
 }
 WORKER_COUNTS = (2, 4, 8, 16, 64)
-DEFAULT_SETUP = "two workers as launched by default (pinned, gradients in the recipe's all-reduce dtype)"
+DEFAULT_SETUP = "two workers as launched by default (pinned, own input, gradients in the recipe's all-reduce dtype)"
 GLOBAL_STATISTICS_SETUP = "two workers, global batch-norm statistics"
 
 
@@ -71,6 +71,7 @@ def two_workers_vs_one(data_dir: str, quick: bool) -> list[dict]:
         DEFAULT_SETUP: two,
         "two workers, gradients summed in float32": lambda w: two(w, "--all_reduce_dtype=float32"),
         "two workers, not pinned to cores": lambda w: two(w, launch=("--nopin_cores",)),
+        "two workers, input through tf.distribute's iterator": lambda w: two(w, "--input_distribution=tf_distribute"),
         GLOBAL_STATISTICS_SETUP: lambda w: two(w, "--batch_norm_statistics=global"),
     }
     rates: dict[str, list[float]] = {name: [] for name in setups}

@@ -68,6 +68,12 @@ def define_config_flags() -> None:
         ["auto", "float32", "bfloat16"],
         "With several replicas: the dtype gradients are summed in (auto: bfloat16 under mixed_bfloat16).",
     )
+    flags.DEFINE_enum(
+        "input_distribution",
+        None,
+        ["auto", "tf_distribute"],
+        "Multi-worker input: auto feeds a worker's one CPU replica from its own iterator; tf_distribute never does.",
+    )
     flags.DEFINE_integer(
         "checkpoint_every_steps",
         None,
@@ -130,6 +136,7 @@ def config_from_flags() -> config_lib.Config:
         "checkpoint_every_steps",
         "batch_norm_statistics",
         "all_reduce_dtype",
+        "input_distribution",
         "jit_compile",
     ):
         train.update(pick(name))

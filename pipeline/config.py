@@ -24,6 +24,7 @@ StemInit = Literal["default", "whitening"]
 ConvInit = Literal["default", "identity"]
 TestTimeAugmentation = Literal["none", "flip", "flip_and_shift"]
 AllReduceDtype = Literal["auto", "float32", "bfloat16"]
+InputDistribution = Literal["auto", "tf_distribute"]
 
 
 class ConfigError(ValueError):
@@ -150,6 +151,12 @@ class TrainConfig:
     # values already; summing them in bfloat16 halves the bytes every step
     # sends. One replica: nothing is all-reduced, no difference.
     all_reduce_dtype: AllReduceDtype = "auto"
+    # How a multi-worker process's batches reach its replicas. "auto": a
+    # worker whose only replica is its CPU feeds it from its own tf.data
+    # iterator; every other case goes through tf.distribute's distributed
+    # dataset. "tf_distribute": always through tf.distribute. The batches
+    # and their order are the same either way.
+    input_distribution: InputDistribution = "auto"
     # Also checkpoint inside an epoch every this many optimizer steps (long
     # epochs on preemptible machines); None checkpoints at epoch ends and on
     # SIGTERM only.
@@ -234,6 +241,7 @@ FIELDS_ADDED = {
     "augment.flip_mode": "random",
     "train.momentum": 0.9,
     "train.all_reduce_dtype": "float32",
+    "train.input_distribution": "tf_distribute",
 }
 
 

@@ -149,6 +149,29 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return len(spec.get("chief", [])) + len(spec.get("worker", []))
 
 
+def direct_input_context(strategy: tf.distribute.Strategy) -> tf.distribute.InputContext | None:
+    """This worker's `InputContext` when its only replica is its CPU in a multi-worker job, else None.
+
+    Such a worker can feed its replica from its own dataset: tf.distribute
+    would wrap that dataset in a MultiDeviceIterator (one per worker, even for
+    a single device), whose per-element function calls and threads compete
+    with the step for the worker's cores (benchmark record, comparison 6).
+    With GPUs the iterator also prefetches onto the device, so it stays.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    devices = strategy.extended.worker_devices
+    if len(devices) != 1 or tf.DeviceSpec.from_string(devices[0]).device_type != "CPU":
+        return None
+    task_type, task_id = task(strategy)
+    if task_type is None:
+        return None
+    # TensorFlow's numbering of input pipelines: the chief first, then the workers.
+    chiefs = len(strategy.cluster_resolver.cluster_spec().as_dict().get("chief", []))
+    index = 0 if task_type == "chief" else task_id + chiefs
+    return tf.distribute.InputContext(num_workers(strategy), index, strategy.num_replicas_in_sync)
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """The --strategy value that builds a strategy like this one."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -277,12 +277,17 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
     train = dataset.train
     # Batch-per-replica is what distribute_datasets_from_function expects.
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    direct = distribution.direct_input_context(strategy) if config.train.input_distribution == "auto" else None
+
+    def distribute(dataset_fn):
+        # The same function and input context either way, so the same batches.
+        return dataset_fn(direct) if direct else strategy.distribute_datasets_from_function(dataset_fn, options)
 
     # Each step takes one batch per replica from its worker's pipeline.
     replicas_per_pipeline = replicas // distribution.num_workers(strategy)
 
     def train_fn(epoch: int, start_step: int = 0):
-        return strategy.distribute_datasets_from_function(
+        return distribute(
             lambda ctx: train_dataset(
                 train.images,
                 train.labels,
@@ -292,16 +297,14 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
                 config.augment,
                 ctx,
                 start_batch=start_step * replicas_per_pipeline,
-            ),
-            options,
+            )
         )
 
     def eval_fn(split: data_lib.Split):
         pipelines = distribution.num_workers(strategy)
         num_steps = eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
-        ds = strategy.distribute_datasets_from_function(
-            lambda ctx: eval_dataset(split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx),
-            options,
+        ds = distribute(
+            lambda ctx: eval_dataset(split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx)
         )
         return ds, num_steps
 

@@ -112,6 +112,7 @@ RESUMABLE_CHANGES = (
     "train.steps_per_execution",
     "train.jit_compile",
     "train.checkpoint_every_steps",
+    "train.input_distribution",  # The same batches in the same order.
     "model.test_time_augmentation",  # Checkpoints hold the single-view network.
     "model.batch_norm_kernel",  # The same weights and semantics, another kernel.
     "model.relu_after_pooling",  # The same outputs, another order.

@@ -73,6 +73,16 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
     assert metrics["workers"] == 2 and metrics["epochs_completed"] == 2
     assert metrics["strategy"] == "multi_worker"
     assert list(scratch.iterdir()) == [], "non-chief temporary directories must be removed"
+    # Each worker feeds its replica from its own iterator: the same batches as through tf.distribute's.
+    through_tf_distribute = [
+        *LAUNCH,
+        "--num_workers=2",
+        "--",
+        *_train(tmp_path / "tf_distribute", tiny_data_dir, "--epochs=2", "--input_distribution=tf_distribute"),
+    ]
+    again = run(through_tf_distribute, timeout=600, env=env)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert _chief_fingerprint(again.stdout) == prints[0][1]
 
 
 @pytest.mark.slow
@@ -194,6 +204,12 @@ def test_launcher_names_a_failing_worker(tmp_path):
 
 def test_chief_rule():
     assert distribution.is_chief(tf.distribute.get_strategy())
+
+
+def test_only_a_multi_worker_process_with_one_cpu_replica_feeds_it_directly():
+    # One process: its datasets go through the strategy (a no-op for the default one).
+    assert distribution.direct_input_context(tf.distribute.get_strategy()) is None
+    assert distribution.direct_input_context(tf.distribute.MirroredStrategy(["/cpu:0"])) is None
 
 
 def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_ports():
