@@ -41,7 +41,7 @@ def main(argv) -> None:
     from pipeline import data as data_lib
     from pipeline import distribution, models
 
-    strategy = distribution.make_strategy("multi_worker", collective_timeout_seconds=120.0)
+    strategy = distribution.make_strategy("multi_worker")
     config = config_lib.load_file(REFERENCE)
     with strategy.scope():
         model = models.build_model(config.model)

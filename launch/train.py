@@ -27,9 +27,6 @@ flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0
 flags.DEFINE_integer(
     "logical_cpus", None, "Split the CPU into N logical devices (try mirrored without GPUs).", lower_bound=1
 )
-flags.DEFINE_float(
-    "collective_timeout", 120.0, "Multi-worker: seconds to wait for a peer before failing.", lower_bound=1.0
-)
 flags.DEFINE_boolean("export", True, "Export the final model for TF Serving (chief only).")
 flags.DEFINE_string("export_base", None, "Export base directory (default WORKDIR/export).")
 flags.DEFINE_boolean("report", True, "Write WORKDIR/report/ (plots and tables) at the end.")
@@ -61,7 +58,7 @@ def main(argv: list[str]) -> None:
     from pipeline.train import train_and_evaluate
 
     try:
-        strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices, FLAGS.collective_timeout)
+        strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices)
         with StopSignal() as stop:
             metrics = train_and_evaluate(
                 config,

@@ -73,9 +73,7 @@ def _cluster_resolver():
     return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
-def make_strategy(
-    kind: StrategyKind, devices: list[str] | None = None, collective_timeout_seconds: float | None = None
-) -> tf.distribute.Strategy:
+def make_strategy(kind: StrategyKind, devices: list[str] | None = None) -> tf.distribute.Strategy:
     """Creates the strategy named by `kind`.
 
     Args:
@@ -85,8 +83,6 @@ def make_strategy(
         GPUs, or the CPU, when None); `multi_worker` reads the cluster from
         TF_CONFIG or Slurm.
       devices: device names for `mirrored`.
-      collective_timeout_seconds: for `multi_worker`, how long a collective may
-        wait for a peer before the job fails instead of hanging.
     """
     # Physical, not logical, devices: listing logical ones initialises the
     # runtime, after which collective ops can no longer be configured.
@@ -98,7 +94,7 @@ def make_strategy(
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=devices or None)
     if kind == "multi_worker":
-        options = communication_options(len(gpus), collective_timeout_seconds)
+        options = communication_options(len(gpus))
         return tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=_cluster_resolver(), communication_options=options
         )
@@ -110,12 +106,20 @@ def make_strategy(
 BYTES_PER_PACK = 32 * 1024 * 1024
 
 
-def communication_options(num_gpus: int, timeout_seconds: float | None = None):
-    """Collective settings across workers: packed tensors, NCCL between GPUs, RING (gRPC) between CPUs."""
+def communication_options(num_gpus: int):
+    """Collective settings across workers: packed tensors, NCCL between GPUs, RING (gRPC) between CPUs.
+
+    No timeout: TensorFlow enforces a collective's timeout with a thread that
+    sleeps for the whole timeout, one per collective, so a timeout on the
+    per-step all-reduce keeps steps-per-second x timeout threads alive, until
+    a worker can start no more threads and aborts. A dead or hung peer is
+    detected by TensorFlow's coordination service instead: it stops sending
+    heartbeats, the service aborts the collectives, and the workers fail with
+    `lost contact with a peer worker` (tests/test_distributed.py).
+    """
     implementation = tf.distribute.experimental.CommunicationImplementation
     return tf.distribute.experimental.CommunicationOptions(
         bytes_per_pack=BYTES_PER_PACK,
-        timeout_seconds=timeout_seconds,
         implementation=implementation.NCCL if num_gpus else implementation.RING,
     )
 

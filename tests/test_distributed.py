@@ -131,6 +131,38 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
 
 
 @pytest.mark.slow
+def test_a_worker_whose_peer_dies_fails_with_a_message_without_any_launcher(tiny_data_dir, tmp_path):
+    env, _ = _env(tmp_path)
+    workers = [f"127.0.0.1:{port}" for port in local_cluster_ports(2)]
+    processes = []
+    for index in range(2):
+        spec = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        command = _train(tmp_path / "run", tiny_data_dir, "--epochs=200", "--max_train_examples=256")
+        processes.append(
+            subprocess.Popen(
+                command,
+                env=dict(env, TF_CONFIG=json.dumps(spec)),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    survivor, victim = processes
+    lines = []
+    for line in survivor.stdout:  # Wait until training runs.
+        lines.append(line)
+        if "epoch 2:" in line:
+            break
+    victim.kill()
+    victim.wait()
+    rest, _ = survivor.communicate(timeout=120)  # The coordination service notices within seconds.
+    output = "".join(lines) + rest
+    assert survivor.returncode != 0
+    assert "lost contact with a peer worker" in output, output[-3000:]
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is_exact(long_data_dir, tmp_path):
     env, _ = _env(tmp_path)
 
@@ -159,6 +191,12 @@ def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is
     straight = run(two_workers(tmp_path / "straight"), timeout=600, env=env)
     assert straight.returncode == 0, straight.stdout[-3000:]
     assert _chief_fingerprint(resumed.stdout) == _chief_fingerprint(straight.stdout)
+
+
+def local_cluster_ports(count: int) -> list[int]:
+    from launch import local_cluster
+
+    return local_cluster.free_ports(count)
 
 
 def _chief_fingerprint(output: str) -> str:
@@ -270,10 +308,11 @@ def test_launched_processes_run_on_their_share_of_the_cores(tmp_path):
 
 def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
     implementation = tf.distribute.experimental.CommunicationImplementation
-    cpu, gpu = distribution.communication_options(0, 60.0), distribution.communication_options(2)
+    cpu, gpu = distribution.communication_options(0), distribution.communication_options(2)
     assert cpu.implementation == implementation.RING and gpu.implementation == implementation.NCCL
     assert cpu.bytes_per_pack == gpu.bytes_per_pack == distribution.BYTES_PER_PACK > 0
-    assert cpu.timeout_seconds == 60.0
+    # No timeout: TensorFlow would keep a sleeping thread per collective for the whole timeout.
+    assert cpu.timeout_seconds is None and gpu.timeout_seconds is None
 
 
 PACKING_SCRIPT = """
@@ -282,7 +321,7 @@ import numpy as np
 import tensorflow as tf
 from pipeline import distribution
 
-strategy = distribution.make_strategy("multi_worker", collective_timeout_seconds=60.0)
+strategy = distribution.make_strategy("multi_worker")
 rng = np.random.default_rng(strategy.cluster_resolver.task_id)
 tensors = [tf.constant(rng.normal(size=shape), tf.float32) for shape in ((3, 3, 1, 32), (32,), (1152, 256), (10,))]
 unpacked = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=0)
