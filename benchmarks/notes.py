@@ -76,7 +76,7 @@ NOTES = {
     "tuning_rate": (
         "A random search of one-epoch trials of the reference recipe on 16,384 training images, first by one tuner "
         "with the whole machine, then by a chief and two tuner workers under `fmnist-launch --tuner_workers=2` "
-        "(each worker with its share of the cores), each for the same wall-clock budget (`--time_budget`)."
+        "(each worker pinned to its share of the cores), each for the same wall-clock budget (`--time_budget`)."
     ),
     "scaling_model": (
         "Predicted efficiency (compute time over compute plus communication) for N workers, each keeping a batch "
