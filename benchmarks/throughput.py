@@ -22,7 +22,7 @@ def our_trainer(config: config_lib.Config, images, labels, num_steps: int):
     policy = distribution.resolve_precision(config.train.precision)
     model = models.build_model(config.model, dtype=policy)
     optimizer = optimizer_lib.build_optimizer(config.train, num_steps, policy)
-    train_steps = train_lib.make_train_steps(strategy, model, optimizer, config.train)
+    train_steps = train_lib.make_train_steps(strategy, model, optimizer, config.train, policy)
     batch = config.train.global_batch_size
     iterator = iter(ip.train_dataset(images, labels, batch, 0, 0, config.augment))
     chunk = config.train.steps_per_execution

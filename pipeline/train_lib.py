@@ -117,7 +117,7 @@ def _average_moving_statistics(strategy, model):
     return average
 
 
-def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig, policy: str = "float32"):
+def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig, policy: str):
     """Returns `train_steps(iterator, n, totals)`: n optimiser steps, their statistics added to `totals`.
 
     Several steps per call amortise Python and dispatch overhead, which

@@ -132,8 +132,10 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
 
 @pytest.mark.slow
 def test_a_worker_whose_peer_dies_fails_with_a_message_without_any_launcher(tiny_data_dir, tmp_path):
+    from launch import local_cluster
+
     env, _ = _env(tmp_path)
-    workers = [f"127.0.0.1:{port}" for port in local_cluster_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in local_cluster.free_ports(2)]
     processes = []
     for index in range(2):
         spec = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -191,12 +193,6 @@ def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is
     straight = run(two_workers(tmp_path / "straight"), timeout=600, env=env)
     assert straight.returncode == 0, straight.stdout[-3000:]
     assert _chief_fingerprint(resumed.stdout) == _chief_fingerprint(straight.stdout)
-
-
-def local_cluster_ports(count: int) -> list[int]:
-    from launch import local_cluster
-
-    return local_cluster.free_ports(count)
 
 
 def _chief_fingerprint(output: str) -> str:
