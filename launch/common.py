@@ -234,7 +234,19 @@ def _thread_settings() -> tuple[int | None, int | None]:
 
 
 def start_tensorflow() -> None:
-    """Applies the thread settings, imports TensorFlow and probes its devices quietly."""
+    """Picks this process's GPUs, applies the thread settings, imports TensorFlow and probes its devices quietly.
+
+    In a Slurm job step each task keeps only its share of the node's GPUs:
+    TensorFlow reads CUDA_VISIBLE_DEVICES once, when it initialises its devices.
+    """
+    from pipeline import cluster_env
+
+    try:
+        gpus = cluster_env.assign_slurm_gpus()
+    except cluster_env.ClusterError as e:
+        fail(str(e))
+    if gpus:
+        std_logging.getLogger("launch").info("GPUs of this task: %s", ",".join(gpus))
     intra, inter = _thread_settings()
     if intra:
         os.environ.setdefault("OMP_NUM_THREADS", str(intra))  # oneDNN's pool, read when TensorFlow loads.

@@ -20,6 +20,12 @@ flags.DEFINE_integer("tuner_workers", None, "KerasTuner workers besides the orac
 flags.DEFINE_boolean(
     "pin_cores", True, "Run each worker on its own share of the cores (Linux); --nopin_cores lets them run anywhere."
 )
+flags.DEFINE_list(
+    "gpus",
+    None,
+    "GPU ids to share out, each process its own consecutive share (CUDA_VISIBLE_DEVICES); "
+    "default: CUDA_VISIBLE_DEVICES, else every GPU the NVIDIA driver lists. --gpus= uses none.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -33,10 +39,16 @@ def main(argv: list[str]) -> None:
         common.fail("give exactly one of --num_workers or --tuner_workers", 2)
     if shutil.which(command[0]) is None:
         common.fail(f"command {command[0]!r} not found on PATH (is the project installed: pip install -e .?)", 2)
-    if FLAGS.num_workers is not None:
-        tasks = local_cluster.tf_config_tasks(FLAGS.num_workers, FLAGS.pin_cores)
-    else:
-        tasks = local_cluster.tuner_tasks(FLAGS.tuner_workers, FLAGS.pin_cores)
+    from pipeline import cluster_env
+
+    gpus = cluster_env.visible_gpus() if FLAGS.gpus is None else FLAGS.gpus
+    try:
+        if FLAGS.num_workers is not None:
+            tasks = local_cluster.tf_config_tasks(FLAGS.num_workers, FLAGS.pin_cores, gpus)
+        else:
+            tasks = local_cluster.tuner_tasks(FLAGS.tuner_workers, FLAGS.pin_cores, gpus)
+    except cluster_env.ClusterError as e:
+        common.fail(str(e), 2)
     sys.exit(local_cluster.run_cluster(tasks, command))
 
 

@@ -20,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pipeline import cluster_env
+
 GRACE_SECONDS = 10.0
 
 
@@ -90,8 +92,17 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n}
 
 
-def tf_config_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
-    """One MultiWorkerMirroredStrategy worker per process, each on its share of the cores.
+def gpu_env(gpus: list[str], index: int, count: int) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES of process `index` of `count`: its own share of `gpus` (nothing without GPUs).
+
+    Without it every process would see, and allocate memory on, every GPU.
+    """
+    share = cluster_env.gpu_share(gpus, index, count)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(share)} if share else {}
+
+
+def tf_config_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) -> list[Task]:
+    """One MultiWorkerMirroredStrategy worker per process, each on its share of the cores and of `gpus`.
 
     Worker 0 is the chief. With `pin_cores`, each worker runs on its own
     cores (`core_shares`): every worker computes its share of each step and
@@ -107,6 +118,7 @@ def tf_config_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
             {
                 "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}),
                 **thread_env(threads_per_process(num_workers)),
+                **gpu_env(list(gpus), i, num_workers),
             },
             shares[i],
         )
@@ -114,8 +126,8 @@ def tf_config_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
     ]
 
 
-def tuner_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
-    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores.
+def tuner_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) -> list[Task]:
+    """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores and GPUs.
 
     The chief only answers the workers' requests; it trains nothing and runs on any core.
     """
@@ -125,7 +137,11 @@ def tuner_tasks(num_workers: int, pin_cores: bool = True) -> list[Task]:
     threads = thread_env(threads_per_process(num_workers))
     shares = core_shares(num_workers) if pin_cores else [None] * num_workers
     return [chief] + [
-        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads}, shares[i])
+        Task(
+            f"tuner{i}",
+            {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads, **gpu_env(list(gpus), i, num_workers)},
+            shares[i],
+        )
         for i in range(num_workers)
     ]
 

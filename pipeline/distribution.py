@@ -17,12 +17,11 @@ from typing import Literal
 
 import tensorflow as tf
 
+from pipeline import cluster_env
+from pipeline.cluster_env import ClusterError
+
 StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
 log = logging.getLogger(__name__)
-
-
-class ClusterError(ValueError):
-    """The cluster description (TF_CONFIG or Slurm) is unusable."""
 
 
 def use_logical_cpus(count: int) -> None:
@@ -55,15 +54,25 @@ def parse_tf_config(text: str) -> dict:
 
 def _in_cluster() -> bool:
     if "TF_CONFIG" not in os.environ:
-        return False
+        return cluster_env.in_slurm_step()
     cluster = parse_tf_config(os.environ["TF_CONFIG"])["cluster"]
     return sum(len(members) for members in cluster.values()) > 1
 
 
 def _cluster_resolver():
-    if "SLURM_JOB_ID" in os.environ and "TF_CONFIG" not in os.environ:
-        log.info("cluster from Slurm (SlurmClusterResolver)")
-        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    if "TF_CONFIG" not in os.environ and cluster_env.in_slurm_step():
+        spec, index = cluster_env.slurm_cluster()
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        log.info(
+            "cluster from Slurm: task %d of %d, %s", index, len(spec["worker"]), f"{gpus} GPU(s)" if gpus else "CPU"
+        )
+        return tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(spec),
+            task_type="worker",
+            task_id=index,
+            num_accelerators={"GPU": gpus},
+            rpc_layer="grpc",
+        )
     if "TF_CONFIG" not in os.environ:
         raise ClusterError(
             "--strategy=multi_worker needs TF_CONFIG (or a Slurm job); start the workers with "

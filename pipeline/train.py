@@ -164,6 +164,13 @@ def train_and_evaluate(
                 if export:
                     metrics["export"] = str(_export_once(workdir, export_base, metrics))
                     workdir_lib.write_json(workdir / "metrics.json", metrics)
+            # Every worker waits here until the chief has written everything: a
+            # worker that exits first reads to the chief's coordination service
+            # as a crashed peer. A stop requested meanwhile ends every worker alike.
+            if stop is not None:
+                stop.check(strategy, "the run was complete (nothing is lost)")
+            elif distribution.num_workers(strategy) > 1:
+                distribution.all_workers_sum(strategy, 0.0)
             return metrics
         finally:
             distribution.cleanup_write_dir(out_dir, workdir)

@@ -302,6 +302,36 @@ def test_launched_processes_run_on_their_share_of_the_cores(tmp_path):
     assert re.findall(r"\[worker \d\] (\[.*\])", unpinned.stdout) == [json.dumps(everything)] * 2
 
 
+GPUS_SCRIPT = "import os; print('gpus=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
+
+
+@pytest.mark.parametrize(
+    "gpus, workers, expected",
+    [("0,1,2,3", 2, ["0,1", "2,3"]), ("4,5", 2, ["4", "5"]), ("", 2, ["unset", "unset"])],
+)
+def test_launched_workers_each_see_only_their_share_of_the_gpus(tmp_path, gpus, workers, expected):
+    # --gpus stands in for the machine's GPUs; each process reports what it was given.
+    env, _ = _env(tmp_path)
+    command = [*LAUNCH, f"--num_workers={workers}", f"--gpus={gpus}", "--", sys.executable, "-c", GPUS_SCRIPT]
+    done = run(command, timeout=120, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    seen = dict(re.findall(r"\[worker (\d)\] gpus=(\S+)", done.stdout))
+    assert [seen[str(i)] for i in range(workers)] == expected
+    tuners = run([*LAUNCH, "--tuner_workers=2", f"--gpus={gpus}", "--", sys.executable, "-c", GPUS_SCRIPT], 120, env)
+    seen = dict(re.findall(r"\[(\w+)\] gpus=(\S+)", tuners.stdout))
+    assert [seen["tuner0"], seen["tuner1"]] == expected and seen["chief"] == "unset"
+
+
+def test_more_launched_workers_than_gpus_is_refused_in_one_line(tmp_path):
+    env, _ = _env(tmp_path)
+    done = run([*LAUNCH, "--num_workers=3", "--gpus=0,1", "--", sys.executable, "-c", "pass"], timeout=120, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: 3 processes on this host but 2 GPU(s): run at most one process per GPU "
+        "(fewer tasks per node or workers), or hide the GPUs with CUDA_VISIBLE_DEVICES="
+    ]
+
+
 def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
     implementation = tf.distribute.experimental.CommunicationImplementation
     cpu, gpu = distribution.communication_options(0), distribution.communication_options(2)

@@ -1,0 +1,150 @@
+"""What the environment says about the cluster: Slurm's job step, and the GPUs each process may use.
+
+Pure functions of an environment mapping, so they run (and are tested)
+without Slurm, without GPUs and before TensorFlow initialises its devices,
+which is when a process's GPUs must be chosen.
+
+TensorFlow's own `SlurmClusterResolver` is not used: it runs `nvidia-smi` to
+count GPUs (a traceback on CPU nodes, which have none), divides by the GPUs
+per task (zero on CPU nodes), and sets `CUDA_VISIBLE_DEVICES` while it
+resolves the cluster, after the process has already initialised its GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+# Where the NVIDIA driver lists one directory per GPU: counting GPUs needs no nvidia-smi.
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
+# Ports of a job step's tasks when Slurm reserves none (MpiParams=ports=...): a
+# block per job, so jobs sharing a node rarely collide; FMNIST_PORT_BASE overrides.
+PORT_RANGE_START, PORT_BLOCK, PORT_BLOCKS = 20000, 16, 2000
+
+
+class ClusterError(ValueError):
+    """The cluster description (TF_CONFIG or Slurm) is unusable."""
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list, expanded in order: 'n[1-2],m5' -> ['n1', 'n2', 'm5']."""
+    hosts, part, depth = [], "", 0
+    for char in hostlist + ",":
+        if char == "," and depth == 0:
+            if part:
+                match = re.fullmatch(r"([^\[\]]*)(?:\[([^\]]+)\])?(.*)", part)
+                prefix, ranges, suffix = match.group(1), match.group(2), match.group(3)
+                if ranges is None:
+                    hosts.append(part)
+                for item in (ranges or "").split(",") if ranges else []:
+                    low, _, high = item.partition("-")
+                    for number in range(int(low), int(high or low) + 1):
+                        hosts.append(f"{prefix}{str(number).zfill(len(low))}{suffix}")
+            part = ""
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        part += char
+    return hosts
+
+
+def expand_tasks_per_node(text: str) -> list[int]:
+    """Slurm's tasks-per-node list, expanded: '2(x3),1' -> [2, 2, 2, 1]."""
+    counts = []
+    for item in text.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
+        if match is None:
+            raise ClusterError(f"cannot read Slurm's tasks per node {text!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def in_slurm_step(env: Mapping[str, str] = os.environ) -> bool:
+    """True inside a Slurm job step of several tasks (`srun`), where the tasks form one cluster."""
+    return "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1
+
+
+def _step_ports(env: Mapping[str, str], count: int) -> list[int]:
+    """`count` ports for one node's tasks: Slurm's reserved ones when it has them."""
+    reserved = env.get("SLURM_STEP_RESV_PORTS")
+    if reserved:
+        ports = []
+        for item in reserved.split(","):
+            low, _, high = item.partition("-")
+            ports += range(int(low), int(high or low) + 1)
+        if len(ports) >= count:
+            return ports[:count]
+    if "FMNIST_PORT_BASE" in env:
+        base = int(env["FMNIST_PORT_BASE"])
+    else:
+        base = PORT_RANGE_START + (int(env.get("SLURM_JOB_ID", "0")) % PORT_BLOCKS) * PORT_BLOCK
+    return list(range(base, base + count))
+
+
+def slurm_cluster(env: Mapping[str, str] = os.environ) -> tuple[dict[str, list[str]], int]:
+    """The job step's cluster ({"worker": [host:port, ...]}) and this task's index in it.
+
+    Tasks are numbered as Slurm numbers them: by node in the step's node
+    list, then by local id (srun's default block distribution). A step laid
+    out otherwise is refused, since every task must compute the same list.
+    """
+    try:
+        hosts = expand_hostlist(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"])
+        tasks = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env["SLURM_TASKS_PER_NODE"])
+        rank, node, local = int(env["SLURM_PROCID"]), int(env["SLURM_NODEID"]), int(env["SLURM_LOCALID"])
+    except KeyError as e:
+        raise ClusterError(f"Slurm variable {e.args[0]} is not set; start fmnist-train with srun") from None
+    if len(hosts) != len(tasks):
+        raise ClusterError(f"Slurm lists {len(hosts)} nodes but tasks for {len(tasks)}")
+    ports = _step_ports(env, max(tasks))
+    workers = [f"{host}:{ports[i]}" for host, count in zip(hosts, tasks, strict=True) for i in range(count)]
+    if rank >= len(workers) or workers[rank] != f"{hosts[node]}:{ports[local]}":
+        raise ClusterError(
+            f"task {rank} (node {node}, local id {local}) is not where a block layout puts it; "
+            "start the step with srun's default distribution (-m block)"
+        )
+    return {"worker": workers}, rank
+
+
+def visible_gpus(env: Mapping[str, str] = os.environ, driver_dir: Path = NVIDIA_PROC) -> list[str]:
+    """The GPU ids this process may use: CUDA_VISIBLE_DEVICES when set, else every GPU the driver lists."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    if driver_dir.is_dir():
+        return [str(i) for i in range(len(list(driver_dir.iterdir())))]
+    return []
+
+
+def gpu_share(gpus: list[str], index: int, count: int) -> list[str]:
+    """Process `index` of `count` on one host: its own consecutive share of `gpus` ([] without GPUs).
+
+    Raises:
+      ClusterError: when there are GPUs but fewer than processes (they would share one).
+    """
+    if not gpus:
+        return []
+    if len(gpus) < count:
+        raise ClusterError(
+            f"{count} processes on this host but {len(gpus)} GPU(s): run at most one process per GPU "
+            "(fewer tasks per node or workers), or hide the GPUs with CUDA_VISIBLE_DEVICES="
+        )
+    size = len(gpus) // count
+    return gpus[index * size : (index + 1) * size]
+
+
+def assign_slurm_gpus(env: dict[str, str] = os.environ, driver_dir: Path = NVIDIA_PROC) -> list[str] | None:
+    """In a Slurm step, restricts this task to its share of the node's GPUs; returns it (None outside Slurm).
+
+    Must run before TensorFlow initialises its devices. When Slurm binds GPUs
+    to tasks itself (`--gpus-per-task`), its choice is kept.
+    """
+    if not in_slurm_step(env):
+        return None
+    if "SLURM_GPUS_PER_TASK" in env:
+        return visible_gpus(env, driver_dir)
+    node = int(env.get("SLURM_NODEID", "0"))
+    tasks_here = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env["SLURM_TASKS_PER_NODE"])[node]
+    share = gpu_share(visible_gpus(env, driver_dir), int(env.get("SLURM_LOCALID", "0")), tasks_here)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
+    return share

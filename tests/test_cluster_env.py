@@ -1,0 +1,89 @@
+"""Slurm's variables and GPU shares, read from environment mappings (no Slurm, no GPU needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import cluster_env
+
+
+def _step(procid: int, nodeid: int, localid: int, **extra) -> dict:
+    return {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": str(procid),
+        "SLURM_NODEID": str(nodeid),
+        "SLURM_LOCALID": str(localid),
+        "SLURM_STEP_NUM_TASKS": "5",
+        "SLURM_STEP_NODELIST": "gpu[07-08],cpu3",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2),1",
+        **extra,
+    }
+
+
+def test_hostlists_and_task_counts_expand_like_slurm():
+    assert cluster_env.expand_hostlist("n[1-2],m5,o[3-4,6,07-09]") == [
+        "n1", "n2", "m5", "o3", "o4", "o6", "o07", "o08", "o09"
+    ]  # fmt: skip
+    assert cluster_env.expand_hostlist("node[001-003]") == ["node001", "node002", "node003"]
+    assert cluster_env.expand_hostlist("vm") == ["vm"]
+    assert cluster_env.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+
+
+def test_every_task_computes_the_same_cluster_and_its_own_index():
+    layout = [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 2, 0)]
+    clusters = [cluster_env.slurm_cluster(_step(*task)) for task in layout]
+    base = 20000 + (4242 % 2000) * 16
+    expected = [f"gpu07:{base}", f"gpu07:{base + 1}", f"gpu08:{base}", f"gpu08:{base + 1}", f"cpu3:{base}"]
+    assert all(spec == {"worker": expected} for spec, _ in clusters)
+    assert [index for _, index in clusters] == [0, 1, 2, 3, 4]
+
+
+def test_reserved_ports_are_used_and_a_non_block_layout_is_refused():
+    spec, _ = cluster_env.slurm_cluster(_step(0, 0, 0, SLURM_STEP_RESV_PORTS="12000-12001"))
+    assert spec["worker"][:2] == ["gpu07:12000", "gpu07:12001"]
+    with pytest.raises(cluster_env.ClusterError, match="block"):
+        cluster_env.slurm_cluster(_step(1, 1, 0))  # Cyclic: task 1 on the second node.
+    with pytest.raises(cluster_env.ClusterError, match="SLURM_PROCID"):
+        cluster_env.slurm_cluster({"SLURM_STEP_NODELIST": "a", "SLURM_STEP_TASKS_PER_NODE": "1"})
+
+
+def test_in_slurm_step_needs_several_tasks():
+    assert cluster_env.in_slurm_step(_step(0, 0, 0))
+    assert not cluster_env.in_slurm_step({**_step(0, 0, 0), "SLURM_STEP_NUM_TASKS": "1"})
+    assert not cluster_env.in_slurm_step({"SLURM_JOB_ID": "1"})
+
+
+def test_visible_gpus_without_nvidia_smi(tmp_path):
+    driver = tmp_path / "gpus"
+    assert cluster_env.visible_gpus({}, driver) == []  # A CPU node: no driver directory.
+    driver.mkdir()
+    for bus in ("0000:07:00.0", "0000:08:00.0", "0000:09:00.0", "0000:0a:00.0"):
+        (driver / bus).mkdir()
+    assert cluster_env.visible_gpus({}, driver) == ["0", "1", "2", "3"]
+    assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, driver) == ["2", "3"]
+    assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
+
+
+def test_gpu_shares_are_disjoint_and_refuse_more_processes_than_gpus():
+    gpus = ["0", "1", "2", "3"]
+    assert [cluster_env.gpu_share(gpus, i, 2) for i in range(2)] == [["0", "1"], ["2", "3"]]
+    assert [cluster_env.gpu_share(gpus, i, 4) for i in range(4)] == [["0"], ["1"], ["2"], ["3"]]
+    assert cluster_env.gpu_share([], 1, 2) == []
+    with pytest.raises(cluster_env.ClusterError, match="at most one process per GPU"):
+        cluster_env.gpu_share(["0"], 0, 2)
+
+
+def test_each_slurm_task_keeps_its_own_gpus(tmp_path):
+    env = _step(3, 1, 1, CUDA_VISIBLE_DEVICES="0,1,2,3")
+    assert cluster_env.assign_slurm_gpus(env) == ["2", "3"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    driver = tmp_path / "gpus"
+    for bus in ("a", "b"):
+        (driver / bus).mkdir(parents=True)
+    node = _step(1, 0, 1)  # No CUDA_VISIBLE_DEVICES: the driver's GPUs, split between the node's 2 tasks.
+    assert cluster_env.assign_slurm_gpus(node, tmp_path / "gpus") == ["1"]
+    cpu = _step(4, 2, 0)
+    assert cluster_env.assign_slurm_gpus(cpu, tmp_path / "none") == []
+    bound = _step(1, 0, 1, CUDA_VISIBLE_DEVICES="1", SLURM_GPUS_PER_TASK="1")
+    assert cluster_env.assign_slurm_gpus(bound) == ["1"]  # Slurm bound it already.
+    assert cluster_env.assign_slurm_gpus({"SLURM_JOB_ID": "1"}) is None

@@ -1,0 +1,97 @@
+"""The project's own `launch/cluster/slurm.sbatch`, submitted unchanged to a real one-node Slurm.
+
+The cluster (munged, slurmctld, slurmd from Debian's `slurm-wlm` and `munge`)
+is started by `local_slurm` with a config written here; the job runs 2 tasks
+on 1 node, which form one two-worker MultiWorkerMirroredStrategy job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import local_slurm
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+SCRIPT = REPO / "launch" / "cluster" / "slurm.sbatch"
+# Epochs of 171 steps, long enough to signal one mid-way.
+TRAIN_ARGS = ("--preset=smoke", "--epochs=2", "--max_train_examples=11000", "--seed=3")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = local_slurm.missing()
+    if why:
+        pytest.skip(why)
+    with local_slurm.LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=2) as cluster:
+        yield cluster
+
+
+def _submit(slurm, workdir: Path, data_dir: Path, log: Path) -> int:
+    # The job's tasks run the installed fmnist-train, as a user's job does.
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "fmnist-train").exists():
+        pytest.skip(f"fmnist-train is not installed beside {sys.executable} (pip install -e .)")
+    env = {"WORKDIR": str(workdir), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    options = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={log}"]
+    return slurm.submit(options, SCRIPT, *TRAIN_ARGS, f"--data_dir={data_dir}", env=env, cwd=REPO)
+
+
+def _fingerprints(text: str) -> list[str]:
+    return re.findall(r"final weights fingerprint (\w+)", text)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, long_data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm_run")
+    job = _submit(slurm, root / "run", long_data_dir, root / "job.log")
+    state = slurm.wait(job, timeout=600)
+    return state, root / "run", (root / "job.log").read_text(errors="replace")
+
+
+def test_slurm_job_trains_two_tasks_as_one_multi_worker_job(uninterrupted):
+    state, workdir, log = uninterrupted
+    assert state == "COMPLETED", log[-3000:]
+    assert "cluster from Slurm: task 0 of 2, CPU" in log and "cluster from Slurm: task 1 of 2, CPU" in log
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and metrics["replicas"] == 2 and metrics["strategy"] == "multi_worker"
+    assert metrics["epochs_completed"] == 2
+    assert (workdir / "export" / "1" / "saved_model.pb").exists()
+    prints = _fingerprints(log)
+    assert len(prints) == 2 and prints[0] == prints[1], "both tasks end with the same weights"
+    # A clean end: no worker reports an error or a crashed peer.
+    assert not re.search(r"^E\d{4} |unhealthy|crashed|Traceback|error:", log, re.M), log[-3000:]
+
+
+def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(slurm, uninterrupted, long_data_dir, tmp_path):
+    _, reference_dir, reference_log = uninterrupted
+    log = tmp_path / "job.log"
+    job = _submit(slurm, tmp_path / "run", long_data_dir, log)
+    deadline = time.time() + 300
+    # Mid-epoch: once the second epoch's progress bar has started.
+    while "Epoch 2/2" not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.time() < deadline and slurm.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (
+            log.read_text(errors="replace") if log.exists() else slurm.state(job)
+        )
+        time.sleep(0.5)
+    time.sleep(1.0)
+    slurm.run("scancel", "--signal=TERM", str(job))  # What --signal=TERM@120 sends before the time limit.
+    slurm.start_requeued_now(job)
+    state = slurm.wait(job, timeout=600)
+    text = log.read_text(errors="replace")
+    assert state == "COMPLETED", text[-3000:]
+    assert re.search(r"stopped by SIGTERM at optimizer step \d+ \(epoch 2 in progress", text), text[-3000:]
+    assert "requeueing job" in text and "(restart 1)" in text
+    assert re.search(r"resumed from .*ckpt-\d+ \(epoch 2 in progress", text), text[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    reference = json.loads((reference_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == reference["test_accuracy"]
+    assert metrics["test_loss"] == reference["test_loss"]
+    assert _fingerprints(text)[-2:] == _fingerprints(reference_log)
+    assert not re.search(r"unhealthy|crashed|Traceback", text), text[-3000:]
