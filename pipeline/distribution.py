@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 
 from pipeline import cluster_env
 from pipeline.cluster_env import ClusterError
@@ -133,17 +134,66 @@ def communication_options(num_gpus: int):
     )
 
 
-def gradient_all_reduce_dtype(choice: str, policy: str, num_replicas: int) -> tf.DType | None:
-    """The dtype to cast gradients to before they are all-reduced; None leaves them as computed.
+def all_reduce_op(strategy_kind: str, device_type: str) -> str:
+    """The op that sums gradients across replicas for a strategy ("mirrored", "multi_worker") on CPUs or GPUs.
+
+    Between GPUs both strategies sum with NCCL (MirroredStrategy's
+    `NcclAllReduce`; MultiWorkerMirroredStrategy's collectives with the NCCL
+    hint, `communication_options`), whose dtypes are those of `NcclAllReduce`.
+    Between CPU workers the collectives run RING over gRPC (`CollectiveReduceV2`);
+    MirroredStrategy on CPUs reduces to one device (`AddN`).
+    """
+    if device_type == "GPU":
+        return "NcclAllReduce"
+    return "CollectiveReduceV2" if strategy_kind == "multi_worker" else "AddN"
+
+
+def op_accepts(op_name: str, dtype: tf.DType) -> bool:
+    """True when TensorFlow's definition of `op_name` allows `dtype` for its tensors."""
+    op_def = op_def_registry.get(op_name)
+    if op_def is None:
+        return False
+    allowed = next(attr for attr in op_def.attr if attr.name == "T").allowed_values.list.type
+    return dtype.as_datatype_enum in allowed
+
+
+def _replica_device_type(strategy: tf.distribute.Strategy) -> str:
+    devices = strategy.extended.worker_devices
+    return "GPU" if any(tf.DeviceSpec.from_string(d).device_type == "GPU" for d in devices) else "CPU"
+
+
+def choose_all_reduce_dtype(choice: str, policy: str, op_name: str) -> tf.DType | None:
+    """The dtype gradients are cast to before `op_name` sums them; None leaves them as computed.
+
+    `auto` sums in bfloat16 under mixed_bfloat16 (half the bytes on the wire)
+    where the all-reduce op accepts it, else in float32. mixed_float16's
+    gradients are loss-scaled and stay float32.
+
+    Raises:
+      ClusterError: `bfloat16` was asked for an op that does not accept it.
+    """
+    if choice == "auto":
+        choice = "bfloat16" if policy == "mixed_bfloat16" and op_accepts(op_name, tf.bfloat16) else "float32"
+    if choice == "bfloat16" and not op_accepts(op_name, tf.bfloat16):
+        raise ClusterError(
+            f"--all_reduce_dtype=bfloat16: {op_name}, which sums the gradients here, does not accept bfloat16; "
+            "use --all_reduce_dtype=auto or float32"
+        )
+    return tf.bfloat16 if choice == "bfloat16" else None
+
+
+def gradient_all_reduce_dtype(choice: str, policy: str, strategy: tf.distribute.Strategy) -> tf.DType | None:
+    """`choose_all_reduce_dtype` for the op `strategy` sums gradients with; None with one replica.
 
     Args:
       choice: `TrainConfig.all_reduce_dtype` ("auto", "float32" or "bfloat16").
       policy: the model's resolved Keras dtype policy.
-      num_replicas: replicas in sync; with one nothing is all-reduced.
+      strategy: the run's strategy.
     """
-    if choice == "auto":
-        choice = "bfloat16" if policy == "mixed_bfloat16" else "float32"
-    return tf.bfloat16 if choice == "bfloat16" and num_replicas > 1 else None
+    if strategy.num_replicas_in_sync == 1:
+        return None
+    op_name = all_reduce_op(strategy_name(strategy), _replica_device_type(strategy))
+    return choose_all_reduce_dtype(choice, policy, op_name)
 
 
 def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:

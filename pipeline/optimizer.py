@@ -33,6 +33,30 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return dict(peak=self.peak, warmup_steps=self.warmup_steps, total_steps=self.total_steps, decay=self.decay)
 
 
+class AllReplicasLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling, with one overflow decision for all replicas.
+
+    Keras's `LossScaleOptimizer` checks the gradients it is given for
+    overflow. It is given each replica's own gradients (its inner optimizer
+    sums them across replicas inside `apply`), so on its merge-call path the
+    first replica's check decides for every replica and another replica's
+    overflow reaches the weights; on its no-merge-call path each replica
+    decides alone, and the inner optimizer's all-reduce inside only some
+    replicas' branch would hang. Here the check is summed over the replicas
+    (one scalar all-reduce per step): any replica not finite means every
+    replica skips the step and halves its scale. The variables, and so the
+    checkpoints, are Keras's.
+    """
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return finite
+        overflows = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+        return tf.equal(overflows, 0.0)
+
+
 def peak_learning_rate(config: TrainConfig) -> float:
     """The configured rate, linearly scaled with the global batch when asked."""
     if config.scale_learning_rate:
@@ -68,5 +92,5 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> k
     if config.optimizer != "adam":
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if policy == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = AllReplicasLossScaleOptimizer(optimizer)
     return optimizer

@@ -127,7 +127,7 @@ def train_and_evaluate(
         )
         policy = distribution.resolve_precision(config.train.precision)
         reduce_dtype = distribution.gradient_all_reduce_dtype(
-            config.train.all_reduce_dtype, policy, strategy.num_replicas_in_sync
+            config.train.all_reduce_dtype, policy, strategy
         )
         log.info(
             "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d%s",

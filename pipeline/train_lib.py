@@ -127,7 +127,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig,
     `config.all_reduce_dtype` decides the dtype gradients are summed in.
     """
     reduce_dtype = distribution.gradient_all_reduce_dtype(
-        config.all_reduce_dtype, policy, strategy.num_replicas_in_sync
+        config.all_reduce_dtype, policy, strategy
     )
 
     def train_step(images, labels):

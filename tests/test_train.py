@@ -324,15 +324,32 @@ def test_an_epochs_iterator_is_released_off_the_training_thread():
     assert reference() is None
 
 
-def test_gradients_are_summed_in_bfloat16_only_where_asked_and_with_several_replicas():
+def test_gradients_are_summed_in_bfloat16_only_where_asked_and_the_all_reduce_accepts_it():
+    from tensorflow.python.framework import op_def_registry
+
     from pipeline import distribution
 
-    assert distribution.gradient_all_reduce_dtype("auto", "mixed_bfloat16", 2) == tf.bfloat16
-    assert distribution.gradient_all_reduce_dtype("auto", "float32", 2) is None
-    assert distribution.gradient_all_reduce_dtype("auto", "mixed_float16", 8) is None  # Loss-scaled: float32.
-    assert distribution.gradient_all_reduce_dtype("bfloat16", "float32", 2) == tf.bfloat16
-    assert distribution.gradient_all_reduce_dtype("bfloat16", "mixed_bfloat16", 1) is None  # Nothing to sum.
-    assert distribution.gradient_all_reduce_dtype("float32", "mixed_bfloat16", 2) is None
+    for kind, device in (("mirrored", "CPU"), ("mirrored", "GPU"), ("multi_worker", "CPU"), ("multi_worker", "GPU")):
+        op = distribution.all_reduce_op(kind, device)
+        op_def = op_def_registry.get(op)
+        allowed = next(a for a in op_def.attr if a.name == "T").allowed_values.list.type
+        accepts = tf.bfloat16.as_datatype_enum in allowed  # TensorFlow's own definition decides.
+        chosen = distribution.choose_all_reduce_dtype("auto", "mixed_bfloat16", op)
+        assert chosen == (tf.bfloat16 if accepts else None), (kind, device, op)
+        assert distribution.choose_all_reduce_dtype("auto", "float32", op) is None
+        assert distribution.choose_all_reduce_dtype("auto", "mixed_float16", op) is None  # Loss-scaled: float32.
+        assert distribution.choose_all_reduce_dtype("float32", "mixed_bfloat16", op) is None
+        if accepts:
+            assert distribution.choose_all_reduce_dtype("bfloat16", "float32", op) == tf.bfloat16
+        else:
+            with pytest.raises(distribution.ClusterError, match="does not accept bfloat16"):
+                distribution.choose_all_reduce_dtype("bfloat16", "mixed_bfloat16", op)
+    # Between GPUs the gradients go through NCCL; between CPU workers through RING collectives.
+    assert distribution.all_reduce_op("mirrored", "GPU") == distribution.all_reduce_op("multi_worker", "GPU")
+    assert distribution.all_reduce_op("multi_worker", "CPU") == "CollectiveReduceV2"
+    # One replica: nothing is summed.
+    one = tf.distribute.get_strategy()
+    assert distribution.gradient_all_reduce_dtype("bfloat16", "mixed_bfloat16", one) is None
 
 
 def test_a_bfloat16_all_reduce_keeps_replicas_identical_and_close_to_float32(tiny_data_dir, tmp_path):

@@ -1,0 +1,45 @@
+"""The cluster files' fmnist-train arguments, parsed by fmnist-train's own flags."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from absl import flags
+from conftest import REPO
+
+from launch import common
+from launch import train as train_cli  # noqa: F401 - defines fmnist-train's flags.
+from pipeline import config as config_lib
+from pipeline import optimizer as optimizer_lib
+
+CLUSTER = REPO / "launch" / "cluster"
+
+
+def _sbatch_arguments() -> list[str]:
+    """The arguments slurm.sbatch passes to fmnist-train (shell variables filled in)."""
+    text = (CLUSTER / "slurm.sbatch").read_text()
+    command = re.search(r"srun [^\n]*fmnist-train \\\n(.*?)\"\$@\"", text, re.S).group(1)
+    arguments = [a.strip().rstrip("\\").strip() for a in command.splitlines()]
+    return [a.replace('"$WORKDIR"', "/runs/x") for a in arguments if a]
+
+
+def _tfjob_arguments() -> list[str]:
+    text = (CLUSTER / "tfjob.yaml").read_text()
+    block = re.search(r"command:\n\s+- fmnist-train\n((?:\s+- --.*\n)+)", text).group(1)
+    return [line.strip()[2:] for line in block.splitlines()]
+
+
+@pytest.mark.parametrize("arguments", [_sbatch_arguments(), _tfjob_arguments()], ids=["slurm", "tfjob"])
+def test_cluster_files_train_at_their_presets_own_rate(arguments):
+    assert any(a.startswith("--workdir=") for a in arguments) and "--strategy=multi_worker" in arguments
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["fmnist-train", *arguments])
+        config = common.config_from_flags()
+        preset = config_lib.preset(flags.FLAGS.preset)
+    finally:
+        flags.FLAGS.unparse_flags()
+    rate = optimizer_lib.peak_learning_rate(config.train) / config.train.global_batch_size
+    preset_rate = optimizer_lib.peak_learning_rate(preset.train) / preset.train.global_batch_size
+    assert rate == pytest.approx(preset_rate, rel=1e-12), (arguments, rate, preset_rate)
