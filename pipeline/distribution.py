@@ -289,6 +289,21 @@ def cleanup_write_dir(path: Path, workdir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def run_precision(precision: str, recorded: str | None) -> str:
+    """The policy a run trains with: `recorded` (what the run trained with so far) wins over `auto`.
+
+    Args:
+      precision: the config's `train.precision`.
+      recorded: the policy recorded in the workdir (`workdir.recorded_precision`), None for a new run.
+    """
+    if precision == "auto" and recorded is not None:
+        here = resolve_precision("auto")
+        if here != recorded:
+            log.warning("continuing with %s, the precision this run trained with (auto picks %s here)", recorded, here)
+        return recorded
+    return resolve_precision(precision)
+
+
 def resolve_precision(precision: str) -> str:
     """Maps `auto` to the fastest safe Keras dtype policy on this machine.
 

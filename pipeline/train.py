@@ -9,6 +9,7 @@ in `pipeline.train_state` (the checkpointed state) and `pipeline.train_lib`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -125,7 +126,7 @@ def train_and_evaluate(
             len(dataset.validation),
             len(dataset.test),
         )
-        policy = distribution.resolve_precision(config.train.precision)
+        policy = distribution.run_precision(config.train.precision, workdir_lib.recorded_precision(workdir))
         reduce_dtype = distribution.gradient_all_reduce_dtype(
             config.train.all_reduce_dtype, policy, strategy
         )
@@ -144,7 +145,9 @@ def train_and_evaluate(
             state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
             done = train_state.restore(state, workdir, strategy, steps_per_epoch)
             if chief:
-                config_lib.save(config, workdir / "config.json")
+                # The resolved policy is recorded, so a resume trains on with it.
+                recorded = config.replace(train=dataclasses.replace(config.train, precision=policy))
+                config_lib.save(recorded, workdir / "config.json")
             history = workdir_lib.load_history(workdir, done)
             history = train_lib.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             if config.train.early_stopping_patience:

@@ -129,6 +129,17 @@ def _restore_one(state: TrainState, path: str) -> None:
     tf.train.Checkpoint(position=state.position()).restore(path).expect_partial()
 
 
+def _readable(path: str) -> bool:
+    """True when every tensor of the checkpoint at `path` reads back: it is intact, whatever it holds."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _quarantine(path: str, reason: str) -> None:
     """Moves a corrupt checkpoint's files aside (never deletes them) and drops it from the state file."""
     directory = Path(path).parent
@@ -150,12 +161,15 @@ def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) ->
 
     A checkpoint that cannot be read is named, moved to checkpoints/corrupt/
     (by the chief) and the previous one is used, with a warning saying how
-    much training that loses. Every worker reads the chief's checkpoint (the
+    much training that loses. A checkpoint that reads but does not fit the
+    model or optimiser (another config or precision) is never moved: it is
+    a one-line error. Every worker reads the chief's checkpoint (the
     workdir must be shared on a multi-host cluster); a consistency check
     stops workers that disagree.
 
     Raises:
-      WorkdirError: when checkpoints exist but none of them can be read.
+      WorkdirError: when checkpoints exist but none of them can be read, or
+        one is intact but does not fit this run.
     """
     directory = workdir / CHECKPOINTS
     saved = tf.train.get_checkpoint_state(str(directory)) if directory.exists() else None
@@ -168,6 +182,12 @@ def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) ->
             restored = path
             break
         except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            if _readable(path):
+                raise workdir_lib.WorkdirError(
+                    f"checkpoint {path} is intact but does not fit this run's model and optimizer "
+                    f"(precision {state.policy}: {str(e).splitlines()[0][:160]}); resume with the config and "
+                    "--precision it was written with (its config.json), or use a new --workdir"
+                ) from None
             reason = f"{Path(path).name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
             failures.append(reason)
             log.warning("checkpoint %s", reason)

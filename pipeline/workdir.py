@@ -136,13 +136,30 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
         old = config_lib.to_dict(config_lib.load_run_config(path))
     except config_lib.ConfigError as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
-    changes = [d for d in _differences(old, config_lib.to_dict(config)) if not d.startswith(RESUMABLE_CHANGES)]
+    new = config_lib.to_dict(config)
+    if new["train"]["precision"] == "auto":
+        # `auto` continues with the policy the run recorded (`recorded_precision`).
+        new["train"]["precision"] = old["train"]["precision"]
+    changes = [d for d in _differences(old, new) if not d.startswith(RESUMABLE_CHANGES)]
     if changes:
         raise WorkdirError(
             f"workdir {workdir} holds a run with a different config ({'; '.join(changes)}); "
             f"to resume it as it was, pass --config={path}; otherwise use a new --workdir"
         )
     return True
+
+
+def recorded_precision(workdir: Path) -> str | None:
+    """The dtype policy a run in `workdir` trained with, or None (a new run, or one recorded as `auto`).
+
+    A run records the policy `auto` resolved to, so a resume on other
+    hardware, where `auto` would pick another one, continues as it trained.
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return None
+    precision = config_lib.load_run_config(path).train.precision
+    return None if precision == "auto" else precision
 
 
 def load_history(workdir: Path, epochs_done: int) -> list[dict]:

@@ -252,3 +252,27 @@ def test_concurrent_exports_publish_distinct_whole_versions(tiny_data_dir, tmp_p
     for version in published:
         assert (base / version / "saved_model.pb").exists() and (base / version / "assets.extra").is_dir()
     assert not list(base.glob(".*incomplete*"))
+
+
+def test_a_run_resumes_with_the_precision_it_recorded_and_an_unfitting_checkpoint_is_an_error(tiny_data_dir, tmp_path):
+    def train(*extra):
+        return run(smoke_train_command(tmp_path, tiny_data_dir, "--noexport", "--noreport", *extra), timeout=300)
+
+    first = train("--precision=mixed_float16", "--epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["precision"] == "mixed_float16"
+    # `auto` picks another policy on this CPU; the run goes on as it trained.
+    resumed = train("--precision=auto", "--epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing with mixed_float16, the precision this run trained with" in resumed.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == "mixed_float16"
+    # A run recorded with another policy (as `auto` resolved on other hardware) cannot use these checkpoints.
+    config["train"]["precision"] = "float32"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    refused = train("--precision=auto", "--epochs=3")
+    assert refused.returncode == 1
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert "is intact but does not fit this run's model and optimizer (precision float32" in line
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == kept  # Nothing quarantined.
