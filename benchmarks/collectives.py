@@ -48,10 +48,7 @@ def main(argv) -> None:
     grads = [tf.ones_like(v.value) for v in model.trainable_variables]
     unpacked = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=0)
     policy = distribution.resolve_precision(config.train.precision)
-    dtype = (
-        distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
-        or tf.float32
-    )
+    dtype = distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy) or tf.float32
     as_trained = [tf.cast(g, dtype) for g in grads]
 
     @tf.function

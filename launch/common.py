@@ -81,6 +81,11 @@ def define_config_flags() -> None:
         lower_bound=1,
     )
     flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step (slower on CPU; try it on GPUs).")
+    flags.DEFINE_boolean(
+        "deterministic",
+        None,
+        "TensorFlow's op determinism: exact resume and repeatable runs on GPUs, at some speed (CPUs are already).",
+    )
     flags.DEFINE_integer(
         "max_train_examples", None, "Use only this many training examples (quick checks).", lower_bound=1
     )
@@ -138,6 +143,7 @@ def config_from_flags() -> config_lib.Config:
         "all_reduce_dtype",
         "input_distribution",
         "jit_compile",
+        "deterministic",
     ):
         train.update(pick(name))
     config = base.replace(

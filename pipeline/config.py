@@ -146,7 +146,8 @@ class TrainConfig:
     # difference. The benchmark record compares the two.
     batch_norm_statistics: BatchNormStatistics = "per_replica"
     # The dtype the replicas' gradients are summed in. "auto": bfloat16 when
-    # the precision is mixed_bfloat16, else float32. A mixed_bfloat16 model's
+    # the precision is mixed_bfloat16 and the all-reduce op accepts bfloat16
+    # (RING collectives between CPU workers, not NCCL between GPUs), else float32. A mixed_bfloat16 model's
     # gradients come out of bfloat16 arithmetic, so most of them are bfloat16
     # values already; summing them in bfloat16 halves the bytes every step
     # sends. One replica: nothing is all-reduced, no difference.
@@ -165,6 +166,13 @@ class TrainConfig:
     # slower (benchmark record, execution settings); on GPUs it often pays,
     # so it stays an option.
     jit_compile: bool = False
+    # TensorFlow's op determinism (`tf.config.experimental.enable_op_determinism`):
+    # GPU kernels that sum in a varying order (cuDNN convolutions' backward
+    # passes, scatter-adds) are replaced by deterministic ones, so a run
+    # resumed on GPUs ends with exactly an uninterrupted run's weights. CPU
+    # runs repeat exactly without it (with it they use other kernels, so
+    # their results differ in the last digits); on GPUs it costs speed.
+    deterministic: bool = False
     seed: int = 0
 
 
@@ -242,6 +250,7 @@ FIELDS_ADDED = {
     "train.momentum": 0.9,
     "train.all_reduce_dtype": "float32",
     "train.input_distribution": "tf_distribute",
+    "train.deterministic": False,
 }
 
 

@@ -127,9 +127,7 @@ def train_and_evaluate(
             len(dataset.test),
         )
         policy = distribution.run_precision(config.train.precision, workdir_lib.recorded_precision(workdir))
-        reduce_dtype = distribution.gradient_all_reduce_dtype(
-            config.train.all_reduce_dtype, policy, strategy
-        )
+        reduce_dtype = distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
         log.info(
             "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d%s",
             policy,
@@ -139,6 +137,8 @@ def train_and_evaluate(
             config.train.global_batch_size,
             f"; gradients summed in {reduce_dtype.name}" if reduce_dtype is not None else "",
         )
+        if config.train.deterministic:
+            tf.config.experimental.enable_op_determinism()
         out_dir = distribution.write_dir(workdir, strategy)
         try:
             steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
@@ -159,19 +159,19 @@ def train_and_evaluate(
             log.info("final weights fingerprint %s", final_model.fingerprint(state.model))
             if chief:
                 workdir_lib.write_json(workdir / "metrics.json", metrics)
-                if stop is not None:
-                    stop.check(strategy, "training and evaluation", collective=False)
-                if make_report:
+                # A stop requested by now skips the report and the export (a rerun writes them).
+                stopping = stop is not None and stop.received is not None
+                if make_report and not stopping:
                     with workdir_lib.writing("the report", workdir / "report"):
                         report.build_report(workdir)
-                if export:
+                if export and not stopping:
                     metrics["export"] = str(_export_once(workdir, export_base, metrics))
                     workdir_lib.write_json(workdir / "metrics.json", metrics)
             # Every worker waits here until the chief has written everything: a
             # worker that exits first reads to the chief's coordination service
-            # as a crashed peer. A stop requested meanwhile ends every worker alike.
+            # as a crashed peer. A stop requested on any worker ends them all alike.
             if stop is not None:
-                stop.check(strategy, "the run was complete (nothing is lost)")
+                stop.check(strategy, "training and evaluation")
             elif distribution.num_workers(strategy) > 1:
                 distribution.all_workers_sum(strategy, 0.0)
             return metrics

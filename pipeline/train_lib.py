@@ -126,9 +126,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig,
     the progress bar only). `policy` is the model's dtype policy, which with
     `config.all_reduce_dtype` decides the dtype gradients are summed in.
     """
-    reduce_dtype = distribution.gradient_all_reduce_dtype(
-        config.all_reduce_dtype, policy, strategy
-    )
+    reduce_dtype = distribution.gradient_all_reduce_dtype(config.all_reduce_dtype, policy, strategy)
 
     def train_step(images, labels):
         with tf.GradientTape() as tape:

@@ -373,3 +373,43 @@ def test_packed_and_per_variable_all_reduce_agree(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     results = [json.loads(line.split("] ", 1)[1]) for line in done.stdout.splitlines() if "max_difference" in line]
     assert len(results) == 2 and all(r["max_difference"] <= 1e-6 for r in results), results
+
+
+CRASH_LINES = re.compile(r"^\[worker \d\] (E\d{4} |.*(unhealthy|have crashed|lost contact|Traceback|StartAbort))", re.M)
+
+
+@pytest.mark.slow
+def test_a_successful_two_worker_run_ends_without_error_lines(tiny_data_dir, tmp_path):
+    env, _ = _env(tmp_path)
+    command = ["fmnist-train", f"--workdir={tmp_path / 'run'}", "--preset=smoke", f"--data_dir={tiny_data_dir}"]
+    done = run([*LAUNCH, "--num_workers=2", "--", *command], timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (tmp_path / "run" / "export" / "1" / "saved_model.pb").exists()
+    assert not CRASH_LINES.search(done.stdout), CRASH_LINES.search(done.stdout).group(0)
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_chiefs_export_ends_every_worker_with_143(tiny_data_dir, tmp_path):
+    env, _ = _env(tmp_path)
+    command = ["fmnist-train", f"--workdir={tmp_path / 'run'}", "--preset=smoke", f"--data_dir={tiny_data_dir}"]
+    launcher = subprocess.Popen(
+        [*LAUNCH, "--num_workers=2", "--", *command],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if "report written to" in line:  # The chief exports next; worker 1 waits for it.
+            launcher.send_signal(signal.SIGTERM)
+            break
+    lines += launcher.stdout.readlines()
+    launcher.wait(timeout=120)
+    output = "".join(lines)
+    assert launcher.returncode == 143, output[-3000:]
+    assert output.count("error: stopped by SIGTERM after training and evaluation") == 2, output[-3000:]
+    assert "every task saved its checkpoint and stopped" in output
+    assert not CRASH_LINES.search(output), CRASH_LINES.search(output).group(0)

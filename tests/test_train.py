@@ -388,3 +388,15 @@ print(json.dumps({{"max": max(differences)}}))
     difference = json.loads(done.stdout.strip().splitlines()[-1])["max"]
     # Float32 gradients rounded to bfloat16 (8 bits of mantissa): the weights move a little differently.
     assert 0 < difference < 1e-2, difference
+
+
+def test_deterministic_runs_are_recorded_and_repeat_exactly(tiny_data_dir, tmp_path):
+    histories = []
+    for name in ("a", "b"):
+        command = smoke_train_command(tmp_path / name, tiny_data_dir, "--deterministic", "--noexport", "--noreport")
+        done = run(command, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((tmp_path / name / "config.json").read_text())["train"]["deterministic"] is True
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        histories.append([{k: v for k, v in r.items() if "seconds" not in k} for r in history])
+    assert histories[0] == histories[1]

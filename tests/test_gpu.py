@@ -1,0 +1,112 @@
+"""The GPU tier (`pytest -m gpu`): the paths that only a machine with NVIDIA GPUs can run.
+
+`tests/gpu_check.sh` installs the GPU build of TensorFlow and runs this tier.
+Without a GPU visible to TensorFlow the whole module skips with one line.
+Each test runs the installed commands in child processes, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+from conftest import REPO, run, subprocess_env
+
+GPUS = tf.config.list_physical_devices("GPU")
+if not GPUS:
+    pytest.skip(
+        "no GPU visible to TensorFlow: tests/gpu_check.sh runs this tier on a GPU machine", allow_module_level=True
+    )
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+REFERENCE = str(REPO / "benchmarks" / "reference_default.json")
+# A short epoch of real data keeps the tier within minutes on one GPU host.
+SHORT = ["--epochs=1", "--max_train_examples=20000", "--validation_size=2000"]
+
+
+def _train(workdir, data_dir, *extra) -> list[str]:
+    return [sys.executable, "-m", "launch.train", f"--workdir={workdir}", f"--data_dir={data_dir}", *extra]
+
+
+def _metrics(workdir) -> dict:
+    return json.loads((workdir / "metrics.json").read_text())
+
+
+def _fingerprints(text: str) -> list[str]:
+    return re.findall(r"final weights fingerprint (\w+)", text)
+
+
+def test_auto_trains_the_reference_recipe_on_every_local_gpu(real_data_dir, tmp_path):
+    done = run(_train(tmp_path, real_data_dir, f"--config={REFERENCE}", *SHORT), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    capability = tf.config.experimental.get_device_details(GPUS[0]).get("compute_capability", (0, 0))
+    assert metrics["precision"] == ("mixed_bfloat16" if capability >= (8, 0) else "mixed_float16")
+    assert metrics["replicas"] == len(GPUS)
+    assert metrics["strategy"] == ("mirrored" if len(GPUS) >= 2 else "default")
+    if len(GPUS) >= 2:  # NCCL does not sum bfloat16: the log must not claim it.
+        assert "gradients summed in bfloat16" not in done.stderr
+    assert metrics["test_accuracy"] > 0.8
+
+
+def test_mixed_float16_trains_on_gpus(real_data_dir, tmp_path):
+    done = run(_train(tmp_path, real_data_dir, "--preset=fast", "--precision=mixed_float16", *SHORT), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["precision"] == "mixed_float16" and metrics["test_accuracy"] > 0.8
+
+
+@pytest.mark.skipif(len(GPUS) < 2, reason="two launched workers need two GPUs")
+def test_two_launched_workers_each_train_on_their_own_gpu(real_data_dir, tmp_path):
+    launch = [sys.executable, "-m", "launch.launch", "--num_workers=2", "--"]
+    done = run([*launch, *_train(tmp_path, real_data_dir, "--preset=fast", *SHORT)], timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["workers"] == 2 and metrics["replicas"] == 2 * (len(GPUS) // 2)
+    prints = _fingerprints(done.stdout)
+    assert len(prints) == 2 and prints[0] == prints[1]
+    assert not re.search(r"unhealthy|crashed|Traceback", done.stdout)
+
+
+def test_an_export_from_a_gpu_run_serves_on_cpu_as_trained(real_data_dir, tmp_path):
+    done = run(_train(tmp_path, real_data_dir, "--preset=fast", *SHORT), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cpu_only = dict(subprocess_env(), CUDA_VISIBLE_DEVICES="")
+    export = tmp_path / "export" / "1"
+    served = run([sys.executable, "benchmarks/verify_export.py", str(export), str(real_data_dir)], 900, cpu_only)
+    assert served.returncode == 0, served.stderr[-3000:]
+    result = json.loads(served.stdout)
+    assert result["difference_points"] < 0.1 and result["bytes_signature_agrees"] == 1.0
+
+
+def test_sigterm_and_resume_on_gpus_end_with_the_uninterrupted_weights(real_data_dir, tmp_path):
+    command = ["--preset=fast", "--deterministic", "--epochs=2", "--max_train_examples=20000", "--noexport"]
+    reference = run(_train(tmp_path / "reference", real_data_dir, *command), timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    workdir = tmp_path / "run"
+    child = subprocess.Popen(
+        _train(workdir, real_data_dir, *command),
+        env=subprocess_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 600
+    while not (workdir / "history.json").exists():
+        assert time.time() < deadline and child.poll() is None
+        time.sleep(0.1)
+    time.sleep(0.5)  # Into epoch 2.
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143, stderr[-3000:]
+    resumed = run(_train(workdir, real_data_dir, *command), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert _fingerprints(resumed.stderr) == _fingerprints(reference.stderr)
