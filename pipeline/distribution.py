@@ -305,16 +305,23 @@ def run_precision(precision: str, recorded: str | None) -> str:
 
 
 def resolve_precision(precision: str) -> str:
-    """Maps `auto` to the fastest safe Keras dtype policy on this machine.
+    """Maps `auto` to the fastest safe Keras dtype policy on this machine (docs/design.md, Precision).
 
-    bfloat16 pays off on CPUs with native bf16 math (AVX512_BF16 or AMX) and on
-    GPUs of compute capability 8.0+; everywhere else float32 is faster.
+    GPUs (the oldest decides): compute capability 8.0+ has bfloat16 Tensor
+    Cores and float32's range, so mixed_bfloat16 needs no loss scaling; 7.x
+    has float16 Tensor Cores only, so mixed_float16 with loss scaling; below
+    7.0 there are no Tensor Cores and float16 gains nothing, so float32.
+    CPUs: bfloat16 where the processor has native bf16 math (AVX512_BF16 or
+    AMX), else float32.
     """
     if precision != "auto":
         return precision
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
-        return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = min(
+            tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))) for gpu in gpus
+        )
+        return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -70,8 +71,25 @@ def holder_is_alive(holder: dict) -> tuple[bool, str]:
 class WorkdirLock:
     """Holds DIRECTORY/.lock while a run uses the directory (a context manager)."""
 
-    def __init__(self, directory: str | Path, command: str | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        command: str | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        on_lost=None,
+    ):
+        """Describes the lock; `acquire` (or `with`) takes it.
+
+        Args:
+          directory: the workdir.
+          command: what to name as the holder (default: this process's command line).
+          heartbeat_seconds: how often the heartbeat checks the lock is ours and refreshes it.
+          on_lost: called when another run has taken the lock (default: SIGTERM to this
+            process, which checkpoints and stops the run).
+        """
         self.path = Path(directory) / LOCK_FILE
+        self.heartbeat_seconds = heartbeat_seconds
+        self.on_lost = on_lost or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         pid = os.getpid()
         self.record = {
             "host": socket.gethostname(),
@@ -121,16 +139,51 @@ class WorkdirLock:
                 f"pid {holder.get('pid')}, since {holder.get('started')}; wait for it to finish, stop it, "
                 "or use another --workdir"
             )
+        # Atomic take-over: move the stale lock aside under a name of our own,
+        # then check that what moved is the lock judged stale. Another
+        # contender may have taken it over and created a fresh one meanwhile;
+        # that one goes back (link fails if yet another lock exists by then).
+        aside = self.path.with_name(f"{LOCK_FILE}.stale-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # Taken over by another contender: try to create it again.
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, json.JSONDecodeError):
+            moved = None
+        if moved != holder:
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            return
+        aside.unlink(missing_ok=True)
         log.warning(
             "taking over the lock of a run that is gone (%s, started %s): %s",
             holder.get("command"),
             holder.get("started"),
             why,
         )
-        self.path.unlink(missing_ok=True)
+
+    def _owned(self) -> dict | None:
+        """None while the lock file is ours, else the record found there (empty when it is gone)."""
+        try:
+            found = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError):
+            return None  # Unreadable for a moment: judge at the next beat.
+        mine = ("host", "pid", "pid_start", "started")
+        return None if all(found.get(k) == self.record[k] for k in mine) else found
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+        while not self._stop.wait(self.heartbeat_seconds):
+            other = self._owned()
+            if other is not None:
+                self._lost(other)
+                return
             self.record["heartbeat"] = time.time()
             tmp = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.tmp")
             try:
@@ -139,14 +192,19 @@ class WorkdirLock:
             except OSError:
                 pass  # A full disk fails the run's own writes, which report it.
 
+    def _lost(self, other: dict) -> None:
+        """Another run holds the lock now: say so in one line and stop this run as SIGTERM does."""
+        holder = f"pid {other.get('pid')} on {other.get('host')}" if other else "nobody (the file is gone)"
+        message = f"error: the lock {self.path} is now held by {holder}; stopping this run at its next checkpoint\n"
+        os.write(2, message.encode())
+        self._stop.set()
+        self.on_lost()
+
     def release(self) -> None:
         """Stops the heartbeat and removes the lock, if it is still ours."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
             self._thread = None
-            try:
-                if json.loads(self.path.read_text()).get("pid") == self.record["pid"]:
-                    self.path.unlink()
-            except (OSError, json.JSONDecodeError):
-                pass
+            if self._owned() is None:
+                self.path.unlink(missing_ok=True)

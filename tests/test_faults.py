@@ -138,6 +138,63 @@ def test_lock_holder_liveness_guards_against_pid_reuse_and_stale_hosts(tmp_path)
     assert not workdir_lock.holder_is_alive(stale)[0]
 
 
+RACER = """
+import sys, time
+from pipeline import workdir as workdir_lib, workdir_lock
+directory, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # Every racer starts at the same moment.
+try:
+    with workdir_lock.WorkdirLock(directory):
+        print("acquired", flush=True)
+        time.sleep(3.0)  # Holds it while the others look.
+except workdir_lib.WorkdirError as e:
+    print("refused:", e, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_eight_runs_racing_for_a_stale_lock_leave_exactly_one_holder(tmp_path):
+    stale = {
+        "host": "another-host",
+        "pid": 1,
+        "pid_start": "1",
+        "started": "long ago",
+        "command": "x",
+        "heartbeat": 0.0,
+    }
+    (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(stale))
+    start = time.time() + 20.0  # Time for every racer to import.
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), str(start)],
+            env=subprocess_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outputs = [racer.communicate(timeout=60)[0].strip() for racer in racers]
+    assert sum(out == "acquired" for out in outputs) == 1, outputs
+    refused = [out for out in outputs if out != "acquired"]
+    assert all(out.startswith("refused:") and "is in use by" in out and ", pid " in out for out in refused), refused
+    assert not list(tmp_path.glob(".lock*")), "no stale or temporary lock files are left"
+
+
+def test_a_run_whose_lock_is_taken_stops_with_one_line(tmp_path, capfd):
+    signals = []
+    with workdir_lock.WorkdirLock(tmp_path, heartbeat_seconds=0.1, on_lost=lambda: signals.append("stop")) as lock:
+        other = dict(lock.record, pid=lock.record["pid"] + 1, host="another-host")
+        (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(other))
+        deadline = time.time() + 5
+        while not signals and time.time() < deadline:
+            time.sleep(0.05)
+    assert signals == ["stop"]
+    assert f"error: the lock {tmp_path / workdir_lock.LOCK_FILE} is now held by pid" in capfd.readouterr().err
+    assert json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())["host"] == "another-host"  # Left alone.
+
+
 def _tiny_run(data_dir: Path, workdir: Path, epochs: int):
     from test_train import tiny_config
 
