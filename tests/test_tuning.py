@@ -25,6 +25,27 @@ def test_empty_hyperparameters_give_the_base_config(name):
     assert config_from_hp(kt.HyperParameters(), base) == base
 
 
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_searched_range_contains_the_presets_value(name):
+    base = config_lib.preset(name)
+    hp = kt.HyperParameters()
+    assert config_from_hp(hp, base, search=GROUPS) == base  # The defaults are the preset's values.
+    for parameter in hp.space:
+        if not hp.is_active(parameter):
+            continue
+        value = hp.values[parameter.name]
+        kinds = kt.engine.hyperparameters
+        if isinstance(parameter, kinds.Boolean):
+            assert value in (True, False)
+        elif isinstance(parameter, kinds.Choice | kinds.Fixed):
+            assert value in getattr(parameter, "values", [value]), (name, parameter.name)
+        else:
+            assert parameter.min_value <= value <= parameter.max_value, (name, parameter.name, value)
+    rates = [p for p in hp.space if p.name == "learning_rate"]
+    assert rates[0].min_value == pytest.approx(base.train.learning_rate / 10)
+    assert rates[0].max_value == pytest.approx(base.train.learning_rate * 3)
+
+
 def test_fixed_values_override_only_their_field():
     base = config_lib.preset("default")
     hp = kt.HyperParameters()

@@ -14,7 +14,19 @@ import keras_tuner as kt
 
 from pipeline import config as config_lib
 
-GROUPS = ("filters", "kernel_size", "dense_units", "dropout", "batch_norm", "learning_rate", "augment")
+GROUPS = (
+    "filters",
+    "kernel_size",
+    "dense_units",
+    "dropout",
+    "batch_norm",
+    "learning_rate",
+    "weight_decay",
+    "augment",
+)
+# Rates whose scale depends on the recipe (SGD at 0.4, Adam at 1e-3) are
+# searched relative to the base config's: from base / 10 to base x 3, on a log scale.
+RELATIVE_RANGE = (0.1, 3.0)
 FILTER_CHOICES = ((16, 32, 48, 64), (32, 48, 64, 96, 128), (64, 96, 128, 192, 256))
 
 
@@ -41,13 +53,14 @@ def _dropout(hp, base: config_lib.ModelConfig, searched: bool) -> float | None:
         default = base.dropout if base.dropout is not None else 0.2
         if not searched:
             return hp.Fixed("dropout_rate", default)
-        return round(hp.Float("dropout_rate", 0.05, 0.5, step=0.05, default=default), 4)
+        low, high = min(0.05, default), max(0.5, default)
+        return round(hp.Float("dropout_rate", low, high, default=default), 4)
 
 
 def _augment(hp, base: config_lib.AugmentConfig, searched: bool) -> config_lib.AugmentConfig:
     # "Strength" is the shift in pixels (0 switches augmentation off) plus erasing.
     default_shift = base.max_shift if base.enabled else 0
-    shift = _choice(hp, "augment_shift", range(0, 5), default_shift, searched)
+    shift = _choice(hp, "augment_shift", range(0, 5), default_shift, searched)  # The default is always a choice.
     erase = _choice(hp, "augment_erase", (0.0, 0.25, 0.5), base.erase_probability, searched)
     if (shift, erase) == (default_shift, base.erase_probability):
         return base
@@ -72,11 +85,16 @@ def config_from_hp(hp: kt.HyperParameters, base: config_lib.Config, search=GROUP
             else hp.Fixed("batch_norm", m.batch_norm)
         ),
     )
-    if "learning_rate" in search:
-        rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=t.learning_rate)
-    else:
-        rate = hp.Fixed("learning_rate", t.learning_rate)
+    rate = _relative(hp, "learning_rate", t.learning_rate, "learning_rate" in search)
+    decay = _relative(hp, "weight_decay", t.weight_decay, "weight_decay" in search)
     augment = _augment(hp, base.augment, "augment" in search)
-    return config_lib.validate(
-        base.replace(model=model, augment=augment, train=dataclasses.replace(t, learning_rate=rate))
-    )
+    train = dataclasses.replace(t, learning_rate=rate, weight_decay=decay)
+    return config_lib.validate(base.replace(model=model, augment=augment, train=train))
+
+
+def _relative(hp, name: str, base: float, searched: bool) -> float:
+    """`base` scaled by a log-uniform factor in `RELATIVE_RANGE` (fixed when not searched or zero)."""
+    if not searched or base <= 0:
+        return hp.Fixed(name, base)
+    low, high = RELATIVE_RANGE
+    return hp.Float(name, base * low, base * high, sampling="log", default=base)
