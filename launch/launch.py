@@ -49,6 +49,8 @@ def main(argv: list[str]) -> None:
             tasks = local_cluster.tuner_tasks(FLAGS.tuner_workers, FLAGS.pin_cores, gpus)
     except cluster_env.ClusterError as e:
         common.fail(str(e), 2)
+    if FLAGS.num_workers is not None:
+        print(local_cluster.open_ports_warning(tasks), file=sys.stderr, flush=True)
     sys.exit(local_cluster.run_cluster(tasks, command))
 
 

@@ -126,6 +126,23 @@ def tf_config_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = 
     ]
 
 
+def open_ports_warning(tasks: list[Task]) -> str:
+    """The warning a local multi-worker run prints: TensorFlow's servers listen on every interface.
+
+    TensorFlow's gRPC server binds `0.0.0.0:PORT` whatever host TF_CONFIG
+    names, and its distributed runtime runs any op it is sent, without
+    authentication. The KerasTuner oracle binds the address it is given
+    (127.0.0.1 here), so tuner runs open no such port.
+    """
+    workers = json.loads(tasks[0].env["TF_CONFIG"])["cluster"]["worker"]
+    ports = [address.rsplit(":", 1)[1] for address in workers]
+    return (
+        f"warning: TensorFlow's workers listen on every network interface, not only loopback (ports "
+        f"{', '.join(ports)}): anyone who can reach this machine can run code in them while the run lasts; "
+        "run on a trusted network or firewall these ports"
+    )
+
+
 def tuner_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) -> list[Task]:
     """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores and GPUs.
 

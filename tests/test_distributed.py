@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -413,3 +415,49 @@ def test_sigterm_during_the_chiefs_export_ends_every_worker_with_143(tiny_data_d
     assert output.count("error: stopped by SIGTERM after training and evaluation") == 2, output[-3000:]
     assert "every task saved its checkpoint and stopped" in output
     assert not CRASH_LINES.search(output), CRASH_LINES.search(output).group(0)
+
+
+def _listening(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket process `pid` listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, size in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN.
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            # /proc prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))
+            found.append((str(ipaddress.ip_address(raw)), int(port, 16)))
+    return found
+
+
+@pytest.mark.slow
+def test_local_workers_listen_on_loopback_or_the_warning_names_the_port(long_data_dir, tmp_path):
+    env, _ = _env(tmp_path)
+    command = [*LAUNCH, "--num_workers=2", "--", *_train(tmp_path / "run", long_data_dir, "--epochs=2")]
+    launcher = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids, sockets = [], []
+    for line in launcher.stdout:
+        pids += [int(p) for p in re.findall(r"launcher: started worker \d \(pid (\d+)\)", line)]
+        if "Epoch 1/2" in line:  # Training: every server is up.
+            sockets = [s for pid in pids for s in _listening(pid)]
+            break
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    warned = re.search(
+        r"^warning: TensorFlow's workers listen on every network interface.*\(ports ([\d, ]+)\)", stderr, re.M
+    )
+    assert sockets, "the workers' listening sockets were read"
+    for address, port in sockets:
+        loopback = ipaddress.ip_address(address).is_loopback
+        assert loopback or (warned and str(port) in warned.group(1).split(", ")), (address, port, stderr[:500])
