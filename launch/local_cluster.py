@@ -146,11 +146,13 @@ def open_ports_warning(tasks: list[Task]) -> str:
 def tuner_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) -> list[Task]:
     """A KerasTuner oracle chief plus `num_workers` tuner workers, each worker on its share of the cores and GPUs.
 
-    The chief only answers the workers' requests; it trains nothing and runs on any core.
+    The chief answers the workers' requests; with `--retrain_best` it retrains the best config once they are done.
     """
     (port,) = free_ports(1)
     common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
-    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", **thread_env(1)})
+    # No thread or core limits for the chief: it answers requests while the
+    # workers search, then (`--retrain_best`) retrains on the whole machine.
+    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief"})
     threads = thread_env(threads_per_process(num_workers))
     shares = core_shares(num_workers) if pin_cores else [None] * num_workers
     return [chief] + [
