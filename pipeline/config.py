@@ -42,6 +42,11 @@ class DataConfig:
     # Used by the `smoke` preset and by tests, never by real runs.
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    # The order examples are split and sharded in. "canonical": sorted by a
+    # digest of their content, so every source (IDX files, tensorflow-datasets,
+    # which stores them in another order) gives the same validation split and
+    # shards. "file": as the source lists them.
+    order: Literal["canonical", "file"] = "canonical"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +256,7 @@ FIELDS_ADDED = {
     "train.all_reduce_dtype": "float32",
     "train.input_distribution": "tf_distribute",
     "train.deterministic": False,
+    "data.order": "file",
 }
 
 

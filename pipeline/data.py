@@ -172,15 +172,19 @@ def _load_tfds() -> tuple[Split, Split]:
     splits = tfds.load(
         "fashion_mnist",
         split=["train", "test"],
-        batch_size=-1,
         as_supervised=True,
+        shuffle_files=False,
         download_and_prepare_kwargs={"download_config": config} if config else None,
     )
-    (train_x, train_y), (test_x, test_y) = tfds.as_numpy(splits)
-    return (
-        Split(train_x[..., 0].astype(np.uint8), train_y.astype(np.uint8)),
-        Split(test_x[..., 0].astype(np.uint8), test_y.astype(np.uint8)),
-    )
+
+    def to_split(ds) -> Split:
+        # Batches of a fixed size: `batch_size=-1` sizes its one batch from the
+        # dataset's metadata, which not every copy of the data carries.
+        batches = list(tfds.as_numpy(ds.batch(10_000)))
+        images = np.concatenate([x for x, _ in batches])[..., 0].astype(np.uint8)
+        return Split(images, np.concatenate([y for _, y in batches]).astype(np.uint8))
+
+    return to_split(splits[0]), to_split(splits[1])
 
 
 def candidate_directories(data_dir: str | None) -> list[tuple[str, Path]]:
@@ -243,14 +247,47 @@ def _subset(split: Split, indices: np.ndarray) -> Split:
     return Split(split.images[indices], split.labels[indices])
 
 
-def load(config: DataConfig) -> Dataset:
-    """Loads, validates and splits Fashion-MNIST into train, validation and test, as `config` says."""
-    train, test, source = load_train_test(config.data_dir)
+def canonical_order(split: Split) -> Split:
+    """The split's examples sorted by a digest of their content (image and label).
+
+    Sources list the same examples in different orders; sorted by content
+    they are in one order whatever the source, so position-based choices (the
+    validation split, each worker's shard) pick the same examples everywhere.
+    Identical examples are interchangeable, so ties need no rule.
+    """
+    keys = [
+        hashlib.blake2b(image.tobytes() + bytes([int(label)]), digest_size=16).digest()
+        for image, label in zip(split.images, split.labels, strict=True)
+    ]
+    order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    return _subset(split, order)
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A digest of the three splits' content and order: equal exactly when a run sees the same examples."""
+    digest = hashlib.sha256()
+    for split in (dataset.train, dataset.validation, dataset.test):
+        digest.update(len(split).to_bytes(8, "big"))
+        digest.update(np.ascontiguousarray(split.images, np.uint8).tobytes())
+        digest.update(np.ascontiguousarray(split.labels, np.uint8).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_dataset(train: Split, test: Split, source: str, config: DataConfig) -> Dataset:
+    """Orders the examples and carves the validation split from the training ones, as `config` says."""
+    if config.order == "canonical":
+        train, test = canonical_order(train), canonical_order(test)
     keep, held_out = stratified_split(train.labels, config.validation_size, config.split_seed)
     keep = keep[: config.max_train_examples] if config.max_train_examples else keep
     held_out = held_out[: config.max_eval_examples] if config.max_eval_examples else held_out
     test_idx = np.arange(min(len(test), config.max_eval_examples or len(test)))
     return Dataset(_subset(train, keep), _subset(train, held_out), _subset(test, test_idx), source)
+
+
+def load(config: DataConfig) -> Dataset:
+    """Loads, validates and splits Fashion-MNIST into train, validation and test, as `config` says."""
+    train, test, source = load_train_test(config.data_dir)
+    return split_dataset(train, test, source, config)
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> None:

@@ -258,6 +258,14 @@ def all_workers_sum(strategy: tf.distribute.Strategy, value: float) -> float:
     return float(_compiled_sum(strategy)(tf.constant(value, tf.float64)))
 
 
+def workers_agree(strategy: tf.distribute.Strategy, value: float) -> bool:
+    """True when every worker passed the same `value` (two scalar all-reduces; always True for one worker)."""
+    if num_workers(strategy) == 1:
+        return True
+    mean = all_workers_sum(strategy, value) / strategy.num_replicas_in_sync
+    return all_workers_sum(strategy, abs(value - mean)) == 0
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True for the one process that writes the run's outputs.
 

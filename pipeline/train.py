@@ -61,6 +61,7 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         workers=distribution.num_workers(strategy),
         global_batch_size=config.train.global_batch_size,
         data_source=dataset.source,
+        data_fingerprint=data_lib.fingerprint(dataset),
         examples={"train": len(dataset.train), "val": len(dataset.validation), "test": len(dataset.test)},
     )
     return metrics
@@ -77,6 +78,18 @@ def _export_once(workdir: Path, export_base, metrics: dict) -> Path:
     path = export_lib.export_run(workdir, export_base)
     workdir_lib.write_json(previous, {"epochs_completed": metrics["epochs_completed"], "path": str(path)})
     return path
+
+
+def _check_workers_data(strategy, workdir: Path, fingerprint: str, source: str) -> None:
+    """Stops every worker when any worker's data differs from the others' (the chief's is in data.json)."""
+    # 48 bits of the fingerprint: exact in the float64 all-reduce.
+    if distribution.workers_agree(strategy, float(int(fingerprint[:12], 16))):
+        return
+    chief = workdir_lib.recorded_data(workdir) or {"fingerprint": "unknown", "source": "unknown"}
+    raise workdir_lib.WorkdirError(
+        f"the workers' data differ: this worker's has fingerprint {fingerprint} ({source}), the chief's "
+        f"{chief['fingerprint']} ({chief['source']}); give every worker the same data (--data_dir)"
+    )
 
 
 def train_and_evaluate(
@@ -126,6 +139,10 @@ def train_and_evaluate(
             len(dataset.validation),
             len(dataset.test),
         )
+        data_fingerprint = data_lib.fingerprint(dataset)
+        if chief:
+            workdir_lib.check_data(workdir, data_fingerprint, dataset.source)
+        _check_workers_data(strategy, workdir, data_fingerprint, dataset.source)
         policy = distribution.run_precision(config.train.precision, workdir_lib.recorded_precision(workdir))
         reduce_dtype = distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
         log.info(

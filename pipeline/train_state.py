@@ -239,11 +239,8 @@ def save(state: TrainState) -> str:
 
 
 def _check_workers_agree(strategy, step: int) -> None:
-    if distribution.num_workers(strategy) > 1:
-        replicas = strategy.num_replicas_in_sync
-        mean = distribution.all_workers_sum(strategy, float(step)) / replicas
-        if distribution.all_workers_sum(strategy, abs(step - mean)) > 0:
-            raise workdir_lib.WorkdirError(
-                "workers restored different checkpoints: the workdir must be on a file system every "
-                "worker can read (NFS, GCS, a shared volume)"
-            )
+    if not distribution.workers_agree(strategy, float(step)):
+        raise workdir_lib.WorkdirError(
+            "workers restored different checkpoints: the workdir must be on a file system every "
+            "worker can read (NFS, GCS, a shared volume)"
+        )

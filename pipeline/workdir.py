@@ -149,6 +149,34 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     return True
 
 
+DATA_RECORD = "data.json"
+
+
+def check_data(workdir: Path, fingerprint: str, source: str) -> None:
+    """Records the run's data fingerprint, or refuses data other than the one the run trained on.
+
+    Raises:
+      WorkdirError: when the workdir's run trained on other examples (or in another order).
+    """
+    path = workdir / DATA_RECORD
+    if path.exists():
+        recorded = read_json(path)
+        if recorded["fingerprint"] != fingerprint:
+            raise WorkdirError(
+                f"workdir {workdir} trained on data with fingerprint {recorded['fingerprint']} "
+                f"({recorded['source']}), but this run's data has fingerprint {fingerprint} ({source}); "
+                "resume with the same data, or use a new --workdir"
+            )
+        return
+    write_json(path, {"fingerprint": fingerprint, "source": source})
+
+
+def recorded_data(workdir: Path) -> dict | None:
+    """The data record the chief wrote (`check_data`), or None."""
+    path = workdir / DATA_RECORD
+    return read_json(path) if path.exists() else None
+
+
 def recorded_precision(workdir: Path) -> str | None:
     """The dtype policy a run in `workdir` trained with, or None (a new run, or one recorded as `auto`).
 

@@ -461,3 +461,34 @@ def test_local_workers_listen_on_loopback_or_the_warning_names_the_port(long_dat
     for address, port in sockets:
         loopback = ipaddress.ip_address(address).is_loopback
         assert loopback or (warned and str(port) in warned.group(1).split(", ")), (address, port, stderr[:500])
+
+
+@pytest.mark.slow
+def test_a_worker_whose_data_differs_from_the_chiefs_is_refused_naming_both(tiny_data_dir, tmp_path):
+    from conftest import write_dataset
+
+    from launch import local_cluster
+
+    env, _ = _env(tmp_path)
+    other = write_dataset(tmp_path / "other", n_train=700)
+    workers = [f"127.0.0.1:{port}" for port in local_cluster.free_ports(2)]
+    processes = []
+    for index, data_dir in enumerate((tiny_data_dir, other)):
+        spec = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                _train(tmp_path / "run", data_dir),
+                env=dict(env, TF_CONFIG=json.dumps(spec)),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    chief = json.loads((tmp_path / "run" / "data.json").read_text())["fingerprint"]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 1, output[-3000:]
+        (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+        assert "the workers' data differ" in line and f"the chief's {chief}" in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists(), "nothing trained"

@@ -1,0 +1,65 @@
+"""One data identity: every source gives the same examples in the same order, and a run refuses other data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from conftest import run, smoke_train_command, write_dataset
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+
+
+def _as_tfds_stores_them(split: data_lib.Split, seed: int):
+    """A fake tensorflow-datasets `_as_dataset`: the same examples in another order, as TFDS keeps them."""
+    order = np.random.default_rng(seed).permutation(len(split))
+
+    def as_dataset(self, *args, **kwargs):
+        del self, args, kwargs
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": split.images[order][..., None], "label": split.labels[order].astype(np.int64)}
+        )
+
+    return as_dataset
+
+
+def test_idx_files_and_tensorflow_datasets_give_the_same_splits_and_fingerprint(tiny_data_dir):
+    config = config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64)
+    from_idx = data_lib.load(config)
+    train, test = data_lib.load_directory(tiny_data_dir)
+    # The fake source serves the training split for every split: compare on the training examples.
+    with tfds.testing.mock_data(as_dataset_fn=_as_tfds_stores_them(train, seed=1)):
+        tfds_train, _ = data_lib._load_tfds()
+    assert not np.array_equal(tfds_train.labels, train.labels), "the fake source really reorders"
+    from_tfds = data_lib.split_dataset(tfds_train, test, "tensorflow-datasets", config)
+    for name in ("train", "validation", "test"):
+        a, b = getattr(from_idx, name), getattr(from_tfds, name)
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels), name
+    assert data_lib.fingerprint(from_idx) == data_lib.fingerprint(from_tfds)
+    # In file order the two sources would validate on different examples.
+    by_file = lambda t: data_lib.split_dataset(t, test, "", config_lib.DataConfig(validation_size=64, order="file"))  # noqa: E731
+    assert not np.array_equal(by_file(train).validation.images, by_file(tfds_train).validation.images)
+
+
+def test_runs_recorded_before_the_order_existed_keep_the_file_order(tmp_path):
+    recorded = config_lib.to_dict(config_lib.preset("smoke"))
+    del recorded["data"]["order"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert config_lib.load_run_config(tmp_path / "config.json").data.order == "file"
+    assert config_lib.preset("default").data.order == "canonical"
+
+
+def test_resuming_on_other_data_is_refused_naming_both_fingerprints(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    first = run(smoke_train_command(workdir, tiny_data_dir, "--noexport", "--noreport"), timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recorded = json.loads((workdir / "data.json").read_text())
+    assert json.loads((workdir / "metrics.json").read_text())["data_fingerprint"] == recorded["fingerprint"]
+    other = write_dataset(tmp_path / "other", n_train=700)
+    refused = run(smoke_train_command(workdir, other, "--epochs=2", "--noexport", "--noreport"), timeout=300)
+    assert refused.returncode == 1
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert f"trained on data with fingerprint {recorded['fingerprint']}" in line and "this run's data has" in line
