@@ -1,6 +1,6 @@
 """fmnist-export: write a finished run as a TensorFlow Serving SavedModel version.
 
-fmnist-export --workdir=runs/default --export_base=/models/fmnist [--version=N] [--tflite]
+fmnist-export --workdir=runs/default --export_base=/models/fmnist [--version=N] [--tflite] [--polarity=as_is]
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ flags.DEFINE_enum(
     ["none", "flip", "flip_and_shift"],
     "Views the exported model averages (default: the run's). none: fastest serving.",
 )
+flags.DEFINE_enum(
+    "polarity",
+    "auto",
+    ["auto", "as_is", "invert"],
+    "How serving_image_bytes reads brightness: auto inverts images on a light ground (photos), as_is never, "
+    "invert always.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -32,7 +39,14 @@ def main(argv: list[str]) -> None:
     from pipeline.export import ExportError, export_run
 
     try:
-        path = export_run(FLAGS.workdir, FLAGS.export_base, FLAGS.version, FLAGS.tflite, FLAGS.test_time_augmentation)
+        path = export_run(
+            FLAGS.workdir,
+            FLAGS.export_base,
+            FLAGS.version,
+            FLAGS.tflite,
+            FLAGS.test_time_augmentation,
+            FLAGS.polarity,
+        )
     except (ExportError, workdir.WorkdirError, config_lib.ConfigError, data_lib.DataError, OSError) as e:
         common.fail(str(e))
     print(path)

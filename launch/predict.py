@@ -1,7 +1,7 @@
 """fmnist-predict: classify PNG/JPEG files with an exported model.
 
 fmnist-predict --model=runs/default/export photo.jpg shirt.png
-fmnist-predict --model=runs/default/export/3 --invert --json photo.jpg
+fmnist-predict --model=runs/default/export/3 --polarity=invert --json photo.jpg
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ flags.DEFINE_string(
     "model", None, "Model base directory (newest version used) or one version directory.", required=True
 )
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1, upper_bound=10)
-flags.DEFINE_boolean("invert", False, "Invert grey levels (dark object on light background, e.g. photos).")
+flags.DEFINE_enum(
+    "polarity",
+    "auto",
+    ["auto", "as_is", "invert"],
+    "Brightness: auto inverts images on a light ground (photos), as the export's bytes signature does; "
+    "as_is never; invert always.",
+)
+flags.DEFINE_boolean("invert", None, "Same as --polarity=invert (--noinvert: --polarity=as_is).")
 flags.DEFINE_boolean("json", False, "Print one JSON list of per-file results.")
 FLAGS = flags.FLAGS
 
@@ -41,7 +48,10 @@ def main(argv: list[str]) -> None:
         model_dir = resolve_model_dir(FLAGS.model)
     except ModelNotFoundError as e:
         common.fail(str(e), 2)
-    results = predict_files(model_dir, files, FLAGS.top_k, FLAGS.invert)
+    polarity = FLAGS.polarity
+    if FLAGS.invert is not None:
+        polarity = "invert" if FLAGS.invert else "as_is"
+    results = predict_files(model_dir, files, FLAGS.top_k, polarity)
     if FLAGS.json:
         print(json.dumps(results, indent=2))
     else:

@@ -26,7 +26,7 @@ from pipeline import input_pipeline as ip
 from pipeline import models
 from pipeline import workdir as workdir_lib
 from pipeline.final_model import load_final_model
-from pipeline.images import decode_to_grayscale_28
+from pipeline.images import LIGHT_BORDER, decode_to_grayscale_28
 from pipeline.workdir_lock import pid_alive
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ class ExportError(RuntimeError):
 class ServingModule(tf.Module):
     """The model plus its preprocessing and class names, as serving signatures."""
 
-    def __init__(self, model):
+    def __init__(self, model, polarity: str = "auto"):
         super().__init__()
         self.model = model
+        self.polarity = polarity
         self.class_names = tf.constant(data_lib.CLASS_NAMES)
 
     def _outputs(self, images_uint8):
@@ -71,8 +72,12 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_image_bytes(self, image_bytes):
-        """Encoded PNG/JPEG images of any size and colour (REST: {"b64": ...})."""
-        images = tf.map_fn(decode_to_grayscale_28, image_bytes, fn_output_signature=tf.TensorSpec([28, 28], tf.uint8))
+        """Encoded PNG/JPEG images of any size and colour (REST: {"b64": ...}); light grounds inverted (`polarity`)."""
+        images = tf.map_fn(
+            lambda encoded: decode_to_grayscale_28(encoded, self.polarity),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([28, 28], tf.uint8),
+        )
         return self._outputs(images)
 
 
@@ -97,7 +102,7 @@ def _write_warmup(directory: Path, images: np.ndarray) -> None:
             writer.write(record.SerializeToString())
 
 
-def _write_metadata(directory: Path, workdir: Path, config: config_lib.Config) -> None:
+def _write_metadata(directory: Path, workdir: Path, config: config_lib.Config, polarity: str) -> None:
     extra = directory / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / "class_names.txt").write_text("\n".join(data_lib.CLASS_NAMES) + "\n")
@@ -107,7 +112,10 @@ def _write_metadata(directory: Path, workdir: Path, config: config_lib.Config) -
         json.dumps(
             {
                 "images": "uint8 [N,28,28] or [N,28,28,1], light object on dark ground, scaled to [0,1] in the graph",
-                "image_bytes": "PNG/JPEG decoded, converted to grayscale, padded to square, resized to 28x28 (area)",
+                "image_bytes": "PNG/JPEG decoded, converted to grayscale, inverted as `polarity` says, padded to "
+                "square, resized to 28x28 (area)",
+                "polarity": polarity,
+                "polarity_rule": f"auto inverts an image whose border's mean grey level exceeds {LIGHT_BORDER}",
                 "test_time_augmentation": config.model.test_time_augmentation,
             },
             indent=2,
@@ -149,6 +157,7 @@ def export_run(
     version: int | None = None,
     tflite: bool = False,
     test_time_augmentation: config_lib.TestTimeAugmentation | None = None,
+    polarity: str = "auto",
 ) -> Path:
     """Exports a finished run's final model; returns BASE/<version>.
 
@@ -162,6 +171,9 @@ def export_run(
         the run's. "none" serves the most examples per second (the run's
         metrics.json then overstates the exported model's accuracy; its
         `test_accuracy_single_view` is the matching number).
+      polarity: how `serving_image_bytes` reads brightness (`images.POLARITIES`):
+        "auto" inverts images on a light ground (photos), recorded in
+        assets.extra/preprocessing.json.
     """
     workdir = Path(workdir)
     base = Path(export_base) if export_base else workdir / "export"
@@ -183,11 +195,11 @@ def export_run(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.incomplete-{os.getpid()}@{socket.gethostname()}-", dir=base))
     try:
         with workdir_lib.writing(f"export version {version}", base):
-            module = ServingModule(model)
+            module = ServingModule(model, polarity)
             signatures = {"serving_default": module.serve_images, "serving_image_bytes": module.serve_image_bytes}
             tf.saved_model.save(module, str(staging), signatures=signatures)
             _write_warmup(staging, warmup_images)
-            _write_metadata(staging, workdir, config)
+            _write_metadata(staging, workdir, config, polarity)
             if tflite:
                 from pipeline.tflite import write_tflite_models
 

@@ -25,28 +25,26 @@ def resolve_model_dir(path: str | Path) -> Path:
     return max(numbered, key=lambda p: int(p.name))
 
 
-def load_image(path: Path, invert: bool) -> np.ndarray:
-    """uint8 [28, 28] from an image file, as the export's bytes signature converts it.
+def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
+    """uint8 [28, 28] from an image file, as the export's bytes signature converts it (`images.POLARITIES`).
 
     Raises:
       ValueError: when the file is not a decodable image.
     """
     try:
-        image = decode_to_grayscale_28(tf.constant(path.read_bytes())).numpy()
+        return decode_to_grayscale_28(tf.constant(path.read_bytes()), polarity).numpy()
     except tf.errors.InvalidArgumentError:
         raise ValueError("not a PNG, JPEG, GIF or BMP image") from None
-    # Fashion-MNIST is a light object on a dark ground; photos are usually the reverse.
-    return 255 - image if invert else image
 
 
-def predict_files(model_dir: Path, files: list[str], top_k: int, invert: bool) -> list[dict]:
+def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str = "auto") -> list[dict]:
     """One result per file: {"file", "top": [{class_name, class_id, probability}]} or {"file", "error"}."""
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     names = _class_names(model_dir)
     results = []
     for name in files:
         try:
-            image = load_image(Path(name), invert)
+            image = load_image(Path(name), polarity)
         except (OSError, ValueError) as e:
             results.append({"file": name, "error": getattr(e, "strerror", None) or str(e)})
             continue

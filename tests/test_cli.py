@@ -13,8 +13,8 @@ from conftest import REPO, run, subprocess_env
 COMMANDS = {
     "fmnist-train": {"workdir", "preset", "strategy", "epochs", "validation_size", "export", "logical_cpus"},
     "fmnist-tune": {"workdir", "tuner", "time_budget", "search_space", "validation_size", "retrain_best"},
-    "fmnist-export": {"workdir", "export_base", "version", "tflite", "test_time_augmentation"},
-    "fmnist-predict": {"model", "top_k", "invert", "json"},
+    "fmnist-export": {"workdir", "export_base", "version", "tflite", "test_time_augmentation", "polarity"},
+    "fmnist-predict": {"model", "top_k", "polarity", "invert", "json"},
     "fmnist-launch": {"num_workers", "tuner_workers"},
     "fmnist-report": {"workdir"},
 }
@@ -94,7 +94,7 @@ def test_every_flag_the_readme_gives_a_command_is_defined_by_it(helps):
         assert flags <= listed | {f"no{f}" for f in listed}, (name, flags - listed)
     readme = _readme_flags()
     assert {"validation_size", "noexport", "logical_cpus"} <= readme["fmnist-train"]
-    assert {"invert", "top_k"} <= readme["fmnist-predict"] and "time_budget" in readme["fmnist-tune"]
+    assert {"polarity", "invert", "top_k"} <= readme["fmnist-predict"] and "time_budget" in readme["fmnist-tune"]
 
 
 def test_readme_test_command_is_the_one_ci_runs():

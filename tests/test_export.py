@@ -165,10 +165,25 @@ def test_bytes_decoding_matches_dataset_pixels():
     from pipeline.images import decode_to_grayscale_28
 
     image = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
-    decoded = decode_to_grayscale_28(tf.constant(_encode(image, "PNG"))).numpy()
+    decoded = decode_to_grayscale_28(tf.constant(_encode(image, "PNG")), "as_is").numpy()
     np.testing.assert_array_equal(decoded, image)
-    rgb = decode_to_grayscale_28(tf.constant(_encode(np.stack([image] * 3, -1), "PNG"))).numpy()
+    rgb = decode_to_grayscale_28(tf.constant(_encode(np.stack([image] * 3, -1), "PNG")), "as_is").numpy()
     assert np.abs(rgb.astype(int) - image).max() <= 1
+
+
+def test_images_on_a_light_ground_are_inverted_unless_told_otherwise():
+    from pipeline.images import decode_to_grayscale_28
+
+    garment = np.zeros((28, 28), np.uint8)
+    garment[4:24, 8:20] = 200  # Light garment, dark ground: as in Fashion-MNIST.
+    photo = 255 - garment  # Dark garment, light ground: as in product photos.
+    decode = lambda image, polarity: decode_to_grayscale_28(tf.constant(_encode(image, "PNG")), polarity).numpy()  # noqa: E731
+    np.testing.assert_array_equal(decode(garment, "auto"), garment)
+    np.testing.assert_array_equal(decode(photo, "auto"), garment)
+    np.testing.assert_array_equal(decode(photo, "as_is"), photo)
+    np.testing.assert_array_equal(decode(garment, "invert"), photo)
+    with pytest.raises(ValueError, match="choose one of auto, as_is, invert"):
+        decode_to_grayscale_28(tf.constant(_encode(garment, "PNG")), "negative")
 
 
 def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_path):
@@ -214,3 +229,34 @@ def test_test_time_views_are_chosen_at_export(trained, tiny_data_dir, tmp_path):
         np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
         assert json.loads((path / "assets.extra" / "preprocessing.json").read_text())["test_time_augmentation"] == views
         assert config_lib.load_file(path / "assets.extra" / "config.json") == same
+
+
+@pytest.mark.slow
+def test_photos_either_way_round_serve_as_accurately_as_the_images_given(real_data_dir, tmp_path):
+    command = [
+        sys.executable, "-m", "launch.train", f"--workdir={tmp_path}", "--preset=smoke", f"--data_dir={real_data_dir}",
+        "--max_train_examples=20000", "--noreport",
+    ]  # fmt: skip
+    done = run(command, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    export = tmp_path / "export" / "1"
+    assert json.loads((export / "assets.extra" / "preprocessing.json").read_text())["polarity"] == "auto"
+    model = tf.saved_model.load(str(export))
+    _, test = data_lib.load_directory(real_data_dir)
+    images, labels = test.images, test.labels.astype(np.int64)
+
+    def accuracy(ids):
+        return float(np.mean(ids == labels))
+
+    def by_bytes(batch):
+        pngs = [tf.io.encode_png(image[..., None]) for image in batch]
+        return np.concatenate(
+            [model.signatures["serving_image_bytes"](image_bytes=tf.stack(pngs[i : i + 1000]))["class_id"].numpy()
+             for i in range(0, len(pngs), 1000)]
+        )  # fmt: skip
+
+    given = accuracy(model.signatures["serving_default"](images=tf.constant(images))["class_id"].numpy())
+    as_given = accuracy(by_bytes(images))
+    inverted = accuracy(by_bytes(255 - images))
+    assert as_given == given, "the images as given lose no accuracy"
+    assert abs(inverted - as_given) <= 0.01, (inverted, as_given)
