@@ -38,17 +38,19 @@ def main(argv) -> None:
     from benchmarks.scaling import GLOBAL_BATCH, REFERENCE
     from benchmarks.throughput import our_trainer
     from pipeline import config as config_lib
-    from pipeline import data as data_lib
-    from pipeline import distribution, models
+    from pipeline.cluster import strategies
+    from pipeline.data import sources as data_lib
+    from pipeline.model import network as models
+    from pipeline.training import precision
 
-    strategy = distribution.make_strategy("multi_worker")
+    strategy = strategies.make_strategy("multi_worker")
     config = config_lib.load_file(REFERENCE)
     with strategy.scope():
         model = models.build_model(config.model)
     grads = [tf.ones_like(v.value) for v in model.trainable_variables]
     unpacked = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=0)
-    policy = distribution.resolve_precision(config.train.precision)
-    dtype = distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy) or tf.float32
+    policy = precision.resolve_precision(config.train.precision)
+    dtype = strategies.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy) or tf.float32
     as_trained = [tf.cast(g, dtype) for g in grads]
 
     @tf.function

@@ -62,8 +62,9 @@ def preset_config(name: str) -> dict:
     if name == "reference":
         return json.loads(REFERENCE.read_text())
     from pipeline import config as config_lib
+    from pipeline import presets
 
-    return config_lib.to_dict(config_lib.preset(name))
+    return config_lib.to_dict(presets.preset(name))
 
 
 def train(config: dict, data_dir: str, quick: bool, *flags: str, changes: dict | None = None) -> dict:

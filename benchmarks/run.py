@@ -53,7 +53,7 @@ def main(argv):
 
     common.start_tensorflow()  # Quietly: the console shows the comparisons, not TensorFlow's start-up.
     from benchmarks import throughput
-    from pipeline import data as data_lib
+    from pipeline.data import sources as data_lib
 
     train, test, _ = data_lib.load_train_test(FLAGS.data_dir)
     peaks = throughput.matmul_peaks(FLAGS.quick)
@@ -115,8 +115,8 @@ def main(argv):
 def _serving(export: str, images) -> list[dict]:
     from benchmarks.serving import serving_speed
     from pipeline import config as config_lib
-    from pipeline.export import export_run
-    from pipeline.final_model import load_final_model
+    from pipeline.runs.final_model import load_final_model
+    from pipeline.serving.export import export_run
 
     workdir = Path(export).resolve().parents[1]
     config = config_lib.load_run_config(workdir / "config.json")

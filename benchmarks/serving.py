@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import latencies
-from pipeline import input_pipeline as ip
+from pipeline.data import input_pipeline as ip
 
 
 def _signature(export_dir):

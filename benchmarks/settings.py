@@ -52,11 +52,11 @@ def _child(name: str, data_dir: str | None, num_steps: int) -> None:
     import time
 
     from benchmarks.throughput import our_trainer
-    from pipeline import config as config_lib
-    from pipeline import data as data_lib
+    from pipeline import presets
+    from pipeline.data import sources as data_lib
 
     train, _, _ = data_lib.load_train_test(data_dir)
-    config = config_lib.preset("default")
+    config = presets.preset("default")
     config = config.replace(
         model=dataclasses.replace(config.model, **setting.model),
         train=dataclasses.replace(config.train, **setting.train),
@@ -84,17 +84,18 @@ def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float
     ceiling of the precision it trains in.
     """
     from benchmarks.throughput import ceiling, model_flops_per_example
-    from pipeline import config as config_lib
-    from pipeline import distribution, models
+    from pipeline import presets
+    from pipeline.model import network as models
+    from pipeline.training import precision
 
-    flops = model_flops_per_example(models.build_model(config_lib.preset("default").model))
+    flops = model_flops_per_example(models.build_model(presets.preset("default").model))
     num_steps, repeats = (4, 1) if quick else (96, 3)
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for _ in range(repeats):
         for name in SETTINGS:
             rates[name].append(_measure(name, data_dir, num_steps))
     base = statistics.median(rates[next(iter(SETTINGS))])
-    policy = distribution.resolve_precision(config_lib.preset("default").train.precision)
+    policy = precision.resolve_precision(presets.preset("default").train.precision)
     rows = []
     for name, values in rates.items():
         rate = statistics.median(values)

@@ -11,18 +11,20 @@ import tensorflow as tf
 
 from benchmarks.common import alternate
 from pipeline import config as config_lib
-from pipeline import distribution, models, train_lib
-from pipeline import input_pipeline as ip
-from pipeline import optimizer as optimizer_lib
+from pipeline import presets
+from pipeline.data import input_pipeline as ip
+from pipeline.model import network as models
+from pipeline.training import optimizer as optimizer_lib
+from pipeline.training import precision, steps
 
 
 def our_trainer(config: config_lib.Config, images, labels, num_steps: int):
     """A callable training `num_steps` steps of our pipeline; returns examples done."""
     strategy = tf.distribute.get_strategy()
-    policy = distribution.resolve_precision(config.train.precision)
+    policy = precision.resolve_precision(config.train.precision)
     model = models.build_model(config.model, dtype=policy)
     optimizer = optimizer_lib.build_optimizer(config.train, num_steps, policy)
-    train_steps = train_lib.make_train_steps(strategy, model, optimizer, config.train, policy)
+    train_steps = steps.make_train_steps(strategy, model, optimizer, config.train, policy)
     batch = config.train.global_batch_size
     iterator = iter(ip.train_dataset(images, labels, batch, 0, 0, config.augment))
     chunk = config.train.steps_per_execution
@@ -42,7 +44,7 @@ def our_trainer(config: config_lib.Config, images, labels, num_steps: int):
 
 def _tutorial_trainer(images, labels, num_examples: int):
     """The tutorial's way: model.fit on float64 NumPy / 255, batch 32, softmax output."""
-    model = keras.Sequential([models.build_model(config_lib.preset("seed").model), keras.layers.Softmax()])
+    model = keras.Sequential([models.build_model(presets.preset("seed").model), keras.layers.Softmax()])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = images[:num_examples].astype(np.float64)[..., None] / 255.0
     y = labels[:num_examples]
@@ -64,7 +66,7 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
     first calls in a process run far slower than its later ones.
     """
     n = 2048 if quick else len(labels)
-    seed = config_lib.preset("seed")
+    seed = presets.preset("seed")
     # Square-root learning-rate scaling for Adam: at batch 256 it held the tutorial's test accuracy, where
     # linear scaling (x8) lost it (README, results table).
     recommended = seed.replace(
@@ -84,7 +86,7 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
     rates = alternate(contenders, repeats=2 if quick else 3)
     base = rates["tutorial: model.fit float64 NumPy, batch 32"]
     precision = {name: "float32" for name in rates}
-    precision["ours recommended: batch 256, lr x sqrt(8), precision auto"] = distribution.resolve_precision("auto")
+    precision["ours recommended: batch 256, lr x sqrt(8), precision auto"] = precision.resolve_precision("auto")
     return [
         {"setting": k, "precision": precision[k], "examples/s": v, "vs tutorial": v / base} for k, v in rates.items()
     ]
@@ -179,7 +181,7 @@ def matmul_peaks(quick: bool) -> dict[str, float]:
     only where `--precision=auto` would pick it (bf16 instructions).
     """
     peaks = {"float32": matmul_peak(quick)}
-    if distribution.resolve_precision("auto") == "mixed_bfloat16":
+    if precision.resolve_precision("auto") == "mixed_bfloat16":
         peaks["mixed_bfloat16"] = matmul_peak(quick, tf.bfloat16)
     return peaks
 
@@ -195,7 +197,7 @@ def utilisation(rates: list[dict], peaks: dict[str, float]) -> list[dict]:
     `rates` are `training_throughput`'s rows, the tutorial first. A last row
     shows what 3x the tutorial's rate would take on this machine.
     """
-    flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
+    flops = model_flops_per_example(models.build_model(presets.preset("seed").model))
     goal = {"setting": "3x the tutorial", "examples/s": 3.0 * rates[0]["examples/s"], "precision": "float32"}
     return [
         {

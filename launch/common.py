@@ -115,7 +115,7 @@ def _parse_filters(items: list[str]) -> tuple[int, ...]:
 
 def config_from_flags() -> config_lib.Config:
     """The preset (or --config file) with every given flag applied; validated."""
-    base = config_lib.load_file(FLAGS.config) if FLAGS.config else config_lib.preset(FLAGS.preset)
+    base = config_lib.load_file(FLAGS.config) if FLAGS.config else presets.preset(FLAGS.preset)
     given = lambda name: FLAGS[name].present  # noqa: E731 - a tiny local predicate.
     pick = lambda name: {name: FLAGS[name].value} if given(name) else {}  # noqa: E731
     model = {**pick("batch_norm"), **pick("kernel_size"), **pick("test_time_augmentation")}
@@ -245,7 +245,7 @@ def start_tensorflow() -> None:
     In a Slurm job step each task keeps only its share of the node's GPUs:
     TensorFlow reads CUDA_VISIBLE_DEVICES once, when it initialises its devices.
     """
-    from pipeline import cluster_env
+    from pipeline.cluster import environment as cluster_env
 
     try:
         gpus = cluster_env.assign_slurm_gpus()

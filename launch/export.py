@@ -34,9 +34,9 @@ def main(argv: list[str]) -> None:
         common.fail(f"unexpected arguments {argv[1:]}", 2)
     common.start_tensorflow()
     from pipeline import config as config_lib
-    from pipeline import data as data_lib
-    from pipeline import workdir
-    from pipeline.export import ExportError, export_run
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import workdir
+    from pipeline.serving.export import ExportError, export_run
 
     try:
         path = export_run(

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         common.fail("give exactly one of --num_workers or --tuner_workers", 2)
     if shutil.which(command[0]) is None:
         common.fail(f"command {command[0]!r} not found on PATH (is the project installed: pip install -e .?)", 2)
-    from pipeline import cluster_env
+    from pipeline.cluster import environment as cluster_env
 
     gpus = cluster_env.visible_gpus() if FLAGS.gpus is None else FLAGS.gpus
     try:

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pipeline import cluster_env
+from pipeline.cluster import environment as cluster_env
 
 GRACE_SECONDS = 10.0
 
@@ -108,7 +108,7 @@ def tf_config_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = 
     cores (`core_shares`): every worker computes its share of each step and
     then waits for the others in the gradient all-reduce, so a worker whose
     threads migrate onto another's core delays every step of the job. The
-    benchmark record (comparison 6) measures pinned against unpinned workers.
+    benchmark record measures pinned against unpinned workers.
     """
     workers = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
     shares = core_shares(num_workers) if pin_cores else [None] * num_workers

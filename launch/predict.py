@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     if not files:
         common.fail("no image files given: fmnist-predict --model=DIR IMAGE...", 2)
     common.start_tensorflow()
-    from pipeline.predict import ModelNotFoundError, predict_files, resolve_model_dir
+    from pipeline.serving.predict import ModelNotFoundError, predict_files, resolve_model_dir
 
     try:
         model_dir = resolve_model_dir(FLAGS.model)

@@ -18,9 +18,9 @@ def main(argv: list[str]) -> None:
         common.fail(f"unexpected arguments {argv[1:]}", 2)
     common.start_tensorflow()
     from pipeline import config as config_lib
-    from pipeline import data as data_lib
-    from pipeline import workdir
-    from pipeline.report import build_report
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import workdir
+    from pipeline.runs.report import build_report
 
     try:
         out = build_report(FLAGS.workdir)

@@ -46,19 +46,20 @@ def main(argv: list[str]) -> None:
     except config_lib.ConfigError as e:
         common.fail(str(e), 2)
     common.start_tensorflow()
-    from pipeline import data as data_lib
-    from pipeline import distribution, workdir
+    from pipeline.cluster import strategies
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import workdir
 
     if FLAGS.logical_cpus:
-        distribution.use_logical_cpus(FLAGS.logical_cpus)
+        strategies.use_logical_cpus(FLAGS.logical_cpus)
     import tensorflow as tf
 
-    from pipeline.export import ExportError
-    from pipeline.preemption import StopSignal, TrainingStopped
-    from pipeline.train import train_and_evaluate
+    from pipeline.serving.export import ExportError
+    from pipeline.training.driver import train_and_evaluate
+    from pipeline.training.preemption import StopSignal, TrainingStopped
 
     try:
-        strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.devices)
+        strategy = strategies.make_strategy(FLAGS.strategy, FLAGS.devices)
         with StopSignal() as stop:
             metrics = train_and_evaluate(
                 config,
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
             )
     except TrainingStopped as e:
         common.fail(str(e), e.exit_code)
-    except (data_lib.DataError, workdir.WorkdirError, distribution.ClusterError, ExportError, ValueError) as e:
+    except (data_lib.DataError, workdir.WorkdirError, strategies.ClusterError, ExportError, ValueError) as e:
         common.fail(str(e))
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
         common.fail(
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> None:
             "restart the same command on every worker to resume",
             3,
         )
-    if distribution.is_chief(strategy):
+    if strategies.is_chief(strategy):
         summary = {
             k: metrics[k]
             for k in (

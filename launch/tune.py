@@ -40,8 +40,9 @@ def main(argv: list[str]) -> None:
         common.fail(f"unexpected arguments {argv[1:]}", 2)
     common.start_tensorflow()
     from pipeline import config as config_lib
-    from pipeline import data as data_lib
-    from pipeline import distribution, workdir
+    from pipeline.cluster import strategies
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import workdir
     from tuning import search_space
     from tuning.search import run_search
     from tuning.tuner import TuneConfig
@@ -61,10 +62,10 @@ def main(argv: list[str]) -> None:
         search=search,
         seed=base.train.seed,
     )
-    from pipeline.preemption import StopSignal, TrainingStopped
+    from pipeline.training.preemption import StopSignal, TrainingStopped
 
     try:
-        strategy = distribution.make_strategy(FLAGS.strategy)
+        strategy = strategies.make_strategy(FLAGS.strategy)
         with StopSignal() as stop:
             summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best, stop)
     except TrainingStopped as e:

@@ -81,7 +81,7 @@ class ModelConfig:
     # min(in, out) filters start as the identity (a dirac at the centre tap),
     # so a new network passes the stem's features through every block.
     conv_init: ConvInit = "identity"
-    # "fused": TensorFlow's fused kernel (`pipeline.batch_norm`), faster on CPU
+    # "fused": TensorFlow's fused kernel (`pipeline.model.batch_norm`), faster on CPU
     # with the same weights and semantics; "keras": Keras' own layer. The
     # benchmarks' execution-settings comparison measures both.
     batch_norm_kernel: BatchNormKernel = "fused"
@@ -194,15 +194,6 @@ class Config:
     def replace(self, **sections) -> Config:
         """Returns a copy with top-level fields or whole sections replaced."""
         return dataclasses.replace(self, **sections)
-
-
-def preset(name: str) -> Config:
-    """Returns the named preset (`pipeline.presets`), or raises ConfigError listing valid names."""
-    from pipeline.presets import PRESETS  # The presets are built from this module's classes.
-
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
 
 
 def to_dict(config) -> dict:

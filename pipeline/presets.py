@@ -1,6 +1,6 @@
 """The named presets: `default` (the dataclass defaults), `fast`, `best`, `seed`, `smoke`.
 
-`config.preset(name)` returns one. Each preset is a function so every call
+`preset(name)` returns one. Each preset is a function so every call
 builds a fresh, frozen config.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from pipeline.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
+from pipeline.config import AugmentConfig, Config, ConfigError, DataConfig, ModelConfig, TrainConfig
 
 
 def _seed() -> Config:
@@ -88,3 +88,10 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
     "seed": _seed,
     "smoke": _smoke,
 }
+
+
+def preset(name: str) -> Config:
+    """Returns the named preset, or raises ConfigError listing valid names."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -10,12 +10,13 @@ import tensorflow as tf
 from conftest import run
 
 from pipeline import config as config_lib
-from pipeline.train import train_and_evaluate
+from pipeline import presets
+from pipeline.training.driver import train_and_evaluate
 
 
 @pytest.mark.slow
 def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
-    base = config_lib.preset("smoke")
+    base = presets.preset("smoke")
     config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
     train_and_evaluate(config, tmp_path / "run", tf.distribute.get_strategy(), progress=False, make_report=False)
     out = tmp_path / "results.json"
@@ -99,9 +100,9 @@ def test_settings_are_valid_configs_and_flops_are_analytic():
 
     from benchmarks.settings import SETTINGS
     from benchmarks.throughput import model_flops_per_example
-    from pipeline import models
+    from pipeline.model import network as models
 
-    base = config_lib.preset("default")
+    base = presets.preset("default")
     for setting in SETTINGS.values():
         config_lib.validate(
             base.replace(
@@ -111,14 +112,14 @@ def test_settings_are_valid_configs_and_flops_are_analytic():
         )
     # Seed model: conv 26x26x64x(3x3x1), conv 11x11x64x(3x3x64), dense 1600x128, dense 128x10; x2 x3.
     forward = 26 * 26 * 64 * 9 + 11 * 11 * 64 * 9 * 64 + 1600 * 128 + 128 * 10
-    assert model_flops_per_example(models.build_model(config_lib.preset("seed").model)) == 6.0 * forward
+    assert model_flops_per_example(models.build_model(presets.preset("seed").model)) == 6.0 * forward
 
 
 def test_every_ablation_row_changes_one_technique_of_fast():
     from benchmarks import recipes
 
     fast = recipes.preset_config("fast")
-    assert fast == config_lib.to_dict(config_lib.preset("fast"))
+    assert fast == config_lib.to_dict(presets.preset("fast"))
     for name, changes in {**recipes.TECHNIQUES, **recipes.LEFT_OUT}.items():
         variant = json.loads(json.dumps(fast))
         for section, fields in changes.items():
@@ -139,9 +140,9 @@ def test_time_to_target_reads_the_first_epoch_reaching_it():
 
 def test_utilisation_divides_each_row_by_the_ceiling_of_its_precision():
     from benchmarks.throughput import model_flops_per_example, utilisation
-    from pipeline import models
+    from pipeline.model import network as models
 
-    flops = model_flops_per_example(models.build_model(config_lib.preset("seed").model))
+    flops = model_flops_per_example(models.build_model(presets.preset("seed").model))
     rates = [
         {"setting": "tutorial", "precision": "float32", "examples/s": 1000.0},
         {"setting": "bf16 row", "precision": "mixed_bfloat16", "examples/s": 2000.0},

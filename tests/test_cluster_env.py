@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import cluster_env
+from pipeline.cluster import environment as cluster_env
 
 
 def _step(procid: int, nodeid: int, localid: int, **extra) -> dict:

@@ -10,8 +10,8 @@ from conftest import REPO
 
 from launch import common
 from launch import train as train_cli  # noqa: F401 - defines fmnist-train's flags.
-from pipeline import config as config_lib
-from pipeline import optimizer as optimizer_lib
+from pipeline import presets
+from pipeline.training import optimizer as optimizer_lib
 
 CLUSTER = REPO / "launch" / "cluster"
 
@@ -37,7 +37,7 @@ def test_cluster_files_train_at_their_presets_own_rate(arguments):
     try:
         flags.FLAGS(["fmnist-train", *arguments])
         config = common.config_from_flags()
-        preset = config_lib.preset(flags.FLAGS.preset)
+        preset = presets.preset(flags.FLAGS.preset)
     finally:
         flags.FLAGS.unparse_flags()
     rate = optimizer_lib.peak_learning_rate(config.train) / config.train.global_batch_size

@@ -18,10 +18,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
 from pipeline.config import DataConfig
-from pipeline.export import export_run
-from pipeline.train import train_and_evaluate
+from pipeline.data import sources as data_lib
+from pipeline.serving.export import export_run
+from pipeline.training.driver import train_and_evaluate
 
 LEGACY_RUN = Path(__file__).parent / "data" / "legacy_run"
 

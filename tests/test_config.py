@@ -12,7 +12,7 @@ from pipeline import presets
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_presets_round_trip(name, tmp_path):
-    config = config_lib.validate(config_lib.preset(name))
+    config = config_lib.validate(presets.preset(name))
     config_lib.save(config, tmp_path / "config.json")
     assert config_lib.load_file(tmp_path / "config.json") == config
 
@@ -43,14 +43,14 @@ def test_bad_configs_fail_loudly(tmp_path, content, message):
 
 def test_unknown_preset_and_bad_json(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="unknown preset 'nope'"):
-        config_lib.preset("nope")
+        presets.preset("nope")
     (tmp_path / "c.json").write_text("{")
     with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
         config_lib.load_file(tmp_path / "c.json")
 
 
 def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
-    data = config_lib.to_dict(config_lib.preset("default"))
+    data = config_lib.to_dict(presets.preset("default"))
     for dotted in config_lib.FIELDS_ADDED:
         section, field = dotted.split(".")
         del data[section][field]
@@ -60,4 +60,4 @@ def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
         section, field = dotted.split(".")
         assert getattr(getattr(run, section), field) == value, dotted
     # A file to start a new run from takes today's defaults instead.
-    assert config_lib.load_file(tmp_path / "config.json") == config_lib.preset("default")
+    assert config_lib.load_file(tmp_path / "config.json") == presets.preset("default")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import write_dataset
 
-from pipeline import data as data_lib
 from pipeline.config import DataConfig
+from pipeline.data import sources as data_lib
 
 
 def _labels_file(directory, stem="train"):

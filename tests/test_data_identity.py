@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 from conftest import run, smoke_train_command, write_dataset
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
+from pipeline import presets
+from pipeline.data import sources as data_lib
 
 
 def _as_tfds_stores_them(split: data_lib.Split, seed: int):
@@ -45,11 +46,11 @@ def test_idx_files_and_tensorflow_datasets_give_the_same_splits_and_fingerprint(
 
 
 def test_runs_recorded_before_the_order_existed_keep_the_file_order(tmp_path):
-    recorded = config_lib.to_dict(config_lib.preset("smoke"))
+    recorded = config_lib.to_dict(presets.preset("smoke"))
     del recorded["data"]["order"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     assert config_lib.load_run_config(tmp_path / "config.json").data.order == "file"
-    assert config_lib.preset("default").data.order == "canonical"
+    assert presets.preset("default").data.order == "canonical"
 
 
 def test_resuming_on_other_data_is_refused_naming_both_fingerprints(tiny_data_dir, tmp_path):

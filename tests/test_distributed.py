@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, run, subprocess_env
 
-from pipeline import distribution
+from pipeline.cluster import strategies
 
 LAUNCH = [sys.executable, "-m", "launch.launch"]
 MALFORMED_TF_CONFIGS = pytest.mark.parametrize(
@@ -204,8 +204,8 @@ def _chief_fingerprint(output: str) -> str:
 
 @MALFORMED_TF_CONFIGS
 def test_malformed_tf_config_is_a_clear_error(tf_config, message):
-    with pytest.raises(distribution.ClusterError, match=message):
-        distribution.parse_tf_config(tf_config)
+    with pytest.raises(strategies.ClusterError, match=message):
+        strategies.parse_tf_config(tf_config)
 
 
 @pytest.mark.slow
@@ -239,13 +239,13 @@ def test_launcher_names_a_failing_worker(tmp_path):
 
 
 def test_chief_rule():
-    assert distribution.is_chief(tf.distribute.get_strategy())
+    assert strategies.is_chief(tf.distribute.get_strategy())
 
 
 def test_only_a_multi_worker_process_with_one_cpu_replica_feeds_it_directly():
     # One process: its datasets go through the strategy (a no-op for the default one).
-    assert distribution.direct_input_context(tf.distribute.get_strategy()) is None
-    assert distribution.direct_input_context(tf.distribute.MirroredStrategy(["/cpu:0"])) is None
+    assert strategies.direct_input_context(tf.distribute.get_strategy()) is None
+    assert strategies.direct_input_context(tf.distribute.MirroredStrategy(["/cpu:0"])) is None
 
 
 def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_ports():
@@ -336,9 +336,9 @@ def test_more_launched_workers_than_gpus_is_refused_in_one_line(tmp_path):
 
 def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
     implementation = tf.distribute.experimental.CommunicationImplementation
-    cpu, gpu = distribution.communication_options(0), distribution.communication_options(2)
+    cpu, gpu = strategies.communication_options(0), strategies.communication_options(2)
     assert cpu.implementation == implementation.RING and gpu.implementation == implementation.NCCL
-    assert cpu.bytes_per_pack == gpu.bytes_per_pack == distribution.BYTES_PER_PACK > 0
+    assert cpu.bytes_per_pack == gpu.bytes_per_pack == strategies.BYTES_PER_PACK > 0
     # No timeout: TensorFlow would keep a sleeping thread per collective for the whole timeout.
     assert cpu.timeout_seconds is None and gpu.timeout_seconds is None
 
@@ -347,9 +347,9 @@ PACKING_SCRIPT = """
 import json
 import numpy as np
 import tensorflow as tf
-from pipeline import distribution
+from pipeline.cluster import strategies
 
-strategy = distribution.make_strategy("multi_worker")
+strategy = strategies.make_strategy("multi_worker")
 rng = np.random.default_rng(strategy.cluster_resolver.task_id)
 tensors = [tf.constant(rng.normal(size=shape), tf.float32) for shape in ((3, 3, 1, 32), (32,), (1152, 256), (10,))]
 unpacked = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=0)

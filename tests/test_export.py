@@ -14,17 +14,18 @@ from conftest import run, subprocess_env
 from PIL import Image
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import export as export_lib
-from pipeline import workdir as workdir_lib
+from pipeline import presets
 from pipeline.config import DataConfig
-from pipeline.train import train_and_evaluate
+from pipeline.data import sources as data_lib
+from pipeline.runs import workdir as workdir_lib
+from pipeline.serving import export as export_lib
+from pipeline.training.driver import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    base = config_lib.preset("smoke")
+    base = presets.preset("smoke")
     config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
     metrics = train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, make_report=False)
     return workdir, metrics
@@ -70,8 +71,8 @@ print(json.dumps({
 
 
 def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tmp_path):
-    from pipeline import data as data_lib
-    from pipeline.final_model import load_final_model, predict_probabilities
+    from pipeline.data import sources as data_lib
+    from pipeline.runs.final_model import load_final_model, predict_probabilities
 
     workdir, _ = trained
     test = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test
@@ -135,7 +136,7 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
 
 
 def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_dir, tmp_path):
-    from pipeline import data as data_lib
+    from pipeline.data import sources as data_lib
 
     workdir, _ = trained
     image = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test.images[0]
@@ -162,7 +163,7 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
 
 
 def test_bytes_decoding_matches_dataset_pixels():
-    from pipeline.images import decode_to_grayscale_28
+    from pipeline.serving.images import decode_to_grayscale_28
 
     image = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
     decoded = decode_to_grayscale_28(tf.constant(_encode(image, "PNG")), "as_is").numpy()
@@ -172,7 +173,7 @@ def test_bytes_decoding_matches_dataset_pixels():
 
 
 def test_images_on_a_light_ground_are_inverted_unless_told_otherwise():
-    from pipeline.images import decode_to_grayscale_28
+    from pipeline.serving.images import decode_to_grayscale_28
 
     garment = np.zeros((28, 28), np.uint8)
     garment[4:24, 8:20] = 200  # Light garment, dark ground: as in Fashion-MNIST.
@@ -187,8 +188,8 @@ def test_images_on_a_light_ground_are_inverted_unless_told_otherwise():
 
 
 def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_path):
-    from pipeline import data as data_lib
-    from pipeline.tflite import tflite_probabilities
+    from pipeline.data import sources as data_lib
+    from pipeline.serving.tflite import tflite_probabilities
 
     workdir, _ = trained
     version = export_lib.export_run(workdir, tmp_path, tflite=True)
@@ -215,7 +216,7 @@ def test_serving_default_rejects_wrong_shapes(trained):
 def test_test_time_views_are_chosen_at_export(trained, tiny_data_dir, tmp_path):
     import dataclasses
 
-    from pipeline.final_model import load_final_model, predict_probabilities
+    from pipeline.runs.final_model import load_final_model, predict_probabilities
 
     workdir, _ = trained
     config = config_lib.load_file(workdir / "config.json")

@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, run, smoke_train_command, subprocess_env
 
-from pipeline import workdir as workdir_lib
-from pipeline import workdir_lock
+from pipeline.runs import lock as workdir_lock
+from pipeline.runs import workdir as workdir_lib
 
 # Long enough epochs (about 180 steps of the smoke model) to signal a process mid-epoch.
 LONG = ["--max_train_examples=11520", "--validation_size=64", "--noexport", "--noreport"]
@@ -140,7 +140,8 @@ def test_lock_holder_liveness_guards_against_pid_reuse_and_stale_hosts(tmp_path)
 
 RACER = """
 import sys, time
-from pipeline import workdir as workdir_lib, workdir_lock
+from pipeline.runs import workdir as workdir_lib
+from pipeline.runs import lock as workdir_lock
 directory, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))  # Every racer starts at the same moment.
 try:
@@ -198,7 +199,7 @@ def test_a_run_whose_lock_is_taken_stops_with_one_line(tmp_path, capfd):
 def _tiny_run(data_dir: Path, workdir: Path, epochs: int):
     from test_train import tiny_config
 
-    from pipeline.train import train_and_evaluate
+    from pipeline.training.driver import train_and_evaluate
 
     config = tiny_config(data_dir, epochs=epochs)
     return train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, make_report=False)
@@ -278,7 +279,7 @@ def test_full_disk_is_one_line_keeps_earlier_checkpoints_and_the_rerun_cleans_up
 
 
 def test_full_disk_is_reported_with_an_injected_error(tiny_data_dir, tmp_path, monkeypatch):
-    from pipeline import train_state
+    from pipeline.training import state as train_state
 
     saves = []
 

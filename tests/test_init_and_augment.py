@@ -9,10 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import input_pipeline as ip
-from pipeline import models
-from pipeline.batch_norm import FusedBatchNormalization
-from pipeline.optimizer import build_optimizer
+from pipeline import presets
+from pipeline.data import input_pipeline as ip
+from pipeline.model import network as models
+from pipeline.model.batch_norm import FusedBatchNormalization
+from pipeline.training.optimizer import build_optimizer
 
 RNG = np.random.default_rng(0)
 # Smooth, correlated images: neighbouring pixels share a random low-resolution field.
@@ -35,7 +36,7 @@ def test_whitening_kernel_uses_half_the_filters_when_fewer_than_two_per_directio
 
 
 def test_initialize_stem_writes_the_whitening_filters_and_keeps_the_rest():
-    config = dataclasses.replace(config_lib.preset("smoke").model, stem_init="whitening", filters=(24, 16))
+    config = dataclasses.replace(presets.preset("smoke").model, stem_init="whitening", filters=(24, 16))
     model = models.build_model(config)
     before = model.get_layer(models.STEM).kernel.numpy().copy()
     models.initialize_stem(model, config, IMAGES)
@@ -56,7 +57,7 @@ def test_partial_identity_copies_the_input_channels_through():
 
 
 def test_identity_init_skips_the_stem():
-    config = dataclasses.replace(config_lib.preset("smoke").model, conv_init="identity")
+    config = dataclasses.replace(presets.preset("smoke").model, conv_init="identity")
     model = models.build_model(config)
     kernel = model.get_layer("block1_conv0").kernel.numpy()
     np.testing.assert_array_equal(kernel[1, 1, :8, :8], np.eye(8))

@@ -15,21 +15,23 @@ from conftest import run, smoke_train_command, subprocess_env
 INJECT_SCRIPT = """
 import json, sys
 import numpy as np
-from pipeline import distribution
+from pipeline.cluster import strategies
+from pipeline import presets
 if sys.argv[1] == "mirrored":
-    distribution.use_logical_cpus(2)
+    strategies.use_logical_cpus(2)
 import keras
 import tensorflow as tf
-from pipeline import config, optimizer as optimizer_lib
+from pipeline import config
+from pipeline.training import optimizer as optimizer_lib
 
 if sys.argv[1] == "mirrored":
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 else:
-    strategy = distribution.make_strategy("multi_worker")
+    strategy = strategies.make_strategy("multi_worker")
 with strategy.scope():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype="mixed_float16")])
-    optimizer = optimizer_lib.build_optimizer(config.preset("smoke").train, 10, "mixed_float16")
+    optimizer = optimizer_lib.build_optimizer(presets.preset("smoke").train, 10, "mixed_float16")
     optimizer.build(model.trainable_variables)
 before = [v.numpy() for v in model.trainable_variables]
 

@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline.batch_norm import FusedBatchNormalization
-from pipeline.models import TestTimeViews, build_model, probabilities, single_view
+from pipeline import presets
+from pipeline.model.batch_norm import FusedBatchNormalization
+from pipeline.model.network import TestTimeViews, build_model, probabilities, single_view
 
 # Two convs per block, no conv bias (BN follows), BN with a frozen scale (beta and
 # the two moving statistics: 3 per channel): block 0 conv 1->16 144 + 16->16 2,304,
@@ -24,7 +25,7 @@ def _layer_types(model):
 
 
 def test_seed_is_the_tutorial_model():
-    model = build_model(config_lib.preset("seed").model)
+    model = build_model(presets.preset("seed").model)
     assert model.count_params() == 243_786
     assert _layer_types(model) == [
         "InputLayer",
@@ -40,12 +41,12 @@ def test_seed_is_the_tutorial_model():
 
 
 def test_default_parameter_count():
-    model = build_model(config_lib.preset("default").model)
+    model = build_model(presets.preset("default").model)
     assert model.count_params() == DEFAULT_PARAMS
 
 
 def test_dropout_and_batch_norm_switches():
-    seed = config_lib.preset("seed").model
+    seed = presets.preset("seed").model
     with_dropout = build_model(dataclasses.replace(seed, dropout=0.25))
     dropouts = [layer for layer in with_dropout.layers if isinstance(layer, keras.layers.Dropout)]
     assert len(dropouts) == len(seed.filters) + 1 and all(d.rate == 0.25 for d in dropouts)
@@ -56,7 +57,7 @@ def test_dropout_and_batch_norm_switches():
 
 
 def test_with_batch_norm_dropout_never_feeds_a_batch_norm_layer():
-    model = build_model(config_lib.preset("default").model)
+    model = build_model(presets.preset("default").model)
     names = [layer.name for layer in model.layers]
     assert [n for n in names if "dropout" in n] == ["block2_dropout", "head_dropout"]
     for i, layer in enumerate(model.layers):
@@ -73,7 +74,7 @@ def test_filters_and_kernel_size_shape_the_convolutions():
 
 
 def test_mixed_precision_keeps_float32_logits():
-    model = build_model(config_lib.preset("smoke").model, dtype="mixed_bfloat16")
+    model = build_model(presets.preset("smoke").model, dtype="mixed_bfloat16")
     assert model.layers[1].compute_dtype == "bfloat16"
     assert model.output.dtype == "float32"
 
@@ -84,7 +85,7 @@ def _shifted(images, dy, dx):
 
 
 def test_test_time_augmentation_averages_views_only_at_inference():
-    base = dataclasses.replace(config_lib.preset("smoke").model, dropout=None)
+    base = dataclasses.replace(presets.preset("smoke").model, dropout=None)
     plain = build_model(dataclasses.replace(base, test_time_augmentation="none"))
     images = np.random.default_rng(0).random((5, 28, 28, 1), np.float32)
     flipped = images[:, :, ::-1]
@@ -107,7 +108,7 @@ def test_test_time_augmentation_averages_views_only_at_inference():
 
 
 def test_single_view_shares_weights_and_skips_the_views():
-    base = dataclasses.replace(config_lib.preset("smoke").model, dropout=None)
+    base = dataclasses.replace(presets.preset("smoke").model, dropout=None)
     plain = build_model(dataclasses.replace(base, test_time_augmentation="none"))
     model = build_model(dataclasses.replace(base, test_time_augmentation="flip_and_shift"))
     model.set_weights(plain.get_weights())
@@ -147,7 +148,7 @@ def test_relu_after_pooling_equals_relu_before_it():
     # the two orders (`relu_after_pooling`) must agree exactly, gradients included.
     for convs_per_block in (1, 2):
         model_config = dataclasses.replace(
-            config_lib.preset("default").model,
+            presets.preset("default").model,
             convs_per_block=convs_per_block,
             dropout=None,
             test_time_augmentation="none",
@@ -170,9 +171,9 @@ def test_relu_after_pooling_equals_relu_before_it():
 
 
 def test_batch_norm_kernel_selects_the_layer():
-    fused = build_model(config_lib.preset("default").model)
-    keras_bn = build_model(dataclasses.replace(config_lib.preset("default").model, batch_norm_kernel="keras"))
-    convs = len(config_lib.preset("default").model.filters) * config_lib.preset("default").model.convs_per_block
+    fused = build_model(presets.preset("default").model)
+    keras_bn = build_model(dataclasses.replace(presets.preset("default").model, batch_norm_kernel="keras"))
+    convs = len(presets.preset("default").model.filters) * presets.preset("default").model.convs_per_block
     assert sum(isinstance(layer, FusedBatchNormalization) for layer in fused.layers) == convs == 6
     bn = [layer for layer in keras_bn.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(bn) == convs and not any(isinstance(layer, FusedBatchNormalization) for layer in bn)
@@ -183,11 +184,11 @@ def test_logits_numerics_equal_the_softmax_output_numerics():
     # A freshly initialised model and a fixed batch: the loss from logits and its
     # gradients equal those of a softmax output layer followed by cross-entropy on
     # probabilities, and the served probabilities equal the views' averaged softmax.
-    from pipeline.export import ServingModule
-    from pipeline.train_lib import per_example_loss
+    from pipeline.serving.export import ServingModule
+    from pipeline.training.steps import per_example_loss
 
     keras.utils.set_random_seed(0)
-    config = dataclasses.replace(config_lib.preset("smoke").model, dropout=None)
+    config = dataclasses.replace(presets.preset("smoke").model, dropout=None)
     model = build_model(config)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8)

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline.optimizer import WarmupCosine, build_optimizer, learning_rate_schedule
+from pipeline.training.optimizer import WarmupCosine, build_optimizer, learning_rate_schedule
 
 
 def test_warmup_then_cosine_to_zero():
@@ -55,3 +55,18 @@ def test_resumed_optimizer_continues_the_schedule_mid_way(tmp_path):
     assert math.isclose(float(resumed.learning_rate), expected, rel_tol=1e-6)
     assert math.isclose(float(resumed.learning_rate), float(before.learning_rate), rel_tol=1e-6)
     assert 0 < expected < train.learning_rate
+
+
+def test_keras_cosine_decay_with_warmup_differs_from_the_schedule_by_more_than_1e_6():
+    # The schedule is hand-written only because Keras's differs: this measures by how much.
+    peak, warmup, total = 0.4, 107, 107 * 31
+    ours = WarmupCosine(peak, warmup_steps=warmup, total_steps=total, decay=True)
+    keras_schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=total - warmup, warmup_target=peak, warmup_steps=warmup
+    )
+    steps = np.arange(total + 1)
+    difference = np.abs(np.array([float(ours(s)) for s in steps]) - np.array([float(keras_schedule(s)) for s in steps]))
+    # Keras's warm-up is peak * step / warmup_steps: step 0 trains at rate 0.
+    assert float(keras_schedule(0)) == 0.0 and float(ours(0)) == peak / warmup
+    assert difference.max() > 1e-6 and difference[:warmup].max() == difference.max()
+    assert difference[warmup:].max() < 1e-6, "after the warm-up both are the same cosine"

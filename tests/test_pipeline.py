@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from conftest import make_images
 
-from pipeline import input_pipeline as ip
 from pipeline.config import AugmentConfig
+from pipeline.data import input_pipeline as ip
 
 LABELS = np.arange(200) % 10
 IMAGES = make_images(LABELS, seed=1)

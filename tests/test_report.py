@@ -9,8 +9,9 @@ import tensorflow as tf
 from conftest import run
 
 from pipeline import config as config_lib
-from pipeline.report import confusion_matrix, per_class_rows
-from pipeline.train import train_and_evaluate
+from pipeline import presets
+from pipeline.runs.report import confusion_matrix, per_class_rows
+from pipeline.training.driver import train_and_evaluate
 
 REPORT_FILES = (
     "learning_curves.png",
@@ -23,7 +24,7 @@ REPORT_FILES = (
 
 
 def test_tiny_run_writes_every_report_file_and_fmnist_report_rebuilds_them(tiny_data_dir, tmp_path):
-    base = config_lib.preset("smoke")
+    base = presets.preset("smoke")
     config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
     train_and_evaluate(config, tmp_path, tf.distribute.get_strategy(), progress=False, export=False)
     report = tmp_path / "report"

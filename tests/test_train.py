@@ -17,9 +17,10 @@ import tensorflow as tf
 from conftest import run, smoke_train_command, subprocess_env
 
 from pipeline import config as config_lib
-from pipeline import train_lib
-from pipeline import workdir as workdir_lib
-from pipeline.train import train_and_evaluate
+from pipeline import presets
+from pipeline.runs import workdir as workdir_lib
+from pipeline.training import loop
+from pipeline.training.driver import train_and_evaluate
 
 METRIC_KEYS = {
     "train_accuracy",
@@ -36,7 +37,7 @@ METRIC_KEYS = {
 
 
 def tiny_config(data_dir, **train) -> config_lib.Config:
-    base = config_lib.preset("smoke")
+    base = presets.preset("smoke")
     return base.replace(
         data=config_lib.DataConfig(data_dir=str(data_dir), validation_size=64),
         train=dataclasses.replace(base.train, **train),
@@ -58,7 +59,7 @@ def test_one_epoch_writes_metrics_config_history_and_checkpoint(tiny_data_dir, t
 
 
 def test_learns_and_resumes_to_more_epochs(tiny_data_dir, tmp_path):
-    config = tiny_config(tiny_data_dir, epochs=2, learning_rate=3e-3)
+    config = tiny_config(tiny_data_dir, epochs=2, learning_rate=1e-2)
     first = train_and_evaluate(config, tmp_path, tf.distribute.get_strategy(), progress=False)
     assert first["val_accuracy"] > 0.5  # The synthetic classes are easy to separate.
     longer = dataclasses.replace(config.train, epochs=3)
@@ -145,12 +146,12 @@ def test_mirrored_over_two_cpus_matches_default(tiny_data_dir, tmp_path):
     # the architecture where the two strategies must agree to float rounding.
     script = f"""
 import dataclasses, json
-from pipeline import distribution
-distribution.use_logical_cpus(2)
+from pipeline.cluster import strategies
+strategies.use_logical_cpus(2)
 import tensorflow as tf
-from pipeline import config as C
-from pipeline.train import train_and_evaluate
-base = C.preset("smoke")
+from pipeline import config as C, presets
+from pipeline.training.driver import train_and_evaluate
+base = presets.preset("smoke")
 config = base.replace(
     data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64),
     model=dataclasses.replace(base.model, batch_norm=False, dropout=None),
@@ -173,9 +174,11 @@ print(json.dumps(out))
 
 def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     """Trains `config` in `workdir` (resuming), optionally interrupted after an epoch or by `stop`."""
-    from pipeline import data as data_lib
-    from pipeline import final_model, preemption, train_state
-    from pipeline import input_pipeline as ip
+    from pipeline.data import input_pipeline as ip
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import final_model
+    from pipeline.training import preemption
+    from pipeline.training import state as train_state
 
     class Interrupted(Exception):
         pass
@@ -186,12 +189,12 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
 
     strategy = tf.distribute.get_strategy()
     dataset = data_lib.load(config.data)
-    steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-    state = train_state.build_state(config, strategy, "float32", steps, workdir, dataset.train.images)
-    train_state.restore(state, workdir, strategy, steps)
+    steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
+    state = train_state.build_state(config, strategy, "float32", steps_per_epoch, workdir, dataset.train.images)
+    train_state.restore(state, workdir, strategy, steps_per_epoch)
     history = workdir_lib.load_history(workdir, int(state.epoch.numpy()))
     try:
-        train_lib.fit(config, strategy, state, dataset, history, workdir, False, on_epoch_end=interrupt, stop=stop)
+        loop.fit(config, strategy, state, dataset, history, workdir, False, on_epoch_end=interrupt, stop=stop)
     except (Interrupted, preemption.TrainingStopped):
         return None
     return final_model.fingerprint(state.model)
@@ -199,7 +202,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
 
 def with_fast_techniques(config: config_lib.Config) -> config_lib.Config:
     """`config` trained with every technique of the `fast` preset (its own state: momentum, flips by epoch)."""
-    fast = config_lib.preset("fast")
+    fast = presets.preset("fast")
     techniques = ("stem_init", "conv_init", "batch_norm_scale")
     return config.replace(
         model=dataclasses.replace(config.model, **{k: getattr(fast.model, k) for k in techniques}),
@@ -277,7 +280,7 @@ def test_killed_after_a_periodic_checkpoint_resumes_from_it_exactly(tiny_data_di
 
 @pytest.mark.parametrize("name", ["fast", "default", "best"])
 def test_each_preset_trains_a_few_steps_and_exports(tiny_data_dir, tmp_path, name):
-    base = config_lib.preset(name)
+    base = presets.preset(name)
     config = base.replace(
         data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64, max_train_examples=256),
         train=dataclasses.replace(base.train, epochs=1, global_batch_size=64, steps_per_execution=2),
@@ -314,11 +317,11 @@ def test_an_epochs_iterator_is_released_off_the_training_thread():
             released.set()
 
     holder = [Iterator()]
-    train_lib.release_in_background(holder)
+    loop.release_in_background(holder)
     assert released.wait(10) and where == ["release-iterator"]
     dataset_iterator = [iter(tf.data.Dataset.range(3).prefetch(2))]
     reference = weakref.ref(dataset_iterator[0])
-    train_lib.release_in_background(dataset_iterator)
+    loop.release_in_background(dataset_iterator)
     deadline = time.time() + 10
     while reference() is not None and time.time() < deadline:
         time.sleep(0.01)
@@ -328,41 +331,45 @@ def test_an_epochs_iterator_is_released_off_the_training_thread():
 def test_gradients_are_summed_in_bfloat16_only_where_asked_and_the_all_reduce_accepts_it():
     from tensorflow.python.framework import op_def_registry
 
-    from pipeline import distribution
+    from pipeline.cluster import strategies
 
     for kind, device in (("mirrored", "CPU"), ("mirrored", "GPU"), ("multi_worker", "CPU"), ("multi_worker", "GPU")):
-        op = distribution.all_reduce_op(kind, device)
+        op = strategies.all_reduce_op(kind, device)
         op_def = op_def_registry.get(op)
         allowed = next(a for a in op_def.attr if a.name == "T").allowed_values.list.type
         accepts = tf.bfloat16.as_datatype_enum in allowed  # TensorFlow's own definition decides.
-        chosen = distribution.choose_all_reduce_dtype("auto", "mixed_bfloat16", op)
+        chosen = strategies.choose_all_reduce_dtype("auto", "mixed_bfloat16", op)
         assert chosen == (tf.bfloat16 if accepts else None), (kind, device, op)
-        assert distribution.choose_all_reduce_dtype("auto", "float32", op) is None
-        assert distribution.choose_all_reduce_dtype("auto", "mixed_float16", op) is None  # Loss-scaled: float32.
-        assert distribution.choose_all_reduce_dtype("float32", "mixed_bfloat16", op) is None
+        assert strategies.choose_all_reduce_dtype("auto", "float32", op) is None
+        assert strategies.choose_all_reduce_dtype("auto", "mixed_float16", op) is None  # Loss-scaled: float32.
+        assert strategies.choose_all_reduce_dtype("float32", "mixed_bfloat16", op) is None
         if accepts:
-            assert distribution.choose_all_reduce_dtype("bfloat16", "float32", op) == tf.bfloat16
+            assert strategies.choose_all_reduce_dtype("bfloat16", "float32", op) == tf.bfloat16
         else:
-            with pytest.raises(distribution.ClusterError, match="does not accept bfloat16"):
-                distribution.choose_all_reduce_dtype("bfloat16", "mixed_bfloat16", op)
+            with pytest.raises(strategies.ClusterError, match="does not accept bfloat16"):
+                strategies.choose_all_reduce_dtype("bfloat16", "mixed_bfloat16", op)
     # Between GPUs the gradients go through NCCL; between CPU workers through RING collectives.
-    assert distribution.all_reduce_op("mirrored", "GPU") == distribution.all_reduce_op("multi_worker", "GPU")
-    assert distribution.all_reduce_op("multi_worker", "CPU") == "CollectiveReduceV2"
+    assert strategies.all_reduce_op("mirrored", "GPU") == strategies.all_reduce_op("multi_worker", "GPU")
+    assert strategies.all_reduce_op("multi_worker", "CPU") == "CollectiveReduceV2"
     # One replica: nothing is summed.
     one = tf.distribute.get_strategy()
-    assert distribution.gradient_all_reduce_dtype("bfloat16", "mixed_bfloat16", one) is None
+    assert strategies.gradient_all_reduce_dtype("bfloat16", "mixed_bfloat16", one) is None
 
 
 def test_a_bfloat16_all_reduce_keeps_replicas_identical_and_close_to_float32(tiny_data_dir, tmp_path):
     script = f"""
 import dataclasses, json
 from pathlib import Path
-from pipeline import distribution
-distribution.use_logical_cpus(2)
+from pipeline.cluster import strategies
+strategies.use_logical_cpus(2)
 import numpy as np
 import tensorflow as tf
-from pipeline import config as C, data as data_lib, input_pipeline as ip, train_lib, train_state
-base = C.preset("smoke")
+from pipeline import config as C, presets
+from pipeline.data import sources as data_lib
+from pipeline.data import input_pipeline as ip
+from pipeline.training import loop, steps
+from pipeline.training import state as train_state
+base = presets.preset("smoke")
 weights = {{}}
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # One: a second would reuse collective keys.
 for dtype in ("float32", "bfloat16"):
@@ -370,11 +377,11 @@ for dtype in ("float32", "bfloat16"):
         data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64),
         train=dataclasses.replace(base.train, all_reduce_dtype=dtype))
     dataset = data_lib.load(config.data)
-    steps = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
-    state = train_state.build_state(config, strategy, "float32", steps, Path({str(tmp_path)!r}) / dtype,
+    steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
+    state = train_state.build_state(config, strategy, "float32", steps_per_epoch, Path({str(tmp_path)!r}) / dtype,
                                     dataset.train.images)
     train_fn, _ = ip.distributed_datasets(config, strategy, dataset)
-    train_steps = train_lib.make_train_steps(strategy, state.model, state.optimizer, config.train, state.policy)
+    train_steps = steps.make_train_steps(strategy, state.model, state.optimizer, config.train, state.policy)
     train_steps(iter(train_fn(1, 0)), tf.constant(4), tf.zeros([3], tf.float64))
     replicas = [[v.value.values[i].numpy() for v in state.model.trainable_variables] for i in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(*replicas))

@@ -21,13 +21,13 @@ from tuning.search_space import GROUPS, config_from_hp
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_empty_hyperparameters_give_the_base_config(name):
-    base = config_lib.preset(name)
+    base = presets.preset(name)
     assert config_from_hp(kt.HyperParameters(), base) == base
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_every_searched_range_contains_the_presets_value(name):
-    base = config_lib.preset(name)
+    base = presets.preset(name)
     hp = kt.HyperParameters()
     assert config_from_hp(hp, base, search=GROUPS) == base  # The defaults are the preset's values.
     for parameter in hp.space:
@@ -47,7 +47,7 @@ def test_every_searched_range_contains_the_presets_value(name):
 
 
 def test_fixed_values_override_only_their_field():
-    base = config_lib.preset("default")
+    base = presets.preset("default")
     hp = kt.HyperParameters()
     config_from_hp(hp, base)
     hp.values.update(filters_1=96, dropout=False)
@@ -62,12 +62,12 @@ def test_fixed_values_override_only_their_field():
 
 def test_groups_not_searched_stay_fixed():
     hp = kt.HyperParameters()
-    config_from_hp(hp, config_lib.preset("default"), search=("filters", "dropout"))
+    config_from_hp(hp, presets.preset("default"), search=("filters", "dropout"))
     fixed = {p.name for p in hp.space if isinstance(p, kt.engine.hyperparameters.Fixed)}
     assert {"kernel_size", "learning_rate", "batch_norm", "dense_units"} <= fixed
     assert not {"filters_0", "dropout"} & fixed
     with pytest.raises(config_lib.ConfigError, match="unknown search group"):
-        config_from_hp(kt.HyperParameters(), config_lib.preset("default"), search=("colour",))
+        config_from_hp(kt.HyperParameters(), presets.preset("default"), search=("colour",))
     assert "dropout" in GROUPS
 
 
@@ -187,13 +187,13 @@ def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["hyperband", "bayesian", "random"])
 def test_every_oracle_samples_the_search_space_from_the_first_trial(tiny_data_dir, tmp_path, name):
-    from pipeline import distribution
+    from pipeline.cluster import strategies
     from tuning.tuner import TuneConfig, build_tuner
 
-    base = config_lib.preset("smoke")
+    base = presets.preset("smoke")
     base = base.replace(data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)))
     tune = TuneConfig(tuner=name, max_epochs=9, time_budget_seconds=3600.0, search=("filters", "dropout"))
-    tuner = build_tuner(tmp_path, base, tune, distribution.make_strategy("default"))
+    tuner = build_tuner(tmp_path, base, tune, strategies.make_strategy("default"))
     trial = tuner.oracle.create_trial("tuner0")
     assert trial.status == "RUNNING"
     assert {"filters_0", "filters_1", "dropout", "learning_rate"} <= set(trial.hyperparameters.values)
@@ -211,11 +211,11 @@ def test_time_budget_counts_earlier_runs_of_the_search(tmp_path):
 
 
 def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
-    from pipeline import workdir as workdir_lib
+    from pipeline.runs import workdir as workdir_lib
     from tuning.search import _check_same_search
     from tuning.tuner import TuneConfig
 
-    base, tune = config_lib.preset("default"), TuneConfig(time_budget_seconds=60.0)
+    base, tune = presets.preset("default"), TuneConfig(time_budget_seconds=60.0)
     _check_same_search(tmp_path, base, tune)
     retrain_longer = base.replace(
         train=dataclasses.replace(base.train, epochs=60),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline import workdir as workdir_lib
+from pipeline.runs import workdir as workdir_lib
 
 BUDGET_FILE = "budget.json"
 

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 from pipeline import config as config_lib
-from pipeline import workdir as workdir_lib
-from pipeline.preemption import StopSignal
-from pipeline.train import train_and_evaluate
-from pipeline.workdir_lock import WorkdirLock
+from pipeline.runs import workdir as workdir_lib
+from pipeline.runs.lock import WorkdirLock
+from pipeline.training.driver import train_and_evaluate
+from pipeline.training.preemption import StopSignal
 from tuning import results
 from tuning.tuner import TuneConfig, build_tuner
 

@@ -1,6 +1,6 @@
 """KerasTuner search over the project's own training path; the result is a config.
 
-Trials train with `pipeline.train_lib.fit` (our tf.data pipeline, custom
+Trials train with `pipeline.loop.fit` (our tf.data pipeline, custom
 distributed step, checkpoints) under the strategy passed in, so a trial on a
 multi-GPU host mirrors across its GPUs. The objective is validation accuracy
 on the validation split; the test set is never touched here.
@@ -18,9 +18,12 @@ import keras_tuner as kt
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, train_lib, train_state
-from pipeline import input_pipeline as ip
+from pipeline.data import input_pipeline as ip
+from pipeline.data import sources as data_lib
+from pipeline.model import network as models
+from pipeline.runs import final_model
+from pipeline.training import loop, precision
+from pipeline.training import state as train_state
 from tuning import search_space
 from tuning.budget import BudgetClock
 
@@ -125,12 +128,16 @@ class PipelineTuner(kt.Tuner):
         hp = trial.hyperparameters
         config = self.trial_config(hp)
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
-        policy = distribution.resolve_precision(config.train.precision)
-        steps = ip.steps_per_epoch(len(self.dataset.train), config.train.global_batch_size)
-        state = train_state.build_state(config, self.strategy, policy, steps, trial_dir, self.dataset.train.images)
-        restored = train_state.restore(state, trial_dir, self.strategy, steps) or int(state.epoch_step.numpy())
+        policy = precision.resolve_precision(config.train.precision)
+        steps_per_epoch = ip.steps_per_epoch(len(self.dataset.train), config.train.global_batch_size)
+        state = train_state.build_state(
+            config, self.strategy, policy, steps_per_epoch, trial_dir, self.dataset.train.images
+        )
+        restored = train_state.restore(state, trial_dir, self.strategy, steps_per_epoch) or int(
+            state.epoch_step.numpy()
+        )
         if not restored and "tuner/trial_id" in hp.values:
-            self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps)
+            self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps_per_epoch)
         started = time.time()
 
         def report(record):
@@ -143,7 +150,7 @@ class PipelineTuner(kt.Tuner):
             }
             self.oracle.update_trial(trial.trial_id, metrics, step=record["epoch"])
 
-        history = train_lib.fit(
+        history = loop.fit(
             config,
             self.strategy,
             state,

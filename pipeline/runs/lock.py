@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.workdir import WorkdirError
+from pipeline.runs.workdir import WorkdirError
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"

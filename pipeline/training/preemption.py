@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 
-from pipeline import distribution
+from pipeline.cluster import strategies
 
 
 class TrainingStopped(BaseException):  # noqa: N818 - it is a stop, not an error.
@@ -95,9 +95,9 @@ class StopSignal:
     def agreed(self, strategy) -> bool:
         """True when this worker or any other received a stop request (one all-reduce with several workers)."""
         local = 0.0 if self.received is None else 1.0
-        if distribution.num_workers(strategy) == 1:
+        if strategies.num_workers(strategy) == 1:
             return bool(local)
-        return distribution.all_workers_sum(strategy, local) > 0
+        return strategies.all_workers_sum(strategy, local) > 0
 
     def check(self, strategy, after: str, collective: bool = True) -> None:
         """Raises `TrainingStopped` when a stop was requested, at a point where nothing needs saving.

@@ -12,9 +12,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data as data_lib
-from pipeline import distribution
+from pipeline.cluster import strategies
 from pipeline.config import AugmentConfig, Config
+from pipeline.data import sources as data_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger(__name__)
@@ -277,14 +277,14 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
     train = dataset.train
     # Batch-per-replica is what distribute_datasets_from_function expects.
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
-    direct = distribution.direct_input_context(strategy) if config.train.input_distribution == "auto" else None
+    direct = strategies.direct_input_context(strategy) if config.train.input_distribution == "auto" else None
 
     def distribute(dataset_fn):
         # The same function and input context either way, so the same batches.
         return dataset_fn(direct) if direct else strategy.distribute_datasets_from_function(dataset_fn, options)
 
     # Each step takes one batch per replica from its worker's pipeline.
-    replicas_per_pipeline = replicas // distribution.num_workers(strategy)
+    replicas_per_pipeline = replicas // strategies.num_workers(strategy)
 
     def train_fn(epoch: int, start_step: int = 0):
         return distribute(
@@ -301,7 +301,7 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
         )
 
     def eval_fn(split: data_lib.Split):
-        pipelines = distribution.num_workers(strategy)
+        pipelines = strategies.num_workers(strategy)
         num_steps = eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
         ds = distribute(
             lambda ctx: eval_dataset(split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx)

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 from keras.layers import BatchNormalization
 
-from pipeline.batch_norm import FusedBatchNormalization
 from pipeline.config import ModelConfig
-from pipeline.data import NUM_CLASSES
+from pipeline.data.sources import NUM_CLASSES
+from pipeline.model.batch_norm import FusedBatchNormalization
 
 # One-pixel shifts (rows, columns) added to each of the image and its mirror.
 _SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))

@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import input_pipeline as ip
-from pipeline import models
-from pipeline import workdir as workdir_lib
+from pipeline.data import input_pipeline as ip
+from pipeline.model import network as models
+from pipeline.runs import workdir as workdir_lib
 
 FINAL_DIR = "final"
 

@@ -10,16 +10,13 @@ import functools
 import json
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Literal
 
 import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
-from pipeline import cluster_env
-from pipeline.cluster_env import ClusterError
+from pipeline.cluster import environment as cluster_env
+from pipeline.cluster.environment import ClusterError
 
 StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
 log = logging.getLogger(__name__)
@@ -218,7 +215,7 @@ def direct_input_context(strategy: tf.distribute.Strategy) -> tf.distribute.Inpu
     Such a worker can feed its replica from its own dataset: tf.distribute
     would wrap that dataset in a MultiDeviceIterator (one per worker, even for
     a single device), whose per-element function calls and threads compete
-    with the step for the worker's cores (benchmark record, comparison 6).
+    with the step for the worker's cores (the benchmark record measures both).
     With GPUs the iterator also prefetches onto the device, so it stays.
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -277,61 +274,3 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
     return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
-
-
-def write_dir(workdir: Path, strategy: tf.distribute.Strategy) -> Path:
-    """Where this process writes: the workdir for the chief, a temp dir otherwise.
-
-    Non-chief workers must still write checkpoints (saving is collective), so
-    they get a private temporary directory removed by `cleanup_write_dir`.
-    """
-    if is_chief(strategy):
-        return workdir
-    task_type, task_id = task(strategy)
-    return Path(tempfile.mkdtemp(prefix=f"fmnist-{task_type}{task_id}-"))
-
-
-def cleanup_write_dir(path: Path, workdir: Path) -> None:
-    """Removes a non-chief's temporary directory; never touches the workdir."""
-    if path.resolve() != workdir.resolve():
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def run_precision(precision: str, recorded: str | None) -> str:
-    """The policy a run trains with: `recorded` (what the run trained with so far) wins over `auto`.
-
-    Args:
-      precision: the config's `train.precision`.
-      recorded: the policy recorded in the workdir (`workdir.recorded_precision`), None for a new run.
-    """
-    if precision == "auto" and recorded is not None:
-        here = resolve_precision("auto")
-        if here != recorded:
-            log.warning("continuing with %s, the precision this run trained with (auto picks %s here)", recorded, here)
-        return recorded
-    return resolve_precision(precision)
-
-
-def resolve_precision(precision: str) -> str:
-    """Maps `auto` to the fastest safe Keras dtype policy on this machine (docs/design.md, Precision).
-
-    GPUs (the oldest decides): compute capability 8.0+ has bfloat16 Tensor
-    Cores and float32's range, so mixed_bfloat16 needs no loss scaling; 7.x
-    has float16 Tensor Cores only, so mixed_float16 with loss scaling; below
-    7.0 there are no Tensor Cores and float16 gains nothing, so float32.
-    CPUs: bfloat16 where the processor has native bf16 math (AVX512_BF16 or
-    AMX), else float32.
-    """
-    if precision != "auto":
-        return precision
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = min(
-            tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))) for gpu in gpus
-        )
-        return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"

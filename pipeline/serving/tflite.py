@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from pipeline import input_pipeline as ip
-from pipeline import models
+from pipeline.data import input_pipeline as ip
+from pipeline.model import network as models
 
 VARIANTS = {"float": [], "dynamic_range": [tf.lite.Optimize.DEFAULT]}
 

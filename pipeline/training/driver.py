@@ -2,8 +2,8 @@
 
 It reads top to bottom: lock and check the workdir, load the data, build and
 restore the state, train, evaluate, save, report and export. The pieces live
-in `pipeline.train_state` (the checkpointed state) and `pipeline.train_lib`
-(the steps and the epoch loop).
+in `pipeline.training.state` (the checkpointed state), `pipeline.training.loop`
+(the epoch loop) and `pipeline.training.steps` (the compiled steps).
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ from pathlib import Path
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import distribution, final_model, models, preemption, report, train_lib, train_state
-from pipeline import export as export_lib
-from pipeline import input_pipeline as ip
-from pipeline import workdir as workdir_lib
-from pipeline.workdir_lock import WorkdirLock
+from pipeline.cluster import strategies
+from pipeline.data import input_pipeline as ip
+from pipeline.data import sources as data_lib
+from pipeline.model import network as models
+from pipeline.runs import final_model, report
+from pipeline.runs import workdir as workdir_lib
+from pipeline.runs.lock import WorkdirLock
+from pipeline.serving import export as export_lib
+from pipeline.training import loop, precision, preemption, steps
+from pipeline.training import state as train_state
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +36,19 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
 
     A stop request ends it between splits (training is checkpointed by then).
     """
-    eval_steps = train_lib.make_eval_steps(strategy, state.model)
+    eval_steps = steps.make_eval_steps(strategy, state.model)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     metrics = {"preset": config.name}
     for name in ("train", "val", "test"):
         if stop is not None:
             stop.check(strategy, "training (every epoch is checkpointed)")
         split = {"train": dataset.train, "val": dataset.validation, "test": dataset.test}[name]
-        result = train_lib.evaluate(strategy, eval_steps, eval_fn, split)
+        result = loop.evaluate(strategy, eval_steps, eval_fn, split)
         metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
     if config.model.test_time_augmentation != "none":
         # What the network alone scores, so the views' share stays visible.
-        single = train_lib.evaluate(
-            strategy, train_lib.make_eval_steps(strategy, models.single_view(state.model)), eval_fn, dataset.test
+        single = loop.evaluate(
+            strategy, steps.make_eval_steps(strategy, models.single_view(state.model)), eval_fn, dataset.test
         )
         metrics.update(test_accuracy_single_view=single["accuracy"], test_loss_single_view=single["loss"])
     metrics.update(
@@ -56,9 +60,9 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         wall_seconds=time.perf_counter() - started,
         parameters=int(state.model.count_params()),
         precision=policy,
-        strategy=distribution.strategy_name(strategy),
+        strategy=strategies.strategy_name(strategy),
         replicas=strategy.num_replicas_in_sync,
-        workers=distribution.num_workers(strategy),
+        workers=strategies.num_workers(strategy),
         global_batch_size=config.train.global_batch_size,
         data_source=dataset.source,
         data_fingerprint=data_lib.fingerprint(dataset),
@@ -83,7 +87,7 @@ def _export_once(workdir: Path, export_base, metrics: dict) -> Path:
 def _check_workers_data(strategy, workdir: Path, fingerprint: str, source: str) -> None:
     """Stops every worker when any worker's data differs from the others' (the chief's is in data.json)."""
     # 48 bits of the fingerprint: exact in the float64 all-reduce.
-    if distribution.workers_agree(strategy, float(int(fingerprint[:12], 16))):
+    if strategies.workers_agree(strategy, float(int(fingerprint[:12], 16))):
         return
     chief = workdir_lib.recorded_data(workdir) or {"fingerprint": "unknown", "source": "unknown"}
     raise workdir_lib.WorkdirError(
@@ -120,7 +124,7 @@ def train_and_evaluate(
     """
     started = time.perf_counter()
     config, workdir = config_lib.validate(config), Path(workdir)
-    chief = distribution.is_chief(strategy)
+    chief = strategies.is_chief(strategy)
     if chief:
         workdir_lib.ensure_writable(workdir)
     # The workers of a multi-worker job share their chief's lock.
@@ -143,12 +147,12 @@ def train_and_evaluate(
         if chief:
             workdir_lib.check_data(workdir, data_fingerprint, dataset.source)
         _check_workers_data(strategy, workdir, data_fingerprint, dataset.source)
-        policy = distribution.run_precision(config.train.precision, workdir_lib.recorded_precision(workdir))
-        reduce_dtype = distribution.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
+        policy = precision.run_precision(config.train.precision, workdir_lib.recorded_precision(workdir))
+        reduce_dtype = strategies.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
         log.info(
             "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d%s",
             policy,
-            distribution.strategy_name(strategy),
+            strategies.strategy_name(strategy),
             strategy.num_replicas_in_sync,
             per_replica,
             config.train.global_batch_size,
@@ -156,7 +160,7 @@ def train_and_evaluate(
         )
         if config.train.deterministic:
             tf.config.experimental.enable_op_determinism()
-        out_dir = distribution.write_dir(workdir, strategy)
+        out_dir = workdir_lib.write_dir(workdir, strategy)
         try:
             steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
             state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
@@ -166,7 +170,7 @@ def train_and_evaluate(
                 recorded = config.replace(train=dataclasses.replace(config.train, precision=policy))
                 config_lib.save(recorded, workdir / "config.json")
             history = workdir_lib.load_history(workdir, done)
-            history = train_lib.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
+            history = loop.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             if config.train.early_stopping_patience:
                 state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
             metrics = final_metrics(config, strategy, state, dataset, history, policy, started, stop)
@@ -189,8 +193,8 @@ def train_and_evaluate(
             # as a crashed peer. A stop requested on any worker ends them all alike.
             if stop is not None:
                 stop.check(strategy, "training and evaluation")
-            elif distribution.num_workers(strategy) > 1:
-                distribution.all_workers_sum(strategy, 0.0)
+            elif strategies.num_workers(strategy) > 1:
+                strategies.all_workers_sum(strategy, 0.0)
             return metrics
         finally:
-            distribution.cleanup_write_dir(out_dir, workdir)
+            workdir_lib.cleanup_write_dir(out_dir, workdir)

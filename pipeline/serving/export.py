@@ -21,13 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import input_pipeline as ip
-from pipeline import models
-from pipeline import workdir as workdir_lib
-from pipeline.final_model import load_final_model
-from pipeline.images import LIGHT_BORDER, decode_to_grayscale_28
-from pipeline.workdir_lock import pid_alive
+from pipeline.data import input_pipeline as ip
+from pipeline.data import sources as data_lib
+from pipeline.model import network as models
+from pipeline.runs import workdir as workdir_lib
+from pipeline.runs.final_model import load_final_model
+from pipeline.runs.lock import pid_alive
+from pipeline.serving.images import LIGHT_BORDER, decode_to_grayscale_28
 
 log = logging.getLogger(__name__)
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -201,7 +201,7 @@ def export_run(
             _write_warmup(staging, warmup_images)
             _write_metadata(staging, workdir, config, polarity)
             if tflite:
-                from pipeline.tflite import write_tflite_models
+                from pipeline.serving.tflite import write_tflite_models
 
                 write_tflite_models(model, staging / "tflite")
             os.chmod(staging, 0o755)  # mkdtemp makes it 0700; servers may run as another user.

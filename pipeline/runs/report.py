@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
-from pipeline import data as data_lib  # noqa: E402
-from pipeline import workdir as workdir_lib  # noqa: E402
-from pipeline.final_model import load_final_model, predict_probabilities  # noqa: E402
+from pipeline.data import sources as data_lib  # noqa: E402
+from pipeline.runs import workdir as workdir_lib  # noqa: E402
+from pipeline.runs.final_model import load_final_model, predict_probabilities  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from pipeline import config as config_lib
+from pipeline.cluster import strategies
 
 
 class WorkdirError(RuntimeError):
@@ -196,3 +198,21 @@ def load_history(workdir: Path, epochs_done: int) -> list[dict]:
     if not path.exists():
         return []
     return read_json(path)[:epochs_done]
+
+
+def write_dir(workdir: Path, strategy) -> Path:
+    """Where this process writes: the workdir for the chief, a temp dir otherwise.
+
+    Non-chief workers must still write checkpoints (saving is collective), so
+    they get a private temporary directory removed by `cleanup_write_dir`.
+    """
+    if strategies.is_chief(strategy):
+        return workdir
+    task_type, task_id = strategies.task(strategy)
+    return Path(tempfile.mkdtemp(prefix=f"fmnist-{task_type}{task_id}-"))
+
+
+def cleanup_write_dir(path: Path, workdir: Path) -> None:
+    """Removes a non-chief's temporary directory; never touches the workdir."""
+    if path.resolve() != workdir.resolve():
+        shutil.rmtree(path, ignore_errors=True)

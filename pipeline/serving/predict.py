@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipeline.images import decode_to_grayscale_28
+from pipeline.serving.images import decode_to_grayscale_28
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -20,10 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import distribution, final_model, models
-from pipeline import input_pipeline as ip
-from pipeline import optimizer as optimizer_lib
-from pipeline import workdir as workdir_lib
+from pipeline.cluster import strategies
+from pipeline.data import input_pipeline as ip
+from pipeline.model import network as models
+from pipeline.runs import final_model
+from pipeline.runs import workdir as workdir_lib
+from pipeline.training import optimizer as optimizer_lib
 
 log = logging.getLogger(__name__)
 CHECKPOINTS, QUARANTINE = "checkpoints", "corrupt"
@@ -191,7 +193,7 @@ def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) ->
             reason = f"{Path(path).name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
             failures.append(reason)
             log.warning("checkpoint %s", reason)
-            if distribution.is_chief(strategy):
+            if strategies.is_chief(strategy):
                 _quarantine(path, reason)
     if failures and restored is None:
         raise workdir_lib.WorkdirError(
@@ -239,7 +241,7 @@ def save(state: TrainState) -> str:
 
 
 def _check_workers_agree(strategy, step: int) -> None:
-    if not distribution.workers_agree(strategy, float(step)):
+    if not strategies.workers_agree(strategy, float(step)):
         raise workdir_lib.WorkdirError(
             "workers restored different checkpoints: the workdir must be on a file system every "
             "worker can read (NFS, GCS, a shared volume)"
