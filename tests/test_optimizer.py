@@ -67,6 +67,6 @@ def test_keras_cosine_decay_with_warmup_differs_from_the_schedule_by_more_than_1
     steps = np.arange(total + 1)
     difference = np.abs(np.array([float(ours(s)) for s in steps]) - np.array([float(keras_schedule(s)) for s in steps]))
     # Keras's warm-up is peak * step / warmup_steps: step 0 trains at rate 0.
-    assert float(keras_schedule(0)) == 0.0 and float(ours(0)) == peak / warmup
+    assert float(keras_schedule(0)) == 0.0 and math.isclose(float(ours(0)), peak / warmup, rel_tol=1e-6)
     assert difference.max() > 1e-6 and difference[:warmup].max() == difference.max()
     assert difference[warmup:].max() < 1e-6, "after the warm-up both are the same cosine"

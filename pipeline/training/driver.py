@@ -20,7 +20,6 @@ from pipeline import config as config_lib
 from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
-from pipeline.model import network as models
 from pipeline.runs import final_model, report
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
@@ -47,9 +46,7 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
     if config.model.test_time_augmentation != "none":
         # What the network alone scores, so the views' share stays visible.
-        single = loop.evaluate(
-            strategy, steps.make_eval_steps(strategy, models.single_view(state.model)), eval_fn, dataset.test
-        )
+        single = loop.evaluate(strategy, steps.make_eval_steps(strategy, state.network), eval_fn, dataset.test)
         metrics.update(test_accuracy_single_view=single["accuracy"], test_loss_single_view=single["loss"])
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],

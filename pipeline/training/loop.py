@@ -20,7 +20,6 @@ from pipeline import config as config_lib
 from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
-from pipeline.model import network as models
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import preemption, steps
 from pipeline.training import state as train_state
@@ -93,11 +92,11 @@ def train_epoch(
     save the position and raise `TrainingStopped`; every
     `checkpoint_every_steps` steps, save the position.
     """
-    chunk, every = config.train.steps_per_execution, config.train.checkpoint_every_steps
+    chunk = config.train.steps_per_execution
     iterator = [iter(dataset)]  # The only reference, for `release_in_background`.
     bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if progress else None
     done, totals = int(state.epoch_step.numpy()), state.epoch_totals.numpy()
-    started, last_saved = time.perf_counter(), done
+    started = time.perf_counter()
     while done < steps_per_epoch:
         n = min(chunk, steps_per_epoch - done)
         totals = train_steps_fn(iterator[0], tf.constant(n), tf.constant(totals, tf.float64)).numpy()
@@ -107,12 +106,12 @@ def train_epoch(
             bar.update(done, [("loss", running["loss"]), ("accuracy", running["accuracy"])])
         # At the epoch's end `fit` asks, after validating and checkpointing the epoch.
         stopping = done < steps_per_epoch and stop is not None and stop.agreed(strategy)
-        if stopping or (done < steps_per_epoch and every and done - last_saved >= every):
+        if done < steps_per_epoch and (stopping or state.checkpoint_every_steps):
             state.epoch_step.assign(done)
             state.epoch_totals.assign(totals)
             state.epoch_seconds.assign(seconds_before + time.perf_counter() - started)
-            path = train_state.save(state)
-            last_saved = done
+            # Periodic checkpoints: when the manager's own interval says one is due.
+            path = train_state.save(state, periodic=not stopping)
             if stopping:
                 if bar:
                     print(flush=True)  # End the progress bar's line.
@@ -161,7 +160,7 @@ def fit(
     """
     steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
     train_steps = steps.make_train_steps(strategy, state.model, state.optimizer, config.train, state.policy)
-    eval_steps = steps.make_eval_steps(strategy, models.single_view(state.model))
+    eval_steps = steps.make_eval_steps(strategy, state.network)
     train_fn, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0

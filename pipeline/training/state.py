@@ -48,11 +48,15 @@ class TrainState:
     manager: tf.train.CheckpointManager
     best_manager: tf.train.CheckpointManager
     policy: str = "float32"  # The model's Keras dtype policy.
+    # The network alone (shared weights, no test-time views), built once: what
+    # checkpoints hold and per-epoch validation evaluates.
+    network: keras.Model | None = None
+    checkpoint_every_steps: int | None = None
 
     def core(self) -> tf.train.Checkpoint:
         """The checkpoint's fields that every checkpoint has had."""
         return tf.train.Checkpoint(
-            model=models.single_view(self.model),
+            model=self.network,
             optimizer=self.optimizer,
             epoch=self.epoch,
             best_val_accuracy=self.best_val_accuracy,
@@ -96,16 +100,43 @@ def build_state(
             epoch_totals=tf.Variable(tf.zeros([3], tf.float64), trainable=False, name="epoch_totals"),
             epoch_seconds=tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_seconds"),
         )
-    state = TrainState(model, optimizer, **counters, manager=None, best_manager=None, policy=policy)
+    state = TrainState(
+        model,
+        optimizer,
+        **counters,
+        manager=None,
+        best_manager=None,
+        policy=policy,
+        network=models.single_view(model),
+        checkpoint_every_steps=config.train.checkpoint_every_steps,
+    )
     # The model is tracked single-view (as in `final_model.weights_checkpoint`),
     # so the test-time views can change after training.
     checkpoint = state.core()
     checkpoint.position = state.position()
-    state.manager = tf.train.CheckpointManager(checkpoint, out_dir / CHECKPOINTS, max_to_keep=2)
+    state.manager = _manager(state, checkpoint, out_dir / CHECKPOINTS, last_step=0)
     state.best_manager = tf.train.CheckpointManager(
         final_model.weights_checkpoint(model), out_dir / "best", max_to_keep=1
     )
     return state
+
+
+def _manager(state: TrainState, checkpoint, directory, last_step: int) -> tf.train.CheckpointManager:
+    """The checkpoint manager: 2 kept, and (`checkpoint_every_steps`) an interval in optimizer steps.
+
+    `save(periodic=True)` asks the manager's own interval whether a periodic
+    checkpoint is due: `checkpoint_every_steps` optimizer steps after the last
+    checkpoint of any kind (`last_step`, the restored step on resume).
+    """
+    every = state.checkpoint_every_steps
+    return tf.train.CheckpointManager(
+        checkpoint,
+        directory,
+        max_to_keep=2,
+        step_counter=state.optimizer.iterations if every else None,
+        checkpoint_interval=every,
+        last_checkpoint_step=last_step if every else None,
+    )
 
 
 def random_states(model: keras.Model) -> dict[str, tf.Variable]:
@@ -211,9 +242,10 @@ def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) ->
             )
         log.info("resumed from %s (%s)", restored, describe_position(state))
     _check_workers_agree(strategy, int(state.optimizer.iterations.numpy()))
-    if failures:
-        # The manager read the state file before the quarantine; let it read it again.
-        state.manager = tf.train.CheckpointManager(state.manager.checkpoint, state.manager.directory, max_to_keep=2)
+    # Anew: it reads the state file after any quarantine, and counts its interval from the restored step.
+    state.manager = _manager(
+        state, state.manager.checkpoint, state.manager.directory, int(state.optimizer.iterations.numpy())
+    )
     return int(state.epoch.numpy())
 
 
@@ -229,15 +261,21 @@ def describe_position(state: TrainState) -> str:
     return f"epoch {int(state.epoch.numpy())} completed"
 
 
-def save(state: TrainState) -> str:
+def save(state: TrainState, periodic: bool = False) -> str | None:
     """Saves a checkpoint numbered by optimizer step; a full or unwritable disk is a one-line error.
 
-    The checkpoint is written to a temporary name and renamed into place by
+    With `periodic`, only when the manager's interval says one is due
+    (`checkpoint_every_steps`); returns None when none was written. A forced
+    save at the step of the last checkpoint returns that checkpoint. The
+    checkpoint is written to a temporary name and renamed into place by
     TensorFlow, so a failed save leaves every earlier checkpoint intact.
     """
+    if periodic and not state.checkpoint_every_steps:
+        return None
     directory = state.manager.directory
     with workdir_lib.writing("a checkpoint", directory):
-        return state.manager.save(checkpoint_number=int(state.optimizer.iterations.numpy()))
+        path = state.manager.save(checkpoint_number=int(state.optimizer.iterations.numpy()), check_interval=periodic)
+    return path if path is not None or periodic else state.manager.latest_checkpoint
 
 
 def _check_workers_agree(strategy, step: int) -> None:
