@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
-
-from pipeline.data import sources as data_lib
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
@@ -33,8 +32,8 @@ def write_dataset(directory: Path, n_train: int = 640, n_test: int = 160, compre
         labels = rng.integers(0, 10, n).astype(np.uint8)
         stem = "t10k" if part == "test" else "train"
         suffix = ".gz" if compress else ""
-        data_lib.write_idx(directory / f"{stem}-images-idx3-ubyte{suffix}", make_images(labels, n), compress)
-        data_lib.write_idx(directory / f"{stem}-labels-idx1-ubyte{suffix}", labels, compress)
+        helpers.write_idx(directory / f"{stem}-images-idx3-ubyte{suffix}", make_images(labels, n), compress)
+        helpers.write_idx(directory / f"{stem}-labels-idx1-ubyte{suffix}", labels, compress)
     return directory
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import shutil
 
+import helpers
 import numpy as np
 import pytest
 from conftest import write_dataset
@@ -19,7 +20,7 @@ def _labels_file(directory, stem="train"):
 
 def test_parse_idx_round_trip(tmp_path):
     array = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    data_lib.write_idx(tmp_path / "x", array)
+    helpers.write_idx(tmp_path / "x", array)
     parsed = data_lib.parse_idx((tmp_path / "x").read_bytes(), data_lib.IMAGE_MAGIC, "x")
     np.testing.assert_array_equal(parsed, array)
 
@@ -70,14 +71,14 @@ def test_truncated_gzip(tmp_path):
 
 def test_count_mismatch(tmp_path):
     directory = write_dataset(tmp_path, n_train=100, n_test=20)
-    data_lib.write_idx(_labels_file(directory), np.zeros(99, np.uint8), compress=True)
+    helpers.write_idx(_labels_file(directory), np.zeros(99, np.uint8), compress=True)
     with pytest.raises(data_lib.DataError, match="100 images but .* 99 labels"):
         data_lib.load_directory(directory)
 
 
 def test_label_out_of_range(tmp_path):
     directory = write_dataset(tmp_path, n_train=100, n_test=20)
-    data_lib.write_idx(_labels_file(directory, "t10k"), np.full(20, 12, np.uint8), compress=True)
+    helpers.write_idx(_labels_file(directory, "t10k"), np.full(20, 12, np.uint8), compress=True)
     with pytest.raises(data_lib.DataError, match="label 12 is outside 0..9"):
         data_lib.load_directory(directory)
 

@@ -188,8 +188,9 @@ def test_images_on_a_light_ground_are_inverted_unless_told_otherwise():
 
 
 def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_path):
+    from helpers import tflite_probabilities
+
     from pipeline.data import sources as data_lib
-    from pipeline.serving.tflite import tflite_probabilities
 
     workdir, _ = trained
     version = export_lib.export_run(workdir, tmp_path, tflite=True)

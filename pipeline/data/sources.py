@@ -288,12 +288,3 @@ def load(config: DataConfig) -> Dataset:
     """Loads, validates and splits Fashion-MNIST into train, validation and test, as `config` says."""
     train, test, source = load_train_test(config.data_dir)
     return split_dataset(train, test, source, config)
-
-
-def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> None:
-    """Writes a uint8 array as an IDX file (for tests and for users' own data)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    magic = (0x08 << 8) | array.ndim
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    payload = header + array.tobytes()
-    Path(path).write_bytes(gzip.compress(payload) if compress else payload)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -32,18 +31,3 @@ def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
         written[name] = directory / f"model_{name}.tflite"
         written[name].write_bytes(converter.convert())
     return written
-
-
-def tflite_probabilities(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Runs a TFLite model from `write_tflite_models` over uint8 images [N, 28, 28]."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
-    source, target = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-    parts = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        interpreter.resize_tensor_input(source, batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source, batch)
-        interpreter.invoke()
-        parts.append(interpreter.get_tensor(target))
-    return np.concatenate(parts)

@@ -1,0 +1,33 @@
+"""Helpers only the tests use: writing IDX files, and running a TFLite model."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> None:
+    """Writes a uint8 array as an IDX file."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = (0x08 << 8) | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.tobytes()
+    Path(path).write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def tflite_probabilities(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Runs a TFLite model from `write_tflite_models` over uint8 images [N, 28, 28]."""
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    source, target = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        interpreter.resize_tensor_input(source, batch.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source, batch)
+        interpreter.invoke()
+        parts.append(interpreter.get_tensor(target))
+    return np.concatenate(parts)
