@@ -9,6 +9,8 @@ import os
 import re
 import sys
 import tempfile
+import types
+import typing
 
 from absl import app, flags, logging
 
@@ -18,141 +20,61 @@ from pipeline import presets
 FLAGS = flags.FLAGS
 
 
-def define_config_flags() -> None:
-    """Flags that override fields of the preset or --config file (unset: keep it)."""
-    flags.DEFINE_string("preset", "default", f"Named config: {', '.join(sorted(presets.PRESETS))}.")
-    flags.DEFINE_string("config", None, "JSON config file (e.g. a tuner's best_config.json); overrides --preset.")
-    flags.DEFINE_string("data_dir", None, "Directory with the four Fashion-MNIST IDX files (gzipped or not).")
-    flags.DEFINE_integer("epochs", None, "Training epochs.", lower_bound=1)
-    flags.DEFINE_integer("global_batch_size", None, "Global batch size (all replicas together).", lower_bound=1)
-    flags.DEFINE_float("learning_rate", None, "Peak learning rate.", lower_bound=0.0)
-    flags.DEFINE_integer("seed", None, "Random seed for initialisation, shuffling and augmentation.")
+def define_config_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) -> None:
+    """--preset, --config, and a flag for every config field declared with one (`config.setting(flag=...)`).
+
+    Each flag's type, choices, bounds and help come from its field's
+    declaration; unset, a flag keeps the preset's (or --config file's) value.
+    """
     flags.DEFINE_string(
-        "dropout",
+        "preset", "default", f"Named config: {', '.join(sorted(presets.PRESETS))}.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "config",
         None,
-        "Dropout rate after the blocks (with batch norm: the last) and before the classifier, or 'off'.",
+        "JSON config file (e.g. a tuner's best_config.json); overrides --preset.",
+        flag_values=flag_values,
     )
-    flags.DEFINE_boolean("augment", None, "Augment training batches (flip, shift).")
-    flags.DEFINE_boolean("batch_norm", None, "Batch normalisation after each convolution.")
-    flags.DEFINE_list("filters", None, "Conv filters per block, e.g. 32,64,128.")
-    flags.DEFINE_integer("kernel_size", None, "Conv kernel size.", lower_bound=1)
-    flags.DEFINE_enum(
-        "test_time_augmentation",
-        None,
-        ["none", "flip", "flip_and_shift"],
-        "Views averaged at inference (evaluation, export): none, flip (2x), flip_and_shift (10x).",
-    )
-    flags.DEFINE_enum("optimizer", None, ["adam", "adamw", "sgd"], "Optimiser (sgd: with Nesterov momentum).")
-    flags.DEFINE_float("weight_decay", None, "Decoupled weight decay of the kernels (adamw, sgd).", lower_bound=0.0)
-    flags.DEFINE_float("label_smoothing", None, "Label smoothing.", lower_bound=0.0, upper_bound=0.99)
-    flags.DEFINE_integer(
-        "early_stopping_patience", None, "Stop after N epochs without a better val accuracy.", lower_bound=1
-    )
-    flags.DEFINE_boolean("scale_learning_rate", None, "Scale the learning rate linearly with the global batch.")
-    flags.DEFINE_enum(
-        "precision",
-        None,
-        ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
-        "Dtype policy; auto picks bfloat16 where the hardware has it.",
-    )
-    flags.DEFINE_integer("steps_per_execution", None, "Training steps per compiled call.", lower_bound=1)
-    flags.DEFINE_enum(
-        "batch_norm_statistics",
-        None,
-        ["global", "per_replica"],
-        "With several replicas: normalise with global-batch statistics, or each replica's own (default).",
-    )
-    flags.DEFINE_enum(
-        "all_reduce_dtype",
-        None,
-        ["auto", "float32", "bfloat16"],
-        "With several replicas: the dtype gradients are summed in (auto: bfloat16 under mixed_bfloat16).",
-    )
-    flags.DEFINE_enum(
-        "input_distribution",
-        None,
-        ["auto", "tf_distribute"],
-        "Multi-worker input: auto feeds a worker's one CPU replica from its own iterator; tf_distribute never does.",
-    )
-    flags.DEFINE_integer(
-        "checkpoint_every_steps",
-        None,
-        "Also checkpoint inside an epoch every N optimizer steps (long epochs, preemptible machines).",
-        lower_bound=1,
-    )
-    flags.DEFINE_boolean("jit_compile", None, "XLA-compile the training step (slower on CPU; try it on GPUs).")
-    flags.DEFINE_boolean(
-        "deterministic",
-        None,
-        "TensorFlow's op determinism: exact resume and repeatable runs on GPUs, at some speed (CPUs are already).",
-    )
-    flags.DEFINE_integer(
-        "max_train_examples", None, "Use only this many training examples (quick checks).", lower_bound=1
-    )
-    flags.DEFINE_integer(
-        "validation_size",
-        None,
-        "Training images held out (class-balanced) as the validation split; default 5000.",
-        lower_bound=1,
-    )
+    for name, _, field, hint in config_lib.flag_fields(config_cls):
+        meta, kwargs = field.metadata, {"flag_values": flag_values}
+        bounds = {k: v for k, v in (("lower_bound", meta["lower"]), ("upper_bound", meta["upper"])) if v is not None}
+        base = _base_type(hint)
+        if meta["parse"] is not None:
+            flags.DEFINE_string(name, None, meta["help"], **kwargs)
+        elif typing.get_origin(base) is typing.Literal:
+            flags.DEFINE_enum(name, None, [str(c) for c in typing.get_args(base)], meta["help"], **kwargs)
+        elif base is bool:
+            flags.DEFINE_boolean(name, None, meta["help"], **kwargs)
+        elif base is int:
+            flags.DEFINE_integer(name, None, meta["help"], **bounds, **kwargs)
+        elif base is float:
+            flags.DEFINE_float(name, None, meta["help"], **bounds, **kwargs)
+        else:
+            flags.DEFINE_string(name, None, meta["help"], **kwargs)
 
 
-def _parse_dropout(text: str) -> float | None:
-    if text.lower() in ("off", "none", "0"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise config_lib.ConfigError(f"--dropout={text!r}: give a rate like 0.3, or 'off'") from None
+def _base_type(hint):
+    """`int | None` -> int; other hints unchanged."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
 
 
-def _parse_filters(items: list[str]) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in items)
-    except ValueError:
-        raise config_lib.ConfigError(f"--filters={','.join(items)}: give integers like 32,64,128") from None
-
-
-def config_from_flags() -> config_lib.Config:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) -> config_lib.Config:
     """The preset (or --config file) with every given flag applied; validated."""
-    base = config_lib.load_file(FLAGS.config) if FLAGS.config else presets.preset(FLAGS.preset)
-    given = lambda name: FLAGS[name].present  # noqa: E731 - a tiny local predicate.
-    pick = lambda name: {name: FLAGS[name].value} if given(name) else {}  # noqa: E731
-    model = {**pick("batch_norm"), **pick("kernel_size"), **pick("test_time_augmentation")}
-    if given("dropout"):
-        model["dropout"] = _parse_dropout(FLAGS.dropout)
-    if given("filters"):
-        model["filters"] = _parse_filters(FLAGS.filters)
-    augment = {"enabled": FLAGS.augment} if given("augment") else {}
-    data = {**pick("data_dir"), **pick("max_train_examples"), **pick("validation_size")}
-    train = {}
-    for name in (
-        "epochs",
-        "global_batch_size",
-        "learning_rate",
-        "optimizer",
-        "seed",
-        "weight_decay",
-        "label_smoothing",
-        "early_stopping_patience",
-        "scale_learning_rate",
-        "precision",
-        "steps_per_execution",
-        "checkpoint_every_steps",
-        "batch_norm_statistics",
-        "all_reduce_dtype",
-        "input_distribution",
-        "jit_compile",
-        "deterministic",
-    ):
-        train.update(pick(name))
-    config = base.replace(
-        model=dataclasses.replace(base.model, **model),
-        augment=dataclasses.replace(base.augment, **augment),
-        data=dataclasses.replace(base.data, **data),
-        train=dataclasses.replace(base.train, **train),
-    )
-    return config_lib.validate(config)
+    if flag_values.config:
+        base = config_lib.load_file(flag_values.config)
+    else:
+        base = presets.preset(flag_values.preset)
+    changes: dict[str, dict] = {}
+    for name, section, field, _ in config_lib.flag_fields(config_cls or type(base)):
+        if flag_values[name].present:
+            value = flag_values[name].value
+            parse = field.metadata["parse"]
+            changes.setdefault(section, {})[field.name] = parse(value) if parse else value
+    sections = {s: dataclasses.replace(getattr(base, s), **fields) for s, fields in changes.items()}
+    return config_lib.validate(base.replace(**sections))
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -31,22 +31,80 @@ class ConfigError(ValueError):
     """A configuration value or file is invalid; the message says how to fix it."""
 
 
+_NEW = object()  # `setting(old=...)` not given: the field has existed since the first runs.
+
+
+def setting(
+    default,
+    help: str | None = None,  # noqa: A002 - absl's word for it.
+    *,
+    flag: bool | str = False,
+    old=_NEW,
+    resumable: bool = False,
+    lower: float | None = None,
+    upper: float | None = None,
+    parse: typing.Callable[[str], typing.Any] | None = None,
+):
+    """A config field declared once, with everything derived from it.
+
+    Args:
+      default: the value of the `default` preset.
+      help: the flag's help text.
+      flag: True for a flag named after the field, a string for another name,
+        False for none (`launch.common.define_config_flags` defines them).
+      old: the value runs used before the field existed; their config.json is
+        read with it (`fields_added`), so they resume and export as they trained.
+      resumable: a resume may change it (`resumable_fields`).
+      lower, upper: the flag's bounds.
+      parse: turns the flag's text into the value (flags of other types).
+    """
+    metadata = {"help": help, "flag": flag, "resumable": resumable, "lower": lower, "upper": upper, "parse": parse}
+    if old is not _NEW:
+        metadata["old"] = old
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_rate_or_off(text: str) -> float | None:
+    """`--dropout`: a rate like 0.3, or off."""
+    if text.lower() in ("off", "none", "0"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--dropout={text!r}: give a rate like 0.3, or 'off'") from None
+
+
+def parse_filters(text: str) -> tuple[int, ...]:
+    """`--filters`: integers like 32,64,128."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--filters={text}: give integers like 32,64,128") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and how it is split."""
 
-    data_dir: str | None = None  # None: search the standard locations in order.
-    validation_size: int = 5000
+    # None: search the standard locations in order.
+    data_dir: str | None = setting(
+        None, "Directory with the four Fashion-MNIST IDX files (gzipped or not).", flag=True, resumable=True
+    )
+    validation_size: int = setting(
+        5000, "Training images held out (class-balanced) as the validation split; default 5000.", flag=True, lower=1
+    )
     split_seed: int = 0
     # Cap on training examples (after the validation split); None uses all.
     # Used by the `smoke` preset and by tests, never by real runs.
-    max_train_examples: int | None = None
+    max_train_examples: int | None = setting(
+        None, "Use only this many training examples (quick checks).", flag=True, lower=1
+    )
     max_eval_examples: int | None = None
     # The order examples are split and sharded in. "canonical": sorted by a
     # digest of their content, so every source (IDX files, tensorflow-datasets,
     # which stores them in another order) gives the same validation split and
     # shards. "file": as the source lists them.
-    order: Literal["canonical", "file"] = "canonical"
+    order: Literal["canonical", "file"] = setting("canonical", old="file")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +114,13 @@ class ModelConfig:
     # One entry per block. Two narrow convolutions per block train as fast as
     # one twice as wide on a CPU and, in the same training time, reached
     # higher validation accuracy (the benchmark record compares the recipes).
-    filters: tuple[int, ...] = (16, 32, 64)
+    filters: tuple[int, ...] = setting(
+        (16, 32, 64), "Conv filters per block, e.g. 32,64,128.", flag=True, parse=parse_filters
+    )
     convs_per_block: int = 2
-    kernel_size: int = 3
+    kernel_size: int = setting(3, "Conv kernel size.", flag=True, lower=1)
     padding: Literal["same", "valid"] = "same"
-    batch_norm: bool = True
+    batch_norm: bool = setting(True, "Batch normalisation after each convolution.", flag=True)
     # Weight of the old value in BN's moving statistics. Keras's 0.99 averages
     # over ~100 steps and lags far behind weights that change fast early in
     # training, so inference-mode accuracy trails training accuracy badly;
@@ -69,29 +129,34 @@ class ModelConfig:
     # Train batch norm's scale (gamma). False freezes it at 1: the following
     # ReLU and convolution are scale-equivariant, so the scale adds little but
     # optimiser work.
-    batch_norm_scale: bool = False
+    batch_norm_scale: bool = setting(False, old=True)
     # Initialisation of the first convolution. "whitening": its first filters
     # start as the whitening transform of the training images' k x k patches
     # (the leading eigenvectors of the patch covariance, each scaled by
     # 1/sqrt(eigenvalue), with both signs; `models.whitening_kernel`), so the
     # first layer's outputs start decorrelated with unit variance instead of
     # as random projections.
-    stem_init: StemInit = "whitening"
+    stem_init: StemInit = setting("whitening", old="default")
     # Initialisation of the other convolutions. "identity": the first
     # min(in, out) filters start as the identity (a dirac at the centre tap),
     # so a new network passes the stem's features through every block.
-    conv_init: ConvInit = "identity"
+    conv_init: ConvInit = setting("identity", old="default")
     # "fused": TensorFlow's fused kernel (`pipeline.model.batch_norm`), faster on CPU
     # with the same weights and semantics; "keras": Keras' own layer. The
     # benchmarks' execution-settings comparison measures both.
-    batch_norm_kernel: BatchNormKernel = "fused"
+    batch_norm_kernel: BatchNormKernel = setting("fused", old="fused", resumable=True)
     # With batch norm, a block's last ReLU follows its max-pooling: max and ReLU
     # commute exactly, so the outputs are the same, but the ReLU touches a
     # quarter of the values. False is the textbook conv-BN-ReLU-pool order.
-    relu_after_pooling: bool = True
+    relu_after_pooling: bool = setting(True, old=True, resumable=True)
     # Dropout rate after the blocks and before the classifier; None is off.
     # With batch norm only the last block gets it (models._block says why).
-    dropout: float | None = 0.3
+    dropout: float | None = setting(
+        0.3,
+        "Dropout rate after the blocks (with batch norm: the last) and before the classifier, or 'off'.",
+        flag=True,
+        parse=parse_rate_or_off,
+    )
     dense_units: int = 256
     # Views averaged at inference (evaluation, report, export, serving); never
     # in training. "flip": the image and its mirror (2 views); "flip_and_shift":
@@ -100,20 +165,26 @@ class ModelConfig:
     # their probabilities cancels part of each single view's error; metrics.json
     # reports both. The views go through the network as one batch, so batch-1
     # latency grows far less than the view count (serving benchmark).
-    test_time_augmentation: TestTimeAugmentation = "flip_and_shift"
+    test_time_augmentation: TestTimeAugmentation = setting(
+        "flip_and_shift",
+        "Views averaged at inference (evaluation, export): none, flip (2x), flip_and_shift (10x).",
+        flag=True,
+        old="none",
+        resumable=True,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Training-batch augmentation; evaluation data is never augmented."""
 
-    enabled: bool = True
+    enabled: bool = setting(True, "Augment training batches (flip, shift).", flag="augment")
     flip: bool = True
     # "random": each image is mirrored with probability 1/2 in every epoch.
     # "alternating": a random half in the first epoch, then every image is
     # mirrored in every other epoch, so any two consecutive epochs show each
     # image both ways instead of the same way half the time.
-    flip_mode: FlipMode = "alternating"
+    flip_mode: FlipMode = setting("alternating", old="random")
     max_shift: int = 2  # Padded random crop: pixels of shift in each direction.
     erase_probability: float = 0.0  # Random erasing (cutout) per example.
     erase_max_fraction: float = 0.25  # Largest erased area as image fraction.
@@ -123,62 +194,97 @@ class AugmentConfig:
 class TrainConfig:
     """Optimisation, schedule, precision and stopping."""
 
-    epochs: int = 31
-    global_batch_size: int = 512
-    learning_rate: float = 0.4
-    optimizer: Optimizer = "sgd"
+    epochs: int = setting(31, "Training epochs.", flag=True, lower=1, resumable=True)
+    global_batch_size: int = setting(512, "Global batch size (all replicas together).", flag=True, lower=1)
+    learning_rate: float = setting(0.4, "Peak learning rate.", flag=True, lower=0.0)
+    optimizer: Optimizer = setting("sgd", "Optimiser (sgd: with Nesterov momentum).", flag=True)
     # Decoupled weight decay of the kernels (AdamW, SGD): every step shrinks
     # them by learning_rate * weight_decay. Adam ignores it.
-    weight_decay: float = 0.005
+    weight_decay: float = setting(0.005, "Decoupled weight decay of the kernels (adamw, sgd).", flag=True, lower=0.0)
     # SGD only: Nesterov momentum.
-    momentum: float = 0.9
+    momentum: float = setting(0.9, old=0.9)
     schedule: Schedule = "cosine"
     warmup_epochs: float = 1.0
     # Linear scaling rule: lr *= global_batch_size / base_batch_size.
-    scale_learning_rate: bool = False
+    scale_learning_rate: bool = setting(False, "Scale the learning rate linearly with the global batch.", flag=True)
     base_batch_size: int = 128
-    label_smoothing: float = 0.0
+    label_smoothing: float = setting(0.0, "Label smoothing.", flag=True, lower=0.0, upper=0.99)
     # Stop after this many epochs without a better validation accuracy and
     # restore the best weights; None trains every epoch and keeps the last.
-    early_stopping_patience: int | None = None
-    precision: Precision = "auto"
-    steps_per_execution: int = 16
+    early_stopping_patience: int | None = setting(
+        None, "Stop after N epochs without a better val accuracy.", flag=True, lower=1, resumable=True
+    )
+    precision: Precision = setting(
+        "auto", "Dtype policy; auto picks per hardware (docs/design.md, Precision).", flag=True
+    )
+    steps_per_execution: int = setting(16, "Training steps per compiled call.", flag=True, lower=1, resumable=True)
     # With several replicas, batch norm normalises with "global" statistics
     # (moments all-reduced over the global batch in every forward and backward
     # pass) or "per_replica" ones (each replica's own batch; the moving
     # statistics are averaged over the replicas after every compiled call, so
     # every replica and checkpoint holds the same ones). One replica: no
     # difference. The benchmark record compares the two.
-    batch_norm_statistics: BatchNormStatistics = "per_replica"
+    batch_norm_statistics: BatchNormStatistics = setting(
+        "per_replica",
+        "With several replicas: normalise with global-batch statistics, or each replica's own (default).",
+        flag=True,
+        old="global",
+    )
     # The dtype the replicas' gradients are summed in. "auto": bfloat16 when
     # the precision is mixed_bfloat16 and the all-reduce op accepts bfloat16
     # (RING collectives between CPU workers, not NCCL between GPUs), else float32. A mixed_bfloat16 model's
     # gradients come out of bfloat16 arithmetic, so most of them are bfloat16
     # values already; summing them in bfloat16 halves the bytes every step
     # sends. One replica: nothing is all-reduced, no difference.
-    all_reduce_dtype: AllReduceDtype = "auto"
+    all_reduce_dtype: AllReduceDtype = setting(
+        "auto",
+        "With several replicas: the dtype gradients are summed in (auto: bfloat16 under mixed_bfloat16 where the "
+        "all-reduce accepts it).",
+        flag=True,
+        old="float32",
+    )
     # How a multi-worker process's batches reach its replicas. "auto": a
     # worker whose only replica is its CPU feeds it from its own tf.data
     # iterator; every other case goes through tf.distribute's distributed
     # dataset. "tf_distribute": always through tf.distribute. The batches
     # and their order are the same either way.
-    input_distribution: InputDistribution = "auto"
+    input_distribution: InputDistribution = setting(
+        "auto",
+        "Multi-worker input: auto feeds a worker's one CPU replica from its own iterator; tf_distribute never does.",
+        flag=True,
+        old="tf_distribute",
+        resumable=True,  # The same batches in the same order.
+    )
     # Also checkpoint inside an epoch every this many optimizer steps (long
     # epochs on preemptible machines); None checkpoints at epoch ends and on
     # SIGTERM only.
-    checkpoint_every_steps: int | None = None
+    checkpoint_every_steps: int | None = setting(
+        None,
+        "Also checkpoint inside an epoch every N optimizer steps (long epochs, preemptible machines).",
+        flag=True,
+        lower=1,
+        old=None,
+        resumable=True,
+    )
     # XLA-compile the training step. Off: on CPU it ran the default model far
     # slower (benchmark record, execution settings); on GPUs it often pays,
     # so it stays an option.
-    jit_compile: bool = False
+    jit_compile: bool = setting(
+        False, "XLA-compile the training step (slower on CPU; try it on GPUs).", flag=True, resumable=True
+    )
     # TensorFlow's op determinism (`tf.config.experimental.enable_op_determinism`):
     # GPU kernels that sum in a varying order (cuDNN convolutions' backward
     # passes, scatter-adds) are replaced by deterministic ones, so a run
     # resumed on GPUs ends with exactly an uninterrupted run's weights. CPU
     # runs repeat exactly without it (with it they use other kernels, so
     # their results differ in the last digits); on GPUs it costs speed.
-    deterministic: bool = False
-    seed: int = 0
+    deterministic: bool = setting(
+        False,
+        "TensorFlow's op determinism: exact resume and repeatable runs on GPUs, at some speed (CPUs are already).",
+        flag=True,
+        old=False,
+    )
+    seed: int = setting(0, "Random seed for initialisation, shuffling and augmentation.", flag=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,35 +336,69 @@ def _coerce(value, hint, where: str):
     return value
 
 
-# Fields added after runs were first written, with the value those runs used.
-# A run's config.json without such a field is read with this value, so the
-# run resumes, reports and exports as it trained.
-FIELDS_ADDED = {
-    "model.test_time_augmentation": "none",
-    "model.batch_norm_kernel": "fused",
-    "model.relu_after_pooling": True,
-    "train.checkpoint_every_steps": None,
-    "train.batch_norm_statistics": "global",
-    "model.batch_norm_scale": True,
-    "model.stem_init": "default",
-    "model.conv_init": "default",
-    "augment.flip_mode": "random",
-    "train.momentum": 0.9,
-    "train.all_reduce_dtype": "float32",
-    "train.input_distribution": "tf_distribute",
-    "train.deterministic": False,
-    "data.order": "file",
-}
+def declared_fields(config_cls=None):
+    """(section, field) of every field of every section of `config_cls` (default `Config`), in order."""
+    config_cls = config_cls or Config
+    hints = typing.get_type_hints(config_cls)
+    return [
+        (section.name, field)
+        for section in dataclasses.fields(config_cls)
+        if dataclasses.is_dataclass(hints[section.name])
+        for field in dataclasses.fields(hints[section.name])
+    ]
 
 
-def run_config_from_dict(data: dict, where: str = "config") -> Config:
-    """Reads a run's recorded config, filling fields it predates from `FIELDS_ADDED`."""
+def fields_added(config_cls=None) -> dict:
+    """ "section.field" -> the value runs used before the field existed (`setting(old=...)`)."""
+    return {f"{s}.{f.name}": f.metadata["old"] for s, f in declared_fields(config_cls) if "old" in f.metadata}
+
+
+def resumable_fields(config_cls=None) -> tuple[str, ...]:
+    """ "section.field" of every field a resume may change (`setting(resumable=True)`)."""
+    return tuple(f"{s}.{f.name}" for s, f in declared_fields(config_cls) if f.metadata.get("resumable"))
+
+
+def flag_fields(config_cls=None) -> list[tuple[str, str, dataclasses.Field, typing.Any]]:
+    """(flag name, section, field, type hint) of every field that has a flag, in declaration order."""
+    config_cls = config_cls or Config
+    section_types = typing.get_type_hints(config_cls)
+    found = []
+    for section, field in declared_fields(config_cls):
+        flag = field.metadata.get("flag")
+        if flag:
+            hint = typing.get_type_hints(section_types[section])[field.name]
+            found.append((field.name if flag is True else flag, section, field, hint))
+    return found
+
+
+def readme_flag_list(config_cls=None) -> str:
+    """The README's list of config flags, derived from the declarations (choices and switches shown)."""
+    shown = []
+    for name, _, _, hint in flag_fields(config_cls):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        choices = typing.get_args(args[0]) if args and typing.get_origin(args[0]) is Literal else ()
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
+        if choices:
+            shown.append(f"`--{name}={'|'.join(choices)}`")
+        elif hint is bool:
+            shown.append(f"`--[no]{name}`")
+        else:
+            shown.append(f"`--{name}`")
+    return ", ".join(shown)
+
+
+FIELDS_ADDED = fields_added()
+
+
+def run_config_from_dict(data: dict, where: str = "config", config_cls=None) -> Config:
+    """Reads a run's recorded config, filling fields it predates from their `setting(old=...)`."""
     data = json.loads(json.dumps(data))
-    for dotted, value in FIELDS_ADDED.items():
+    for dotted, value in fields_added(config_cls).items():
         section, field = dotted.split(".")
         if isinstance(data.get(section), dict):
             data[section].setdefault(field, value)
-    return validate(from_dict(Config, data, where=where))
+    return validate(from_dict(config_cls or Config, data, where=where))
 
 
 def from_dict(cls, data: dict, where: str = "config"):
@@ -338,6 +478,6 @@ def load_file(path: str | Path) -> Config:
     return validate(from_dict(Config, _read(Path(path)), where=str(path)))
 
 
-def load_run_config(path: str | Path) -> Config:
+def load_run_config(path: str | Path, config_cls=None) -> Config:
     """Reads a run's own config.json: fields it predates take the value the run used."""
-    return run_config_from_dict(_read(Path(path)), where=str(path))
+    return run_config_from_dict(_read(Path(path)), where=str(path), config_cls=config_cls)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+from conftest import REPO
 
 from pipeline import config as config_lib
 from pipeline import presets
@@ -61,3 +63,54 @@ def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
         assert getattr(getattr(run, section), field) == value, dotted
     # A file to start a new run from takes today's defaults instead.
     assert config_lib.load_file(tmp_path / "config.json") == presets.preset("default")
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainWithNoise(config_lib.TrainConfig):
+    """A throwaway field, declared once, as a new field would be."""
+
+    gradient_noise: float = config_lib.setting(
+        0.01, "Std of Gaussian noise added to each gradient.", flag=True, old=0.0, resumable=True, lower=0.0
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConfigWithNoise(config_lib.Config):
+    train: _TrainWithNoise = _TrainWithNoise()
+
+
+def test_a_field_declared_once_gets_its_flag_old_run_value_and_resume_rule(tmp_path):
+    from absl import flags
+
+    from launch import common
+    from pipeline.runs import workdir as workdir_lib
+
+    # Its flag, with its help and bounds, and the flag sets it.
+    flag_values = flags.FlagValues()
+    common.define_config_flags(flag_values, _ConfigWithNoise)
+    assert flag_values["gradient_noise"].help == "Std of Gaussian noise added to each gradient."
+    with pytest.raises(flags.IllegalFlagValueError):
+        flag_values(["prog", "--gradient_noise=-1"])
+    flag_values.unparse_flags()
+    flag_values(["prog", "--gradient_noise=0.2"])
+    assert flag_values["gradient_noise"].value == 0.2
+    # The README's flag list.
+    assert "`--gradient_noise`" in config_lib.readme_flag_list(_ConfigWithNoise)
+    # Runs recorded before it existed read it as they ran.
+    assert config_lib.fields_added(_ConfigWithNoise)["train.gradient_noise"] == 0.0
+    recorded = config_lib.to_dict(_ConfigWithNoise())
+    del recorded["train"]["gradient_noise"]
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert config_lib.load_run_config(tmp_path / "config.json", _ConfigWithNoise).train.gradient_noise == 0.0
+    # A resume may change it: the workdir check accepts the change, and refuses an undeclared one.
+    assert "train.gradient_noise" in config_lib.resumable_fields(_ConfigWithNoise)
+    changed = _ConfigWithNoise(train=_TrainWithNoise(gradient_noise=0.5))
+    assert workdir_lib.check_resume_compatible(tmp_path, changed)
+    other = _ConfigWithNoise(train=_TrainWithNoise(gradient_noise=0.0, seed=7))
+    with pytest.raises(workdir_lib.WorkdirError, match="train.seed"):
+        workdir_lib.check_resume_compatible(tmp_path, other)
+
+
+def test_the_readme_lists_the_declared_flags():
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert config_lib.readme_flag_list() in readme

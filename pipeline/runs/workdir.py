@@ -108,25 +108,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 # Changing these only extends a run or changes how (not what) it computes;
 # anything else would make the resumed checkpoint belong to another experiment.
-RESUMABLE_CHANGES = (
-    "train.epochs",
-    "train.early_stopping_patience",
-    "train.steps_per_execution",
-    "train.jit_compile",
-    "train.checkpoint_every_steps",
-    "train.input_distribution",  # The same batches in the same order.
-    "model.test_time_augmentation",  # Checkpoints hold the single-view network.
-    "model.batch_norm_kernel",  # The same weights and semantics, another kernel.
-    "model.relu_after_pooling",  # The same outputs, another order.
-    "data.data_dir",
-)
 
 
 def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     """True when the workdir holds an earlier run of this config (resume).
 
     The recorded config is read as the run wrote it: a field it predates
-    takes the value that run used (`config.FIELDS_ADDED`).
+    takes the value that run used (its `config.setting(old=...)`).
 
     Raises:
       WorkdirError: when the workdir belongs to a run with another config.
@@ -135,14 +123,15 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     if not path.exists():
         return False
     try:
-        old = config_lib.to_dict(config_lib.load_run_config(path))
+        old = config_lib.to_dict(config_lib.load_run_config(path, type(config)))
     except config_lib.ConfigError as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
     new = config_lib.to_dict(config)
     if new["train"]["precision"] == "auto":
         # `auto` continues with the policy the run recorded (`recorded_precision`).
         new["train"]["precision"] = old["train"]["precision"]
-    changes = [d for d in _differences(old, new) if not d.startswith(RESUMABLE_CHANGES)]
+    resumable = config_lib.resumable_fields(type(config))  # Declared with each field.
+    changes = [d for d in _differences(old, new) if not d.startswith(resumable)]
     if changes:
         raise WorkdirError(
             f"workdir {workdir} holds a run with a different config ({'; '.join(changes)}); "
