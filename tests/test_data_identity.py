@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import run, smoke_train_command, write_dataset
@@ -53,6 +54,7 @@ def test_runs_recorded_before_the_order_existed_keep_the_file_order(tmp_path):
     assert presets.preset("default").data.order == "canonical"
 
 
+@pytest.mark.slow
 def test_resuming_on_other_data_is_refused_naming_both_fingerprints(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
     first = run(smoke_train_command(workdir, tiny_data_dir, "--noexport", "--noreport"), timeout=300)

@@ -312,6 +312,7 @@ def test_concurrent_exports_publish_distinct_whole_versions(tiny_data_dir, tmp_p
     assert not list(base.glob(".*incomplete*"))
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_the_precision_it_recorded_and_an_unfitting_checkpoint_is_an_error(tiny_data_dir, tmp_path):
     def train(*extra):
         return run(smoke_train_command(tmp_path, tiny_data_dir, "--noexport", "--noreport", *extra), timeout=300)

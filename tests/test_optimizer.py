@@ -64,8 +64,10 @@ def test_keras_cosine_decay_with_warmup_differs_from_the_schedule_by_more_than_1
     keras_schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=total - warmup, warmup_target=peak, warmup_steps=warmup
     )
-    steps = np.arange(total + 1)
-    difference = np.abs(np.array([float(ours(s)) for s in steps]) - np.array([float(keras_schedule(s)) for s in steps]))
+    # Keras's schedule takes one step at a time: map it over the steps in one compiled call.
+    steps = tf.range(total + 1)
+    theirs = tf.function(lambda s: tf.map_fn(keras_schedule, s, fn_output_signature=tf.float32))(steps)
+    difference = np.abs(ours(steps).numpy() - theirs.numpy())
     # Keras's warm-up is peak * step / warmup_steps: step 0 trains at rate 0.
     assert float(keras_schedule(0)) == 0.0 and math.isclose(float(ours(0)), peak / warmup, rel_tol=1e-6)
     assert difference.max() > 1e-6 and difference[:warmup].max() == difference.max()

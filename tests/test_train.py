@@ -398,6 +398,7 @@ print(json.dumps({{"max": max(differences)}}))
     assert 0 < difference < 1e-2, difference
 
 
+@pytest.mark.slow
 def test_deterministic_runs_are_recorded_and_repeat_exactly(tiny_data_dir, tmp_path):
     histories = []
     for name in ("a", "b"):

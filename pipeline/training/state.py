@@ -116,7 +116,7 @@ def build_state(
     checkpoint.position = state.position()
     state.manager = _manager(state, checkpoint, out_dir / CHECKPOINTS, last_step=0)
     state.best_manager = tf.train.CheckpointManager(
-        final_model.weights_checkpoint(model), out_dir / "best", max_to_keep=1
+        final_model.weights_checkpoint(state.network), out_dir / "best", max_to_keep=1
     )
     return state
 
