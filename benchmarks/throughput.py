@@ -85,10 +85,10 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
     }
     rates = alternate(contenders, repeats=2 if quick else 3)
     base = rates["tutorial: model.fit float64 NumPy, batch 32"]
-    precision = {name: "float32" for name in rates}
-    precision["ours recommended: batch 256, lr x sqrt(8), precision auto"] = precision.resolve_precision("auto")
+    policies = {name: "float32" for name in rates}
+    policies["ours recommended: batch 256, lr x sqrt(8), precision auto"] = precision.resolve_precision("auto")
     return [
-        {"setting": k, "precision": precision[k], "examples/s": v, "vs tutorial": v / base} for k, v in rates.items()
+        {"setting": k, "precision": policies[k], "examples/s": v, "vs tutorial": v / base} for k, v in rates.items()
     ]
 
 

@@ -9,6 +9,9 @@ import sys
 import pytest
 from conftest import run, smoke_train_command, subprocess_env
 
+from pipeline import config as config_lib
+from pipeline import presets
+
 # One step in which only replica 1's gradients overflow. Argument: "mirrored"
 # (2 logical CPUs, Keras's merge-call path) or "multi_worker" (one replica per
 # process, the no-merge-call path).
@@ -83,23 +86,28 @@ def test_an_overflow_on_one_worker_skips_the_step_on_every_worker(tmp_path):
 
 @pytest.mark.slow
 def test_mixed_float16_on_two_replicas_trains_as_well_as_float32(real_data_dir, tmp_path):
+    # The smoke model, trained long enough to settle, evaluated on the whole test set.
+    smoke = config_lib.to_dict(presets.preset("smoke"))
+    smoke["data"].update(max_train_examples=20000, max_eval_examples=None)
+    smoke["train"].update(epochs=3)
+    (tmp_path / "short.json").write_text(json.dumps(smoke))
     accuracy = {}
     for precision in ("float32", "mixed_float16"):
         workdir = tmp_path / precision
         command = smoke_train_command(
             workdir,
             real_data_dir,
+            f"--config={tmp_path / 'short.json'}",
             "--strategy=mirrored",
             "--logical_cpus=2",
             f"--precision={precision}",
-            "--epochs=2",
-            "--max_train_examples=10000",
             "--noexport",
             "--noreport",
         )
-        done = run(command, timeout=600)
+        done = run(command, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         metrics = json.loads((workdir / "metrics.json").read_text())
         assert metrics["precision"] == precision and metrics["replicas"] == 2
+        assert metrics["examples"]["test"] == 10000
         accuracy[precision] = metrics["test_accuracy"]
     assert abs(accuracy["mixed_float16"] - accuracy["float32"]) <= 0.015, accuracy
