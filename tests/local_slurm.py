@@ -155,6 +155,12 @@ class LocalSlurm:
             f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
         )
 
+    def diagnosis(self, job_id: int) -> str:
+        """What Slurm says about a job and the tails of its daemons' logs, for a failure message."""
+        job = self.run("scontrol", "show", "job", str(job_id), check=False).stdout
+        logs = "\n".join(self.log_tail(name, 40) for name in ("slurmctld.log", "slurmd.log"))
+        return f"--- scontrol show job {job_id}\n{job}\n{logs}"
+
     def run(self, command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Runs a Slurm client command against this cluster."""
         return subprocess.run([_which(command), *args], env=self.env, capture_output=True, text=True, check=check)

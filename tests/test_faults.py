@@ -139,11 +139,14 @@ def test_lock_holder_liveness_guards_against_pid_reuse_and_stale_hosts(tmp_path)
 
 
 RACER = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs import lock as workdir_lock
-directory, start = sys.argv[1], float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))  # Every racer starts at the same moment.
+directory, ready, racers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+(ready / str(os.getpid())).touch()
+while len(list(ready.iterdir())) < racers:  # Every racer starts once all have imported.
+    time.sleep(0.001)
 try:
     with workdir_lock.WorkdirLock(directory):
         print("acquired", flush=True)
@@ -164,10 +167,11 @@ def test_eight_runs_racing_for_a_stale_lock_leave_exactly_one_holder(tmp_path):
         "heartbeat": 0.0,
     }
     (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(stale))
-    start = time.time() + 20.0  # Time for every racer to import.
+    ready = tmp_path.parent / f"{tmp_path.name}-ready"
+    ready.mkdir()
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(tmp_path), str(start)],
+            [sys.executable, "-c", RACER, str(tmp_path), str(ready), "8"],
             env=subprocess_env(),
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -85,7 +85,7 @@ def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(slurm, uninte
     slurm.start_requeued_now(job)
     state = slurm.wait(job, timeout=600)
     text = log.read_text(errors="replace")
-    assert state == "COMPLETED", text[-3000:]
+    assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)
     assert re.search(r"stopped by SIGTERM at optimizer step \d+ \(epoch 2 in progress", text), text[-3000:]
     assert "requeueing job" in text and "(restart 1)" in text
     assert re.search(r"resumed from .*ckpt-\d+ \(epoch 2 in progress", text), text[-3000:]

@@ -7,12 +7,16 @@ holder is dead is taken over with a warning: on the same host when the pid is
 gone or now belongs to another process (its start time differs, which guards
 against pid reuse); from another host (a shared file system) when the
 heartbeat is older than `STALE_SECONDS`, so a Slurm requeue on another node
-waits at most that long after a crash. Only the chief of a multi-worker job
+waits at most that long after a crash. Take-overs are serialised by a POSIX
+lock on WORKDIR/.lock.takeover, so exactly one contender replaces a dead
+holder's lock. Only the chief of a multi-worker job
 takes the lock; its workers share it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,6 +31,7 @@ from pipeline.runs.workdir import WorkdirError
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
+TAKEOVER_FILE = ".lock.takeover"
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0
 
@@ -66,6 +71,36 @@ def holder_is_alive(holder: dict) -> tuple[bool, str]:
     if age > STALE_SECONDS:
         return False, f"no heartbeat from {holder.get('host')} for {age:.0f} s"
     return True, ""
+
+
+@contextlib.contextmanager
+def _takeover_mutex(path: Path):
+    """Holds an exclusive POSIX lock on PATH; removes the file on the way out.
+
+    The kernel (or the NFS lock manager) releases the lock when its holder
+    dies, so a crash here never leaves it stuck. The file is removed while
+    still locked; a waiter that then gets the lock on the removed file sees
+    that its inode is no longer the path's and opens the path again.
+    """
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class WorkdirLock:
@@ -112,26 +147,51 @@ class WorkdirLock:
     def acquire(self) -> None:
         """Takes the lock, or raises WorkdirError naming the live holder."""
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not self._create():
                 self._take_over_if_dead()
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.record, f)
             self._thread = threading.Thread(target=self._beat, name="workdir-lock-heartbeat", daemon=True)
             self._thread.start()
             return
         raise WorkdirError(f"could not take the lock {self.path}: another run keeps taking it; use another workdir")
 
+    def _create(self) -> bool:
+        """Creates the lock with its whole record, if there is none; True when it did.
+
+        The record is written to a file of our own and hard-linked into place
+        (link fails when the path exists), so a reader never sees a lock
+        without its holder's record.
+        """
+        mine = self.path.with_name(f"{LOCK_FILE}.{socket.gethostname()}.{os.getpid()}.new")
+        try:
+            mine.write_text(json.dumps(self.record))
+            os.link(mine, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            mine.unlink(missing_ok=True)
+
     def _take_over_if_dead(self) -> None:
+        """Removes a dead holder's lock so that `acquire` can create its own; raises if the holder lives.
+
+        Only creating the lock file grants the lock. Removal happens under an exclusive
+        POSIX lock on a separate file, after judging the holder again there, so
+        two contenders that both saw the dead holder cannot remove each other's
+        fresh lock: the second one finds the first one's lock alive.
+        """
+        with _takeover_mutex(self.path.with_name(TAKEOVER_FILE)):
+            self._remove_if_dead()
+
+    def _remove_if_dead(self) -> None:
         try:
             holder = json.loads(self.path.read_text())
         except FileNotFoundError:
             return
-        except (OSError, json.JSONDecodeError):
-            time.sleep(0.2)  # Being written by its new holder: look again.
-            holder = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise WorkdirError(
+                f"the lock {self.path} is unreadable ({e}); if no run uses {self.path.parent}, delete it and rerun"
+            ) from None
         alive, why = holder_is_alive(holder)
         if alive:
             raise WorkdirError(
@@ -139,27 +199,7 @@ class WorkdirLock:
                 f"pid {holder.get('pid')}, since {holder.get('started')}; wait for it to finish, stop it, "
                 "or use another --workdir"
             )
-        # Atomic take-over: move the stale lock aside under a name of our own,
-        # then check that what moved is the lock judged stale. Another
-        # contender may have taken it over and created a fresh one meanwhile;
-        # that one goes back (link fails if yet another lock exists by then).
-        aside = self.path.with_name(f"{LOCK_FILE}.stale-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return  # Taken over by another contender: try to create it again.
-        try:
-            moved = json.loads(aside.read_text())
-        except (OSError, json.JSONDecodeError):
-            moved = None
-        if moved != holder:
-            try:
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-            aside.unlink(missing_ok=True)
-            return
-        aside.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
         log.warning(
             "taking over the lock of a run that is gone (%s, started %s): %s",
             holder.get("command"),
