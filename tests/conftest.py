@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import helpers
@@ -61,6 +62,29 @@ def _no_ambient_data(monkeypatch):
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
 
 
+LAUNCH = [sys.executable, "-m", "launch.launch"]
+
+
+def fmnist_train(workdir, data_dir, *extra: str) -> list[str]:
+    """The installed `fmnist-train --preset=smoke` on `data_dir`, without export or report."""
+    return [
+        "fmnist-train",
+        f"--workdir={workdir}",
+        "--preset=smoke",
+        f"--data_dir={data_dir}",
+        "--noexport",
+        "--noreport",
+        *extra,
+    ]
+
+
+def scratch_env(tmp_path: Path) -> tuple[dict, Path]:
+    """`subprocess_env` with TMPDIR in a fresh directory under tmp_path (where workers write); both returned."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    return dict(subprocess_env(), TMPDIR=str(scratch)), scratch
+
+
 def smoke_train_command(workdir, data_dir, *extra: str) -> list[str]:
     """`fmnist-train --preset=smoke` on `data_dir`, with the running interpreter."""
     return [
@@ -78,6 +102,22 @@ def run(command: list[str], timeout: float, env: dict | None = None) -> subproce
     """Runs a command from the repository root (env: `subprocess_env` unless given), capturing text."""
     env = subprocess_env() if env is None else env
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def start(command: list[str], env: dict | None = None, merge_stderr: bool = False) -> subprocess.Popen:
+    """Starts a command from the repository root (env: `subprocess_env` unless given), piping its text output."""
+    env = subprocess_env() if env is None else env
+    stderr = subprocess.STDOUT if merge_stderr else subprocess.PIPE
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def wait_for(predicate, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    """Polls `predicate` until true; fails on timeout, or when `process` (if given) has exited first."""
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out waiting"
+        assert process is None or process.poll() is None, f"the process exited with {process.returncode} first"
+        time.sleep(0.05)
 
 
 def subprocess_env() -> dict:

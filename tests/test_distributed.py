@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -10,15 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, run, subprocess_env
+from conftest import LAUNCH, REPO, fmnist_train, run, scratch_env, start, subprocess_env, wait_for
 
 from pipeline.cluster import strategies
 
-LAUNCH = [sys.executable, "-m", "launch.launch"]
 MALFORMED_TF_CONFIGS = pytest.mark.parametrize(
     "tf_config, message",
     [
@@ -31,30 +28,12 @@ MALFORMED_TF_CONFIGS = pytest.mark.parametrize(
 )
 
 
-def _train(workdir, data_dir, *extra):
-    return [
-        "fmnist-train",
-        f"--workdir={workdir}",
-        "--preset=smoke",
-        f"--data_dir={data_dir}",
-        "--noexport",
-        "--noreport",
-        *extra,
-    ]
-
-
-def _env(tmp_path):
-    scratch = tmp_path / "scratch"
-    scratch.mkdir(exist_ok=True)
-    return dict(subprocess_env(), TMPDIR=str(scratch)), scratch
-
-
 @pytest.mark.slow
 def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
-    env, scratch = _env(tmp_path)
+    env, scratch = scratch_env(tmp_path)
     workdir = tmp_path / "run"
     done = subprocess.run(
-        [*LAUNCH, "--num_workers=2", "--", *_train(workdir, tiny_data_dir, "--epochs=2")],
+        [*LAUNCH, "--num_workers=2", "--", *fmnist_train(workdir, tiny_data_dir, "--epochs=2")],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -80,7 +59,7 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
         *LAUNCH,
         "--num_workers=2",
         "--",
-        *_train(tmp_path / "tf_distribute", tiny_data_dir, "--epochs=2", "--input_distribution=tf_distribute"),
+        *fmnist_train(tmp_path / "tf_distribute", tiny_data_dir, "--epochs=2", "--input_distribution=tf_distribute"),
     ]
     again = run(through_tf_distribute, timeout=600, env=env)
     assert again.returncode == 0, again.stdout[-3000:]
@@ -89,7 +68,7 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path):
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
     workdir = tmp_path / "run"
 
     def two_workers(workdir):
@@ -97,7 +76,7 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
             *LAUNCH,
             "--num_workers=2",
             "--",
-            *_train(workdir, tiny_data_dir, "--epochs=30", "--max_train_examples=256"),
+            *fmnist_train(workdir, tiny_data_dir, "--epochs=30", "--max_train_examples=256"),
         ]
 
     command = two_workers(workdir)
@@ -136,12 +115,12 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
 def test_a_worker_whose_peer_dies_fails_with_a_message_without_any_launcher(tiny_data_dir, tmp_path):
     from launch import local_cluster
 
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
     workers = [f"127.0.0.1:{port}" for port in local_cluster.free_ports(2)]
     processes = []
     for index in range(2):
         spec = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        command = _train(tmp_path / "run", tiny_data_dir, "--epochs=200", "--max_train_examples=256")
+        command = fmnist_train(tmp_path / "run", tiny_data_dir, "--epochs=200", "--max_train_examples=256")
         processes.append(
             subprocess.Popen(
                 command,
@@ -168,20 +147,15 @@ def test_a_worker_whose_peer_dies_fails_with_a_message_without_any_launcher(tiny
 
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is_exact(long_data_dir, tmp_path):
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
 
     def two_workers(workdir):
         extra = ["--epochs=3", "--max_train_examples=11520", "--validation_size=64"]
-        return [*LAUNCH, "--num_workers=2", "--", *_train(workdir, long_data_dir, *extra)]
+        return [*LAUNCH, "--num_workers=2", "--", *fmnist_train(workdir, long_data_dir, *extra)]
 
     workdir = tmp_path / "run"
-    launcher = subprocess.Popen(
-        two_workers(workdir), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.time() + 300
-    while not (workdir / "history.json").exists():
-        assert time.time() < deadline and launcher.poll() is None
-        time.sleep(0.05)
+    launcher = start(two_workers(workdir), env=env, merge_stderr=True)
+    wait_for((workdir / "history.json").exists, timeout=300, process=launcher)
     time.sleep(0.5)  # Into epoch 2.
     launcher.send_signal(signal.SIGTERM)
     output, _ = launcher.communicate(timeout=120)
@@ -231,13 +205,6 @@ def test_fmnist_train_reports_a_malformed_tf_config_in_one_line(tf_config, messa
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
-def test_launcher_names_a_failing_worker(tmp_path):
-    script = "import json, os, sys; sys.exit(json.loads(os.environ['TF_CONFIG'])['task']['index'] * 7)"
-    done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", script], timeout=60)
-    assert done.returncode == 7 and "worker 1 failed (exit code 7)" in done.stderr
-
-
 def test_chief_rule():
     assert strategies.is_chief(tf.distribute.get_strategy())
 
@@ -246,92 +213,6 @@ def test_only_a_multi_worker_process_with_one_cpu_replica_feeds_it_directly():
     # One process: its datasets go through the strategy (a no-op for the default one).
     assert strategies.direct_input_context(tf.distribute.get_strategy()) is None
     assert strategies.direct_input_context(tf.distribute.MirroredStrategy(["/cpu:0"])) is None
-
-
-def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_ports():
-    from launch import local_cluster
-
-    tasks = local_cluster.tf_config_tasks(3)
-    specs = [json.loads(task.env["TF_CONFIG"]) for task in tasks]
-    workers = specs[0]["cluster"]["worker"]
-    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
-    assert [s["task"] for s in specs] == [{"type": "worker", "index": i} for i in range(3)]
-    assert all(s["cluster"] == specs[0]["cluster"] for s in specs)
-    tuners = local_cluster.tuner_tasks(2)
-    assert [t.env["KERASTUNER_TUNER_ID"] for t in tuners] == ["chief", "tuner0", "tuner1"]
-    assert len({t.env["KERASTUNER_ORACLE_PORT"] for t in tuners}) == 1
-
-
-def test_each_local_worker_gets_its_share_of_the_cores_unless_threads_are_set(monkeypatch):
-    from launch import local_cluster
-
-    assert local_cluster.threads_per_process(2, cores=2) == 1
-    assert local_cluster.threads_per_process(2, cores=5) == 2
-    assert local_cluster.threads_per_process(3, cores=2) == 1  # More workers than cores: at least one each.
-    for name in local_cluster.THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    env = local_cluster.thread_env(2)
-    assert env == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2"}
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # The user's own setting wins.
-    assert local_cluster.thread_env(2) == {}
-
-
-def test_each_local_worker_is_pinned_to_its_own_cores():
-    from launch import local_cluster
-
-    assert local_cluster.core_shares(2, cores=[0, 1]) == [(0,), (1,)]
-    assert local_cluster.core_shares(2, cores=[4, 0, 1, 2, 3]) == [(0, 1), (2, 3)]  # Sorted; one core left over.
-    assert local_cluster.core_shares(3, cores=[0, 1]) == [None] * 3  # Too few cores: no pinning.
-    unpinned = local_cluster.tf_config_tasks(2, pin_cores=False) + local_cluster.tuner_tasks(2, pin_cores=False)
-    assert all(task.cores is None for task in unpinned)
-    tuners = local_cluster.tuner_tasks(2)
-    assert tuners[0].cores is None  # The oracle chief trains nothing.
-
-
-CORES_SCRIPT = "import os, json; print(json.dumps(sorted(os.sched_getaffinity(0))))"
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores")
-def test_launched_processes_run_on_their_share_of_the_cores(tmp_path):
-    env, _ = _env(tmp_path)
-    done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", CORES_SCRIPT], timeout=120, env=env)
-    assert done.returncode == 0, done.stdout[-3000:]
-    cores = dict(re.findall(r"\[(worker \d)\] (\[.*\])", done.stdout))
-    shares = [json.loads(cores[f"worker {i}"]) for i in range(2)]
-    assert shares[0] and shares[1] and not set(shares[0]) & set(shares[1]), shares
-    unpinned = run([*LAUNCH, "--num_workers=2", "--nopin_cores", "--", sys.executable, "-c", CORES_SCRIPT], 120, env)
-    everything = sorted(os.sched_getaffinity(0))
-    assert re.findall(r"\[worker \d\] (\[.*\])", unpinned.stdout) == [json.dumps(everything)] * 2
-
-
-GPUS_SCRIPT = "import os; print('gpus=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
-
-
-@pytest.mark.parametrize(
-    "gpus, workers, expected",
-    [("0,1,2,3", 2, ["0,1", "2,3"]), ("4,5", 2, ["4", "5"]), ("", 2, ["unset", "unset"])],
-)
-def test_launched_workers_each_see_only_their_share_of_the_gpus(tmp_path, gpus, workers, expected):
-    # --gpus stands in for the machine's GPUs; each process reports what it was given.
-    env, _ = _env(tmp_path)
-    command = [*LAUNCH, f"--num_workers={workers}", f"--gpus={gpus}", "--", sys.executable, "-c", GPUS_SCRIPT]
-    done = run(command, timeout=120, env=env)
-    assert done.returncode == 0, done.stdout[-3000:]
-    seen = dict(re.findall(r"\[worker (\d)\] gpus=(\S+)", done.stdout))
-    assert [seen[str(i)] for i in range(workers)] == expected
-    tuners = run([*LAUNCH, "--tuner_workers=2", f"--gpus={gpus}", "--", sys.executable, "-c", GPUS_SCRIPT], 120, env)
-    seen = dict(re.findall(r"\[(\w+)\] gpus=(\S+)", tuners.stdout))
-    assert [seen["tuner0"], seen["tuner1"]] == expected and seen["chief"] == "unset"
-
-
-def test_more_launched_workers_than_gpus_is_refused_in_one_line(tmp_path):
-    env, _ = _env(tmp_path)
-    done = run([*LAUNCH, "--num_workers=3", "--gpus=0,1", "--", sys.executable, "-c", "pass"], timeout=120, env=env)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "error: 3 processes on this host but 2 GPU(s): run at most one process per GPU "
-        "(fewer tasks per node or workers), or hide the GPUs with CUDA_VISIBLE_DEVICES="
-    ]
 
 
 def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
@@ -370,7 +251,7 @@ print(json.dumps({"max_difference": max(float(tf.reduce_max(tf.abs(a - b))) for 
 
 @pytest.mark.slow
 def test_packed_and_per_variable_all_reduce_agree(tmp_path):
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
     done = run([*LAUNCH, "--num_workers=2", "--", sys.executable, "-c", PACKING_SCRIPT], timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:]
     results = [json.loads(line.split("] ", 1)[1]) for line in done.stdout.splitlines() if "max_difference" in line]
@@ -382,7 +263,7 @@ CRASH_LINES = re.compile(r"^\[worker \d\] (E\d{4} |.*(unhealthy|have crashed|los
 
 @pytest.mark.slow
 def test_a_successful_two_worker_run_ends_without_error_lines(tiny_data_dir, tmp_path):
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
     command = ["fmnist-train", f"--workdir={tmp_path / 'run'}", "--preset=smoke", f"--data_dir={tiny_data_dir}"]
     done = run([*LAUNCH, "--num_workers=2", "--", *command], timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:]
@@ -392,7 +273,7 @@ def test_a_successful_two_worker_run_ends_without_error_lines(tiny_data_dir, tmp
 
 @pytest.mark.slow
 def test_sigterm_during_the_chiefs_export_ends_every_worker_with_143(tiny_data_dir, tmp_path):
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
     command = ["fmnist-train", f"--workdir={tmp_path / 'run'}", "--preset=smoke", f"--data_dir={tiny_data_dir}"]
     launcher = subprocess.Popen(
         [*LAUNCH, "--num_workers=2", "--", *command],
@@ -417,59 +298,13 @@ def test_sigterm_during_the_chiefs_export_ends_every_worker_with_143(tiny_data_d
     assert not CRASH_LINES.search(output), CRASH_LINES.search(output).group(0)
 
 
-def _listening(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket process `pid` listens on, from /proc."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
-    for table, size in (("tcp", 4), ("tcp6", 16)):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN.
-                continue
-            address, port = fields[1].split(":")
-            raw = bytes.fromhex(address)
-            # /proc prints each 32-bit word in host (little-endian) order.
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))
-            found.append((str(ipaddress.ip_address(raw)), int(port, 16)))
-    return found
-
-
-@pytest.mark.slow
-def test_local_workers_listen_on_loopback_or_the_warning_names_the_port(long_data_dir, tmp_path):
-    env, _ = _env(tmp_path)
-    command = [*LAUNCH, "--num_workers=2", "--", *_train(tmp_path / "run", long_data_dir, "--epochs=2")]
-    launcher = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pids, sockets = [], []
-    for line in launcher.stdout:
-        pids += [int(p) for p in re.findall(r"launcher: started worker \d \(pid (\d+)\)", line)]
-        if "Epoch 1/2" in line:  # Training: every server is up.
-            sockets = [s for pid in pids for s in _listening(pid)]
-            break
-    launcher.send_signal(signal.SIGTERM)
-    _, stderr = launcher.communicate(timeout=120)
-    warned = re.search(
-        r"^warning: TensorFlow's workers listen on every network interface.*\(ports ([\d, ]+)\)", stderr, re.M
-    )
-    assert sockets, "the workers' listening sockets were read"
-    for address, port in sockets:
-        loopback = ipaddress.ip_address(address).is_loopback
-        assert loopback or (warned and str(port) in warned.group(1).split(", ")), (address, port, stderr[:500])
-
-
 @pytest.mark.slow
 def test_a_worker_whose_data_differs_from_the_chiefs_is_refused_naming_both(tiny_data_dir, tmp_path):
     from conftest import write_dataset
 
     from launch import local_cluster
 
-    env, _ = _env(tmp_path)
+    env, _ = scratch_env(tmp_path)
     other = write_dataset(tmp_path / "other", n_train=700)
     workers = [f"127.0.0.1:{port}" for port in local_cluster.free_ports(2)]
     processes = []
@@ -477,7 +312,7 @@ def test_a_worker_whose_data_differs_from_the_chiefs_is_refused_naming_both(tiny
         spec = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(
             subprocess.Popen(
-                _train(tmp_path / "run", data_dir),
+                fmnist_train(tmp_path / "run", data_dir),
                 env=dict(env, TF_CONFIG=json.dumps(spec)),
                 cwd=REPO,
                 stdout=subprocess.PIPE,

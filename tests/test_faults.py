@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, run, smoke_train_command, subprocess_env
+from conftest import REPO, run, smoke_train_command, start, subprocess_env, wait_for
 
 from pipeline.runs import lock as workdir_lock
 from pipeline.runs import workdir as workdir_lib
@@ -27,19 +27,6 @@ LONG = ["--max_train_examples=11520", "--validation_size=64", "--noexport", "--n
 
 def _train(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
     return smoke_train_command(workdir, data_dir, *LONG, *extra)
-
-
-def _start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        command, env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def _epochs_done(workdir: Path) -> int:
@@ -62,8 +49,8 @@ def test_sigterm_checkpoints_the_step_and_the_rerun_ends_exactly_as_uninterrupte
     reference = run(_train(tmp_path / "reference", long_data_dir, "--epochs=3"), timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
     workdir = tmp_path / "run"
-    child = _start(_train(workdir, long_data_dir, "--epochs=3"))
-    _wait_for(lambda: _epochs_done(workdir) >= 1)
+    child = start(_train(workdir, long_data_dir, "--epochs=3"))
+    wait_for(lambda: _epochs_done(workdir) >= 1)
     time.sleep(0.3)  # Into epoch 2.
     signalled = time.time()
     child.send_signal(signal.SIGTERM)
@@ -86,15 +73,15 @@ def test_sigterm_checkpoints_the_step_and_the_rerun_ends_exactly_as_uninterrupte
 @pytest.mark.slow
 def test_ctrl_c_once_checkpoints_and_twice_exits_at_once(long_data_dir, tmp_path):
     once = tmp_path / "once"
-    child = _start(_train(once, long_data_dir, "--epochs=20"))
-    _wait_for(lambda: (once / "checkpoints" / "checkpoint").exists())
+    child = start(_train(once, long_data_dir, "--epochs=20"))
+    wait_for(lambda: (once / "checkpoints" / "checkpoint").exists())
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 130 and "stopped by SIGINT" in stderr.strip().splitlines()[-1], stderr[-2000:]
     # A whole epoch per compiled call: the second Ctrl-C arrives while the first waits for the call.
     twice = tmp_path / "twice"
-    child = _start(_train(twice, long_data_dir, "--epochs=20", "--steps_per_execution=180"))
-    _wait_for(lambda: (twice / "checkpoints" / "checkpoint").exists())
+    child = start(_train(twice, long_data_dir, "--epochs=20", "--steps_per_execution=180"))
+    wait_for(lambda: (twice / "checkpoints" / "checkpoint").exists())
     child.send_signal(signal.SIGINT)
     time.sleep(0.05)
     signalled = time.time()
@@ -106,8 +93,8 @@ def test_ctrl_c_once_checkpoints_and_twice_exits_at_once(long_data_dir, tmp_path
 
 @pytest.mark.slow
 def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(long_data_dir, tmp_path):
-    first = _start(_train(tmp_path, long_data_dir, "--epochs=20"))
-    _wait_for(lambda: (tmp_path / "checkpoints").exists())
+    first = start(_train(tmp_path, long_data_dir, "--epochs=20"))
+    wait_for(lambda: (tmp_path / "checkpoints").exists())
     second = run(_train(tmp_path, long_data_dir, "--epochs=20"), timeout=120)
     assert second.returncode == 1 and "Traceback" not in second.stderr
     line = second.stderr.strip().splitlines()[-1]
@@ -306,7 +293,7 @@ def test_concurrent_exports_publish_distinct_whole_versions(tiny_data_dir, tmp_p
     _tiny_run(tiny_data_dir, tmp_path / "run", epochs=1)
     base = tmp_path / "models"
     command = [sys.executable, "-m", "launch.export", f"--workdir={tmp_path / 'run'}", f"--export_base={base}"]
-    exports = [_start(command) for _ in range(2)]
+    exports = [start(command) for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in exports]
     assert [p.returncode for p in exports] == [0, 0], outputs
     published = sorted(Path(out.strip().splitlines()[-1]).name for out, _ in outputs)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, run, subprocess_env
+from conftest import REPO, run, start, subprocess_env, wait_for
 
 GPUS = tf.config.list_physical_devices("GPU")
 if not GPUS:
@@ -91,18 +90,8 @@ def test_sigterm_and_resume_on_gpus_end_with_the_uninterrupted_weights(real_data
     reference = run(_train(tmp_path / "reference", real_data_dir, *command), timeout=900)
     assert reference.returncode == 0, reference.stderr[-3000:]
     workdir = tmp_path / "run"
-    child = subprocess.Popen(
-        _train(workdir, real_data_dir, *command),
-        env=subprocess_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 600
-    while not (workdir / "history.json").exists():
-        assert time.time() < deadline and child.poll() is None
-        time.sleep(0.1)
+    child = start(_train(workdir, real_data_dir, *command))
+    wait_for((workdir / "history.json").exists, timeout=600, process=child)
     time.sleep(0.5)  # Into epoch 2.
     child.send_signal(signal.SIGTERM)
     _, stderr = child.communicate(timeout=120)

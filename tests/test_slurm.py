@@ -82,7 +82,6 @@ def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(slurm, uninte
         time.sleep(0.5)
     time.sleep(1.0)
     slurm.run("scancel", "--signal=TERM", str(job))  # What --signal=TERM@120 sends before the time limit.
-    slurm.start_requeued_now(job)
     state = slurm.wait(job, timeout=600)
     text = log.read_text(errors="replace")
     assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)

@@ -30,7 +30,9 @@ from pipeline.training import state as train_state
 log = logging.getLogger(__name__)
 
 
-def final_metrics(config, strategy, state, dataset, history, policy: str, started: float, stop=None) -> dict:
+def final_metrics(
+    config, strategy, state, dataset, history, policy: str, data_fingerprint: str, started: float, stop=None
+) -> dict:
     """Evaluates train, validation and test in inference mode; returns metrics.json content.
 
     A stop request ends it between splits (training is checkpointed by then).
@@ -62,7 +64,7 @@ def final_metrics(config, strategy, state, dataset, history, policy: str, starte
         workers=strategies.num_workers(strategy),
         global_batch_size=config.train.global_batch_size,
         data_source=dataset.source,
-        data_fingerprint=data_lib.fingerprint(dataset),
+        data_fingerprint=data_fingerprint,
         examples={"train": len(dataset.train), "val": len(dataset.validation), "test": len(dataset.test)},
     )
     return metrics
@@ -170,7 +172,7 @@ def train_and_evaluate(
             history = loop.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             if config.train.early_stopping_patience:
                 state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
-            metrics = final_metrics(config, strategy, state, dataset, history, policy, started, stop)
+            metrics = final_metrics(config, strategy, state, dataset, history, policy, data_fingerprint, started, stop)
             with workdir_lib.writing("the final weights", out_dir / final_model.FINAL_DIR):
                 final_model.save_final_model(state.model, out_dir)
             # Every worker logs this; equal fingerprints prove the replicas agree.
