@@ -9,7 +9,8 @@ NOTES = {
         "`mixed_bfloat16` on processors with bf16 instructions and float32 elsewhere."
     ),
     "input_headroom": (
-        "The input pipeline alone, against the fastest model's consumption in section 1: headroom above 1 means "
+        "The input pipeline alone, against the fastest model's consumption in the seed-model throughput "
+        "section: headroom above 1 means "
         "the model, not the input, sets the pace. Ours shuffles indices and gathers whole batches, then augments "
         "each batch with two small matmuls (`input_pipeline._flip_and_shift`). The other rows take one step away "
         "at a time."
@@ -60,7 +61,7 @@ NOTES = {
         "and by the network alone."
     ),
     "recipes_best": (
-        "`best` and the reference recipe trained back to back, as in section 7 "
+        "`best` and the reference recipe trained back to back, as in the recipes section "
         "(`python -m benchmarks.run --recipe_presets=reference,best --nothroughput --nosettings --noscaling`). "
         "`best` is bounded by 6.3 times the reference's training seconds."
     ),

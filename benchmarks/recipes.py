@@ -1,4 +1,4 @@
-"""Comparison 7: time to accuracy of the presets, the ablation of `fast`, and bf16 against float32.
+"""Time to accuracy of the presets, the ablation of `fast`, and bf16 against float32.
 
 Every run is a whole `fmnist-train` in a child process started with the
 running interpreter, one after another with nothing else running, on the

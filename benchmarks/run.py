@@ -24,17 +24,15 @@ flags.DEFINE_boolean("quick", False, "Small sizes and few repeats: minutes, for 
 flags.DEFINE_list("runs", [], "name=WORKDIR of finished runs for time to accuracy.")
 flags.DEFINE_string("export", None, "An exported version directory for the serving comparison.")
 flags.DEFINE_boolean("throughput", True, "Include training throughput, input headroom and utilisation (1-3).")
-flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process (6).")
-flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings (3b).")
-flags.DEFINE_boolean("tuning", True, "Include trials per hour of one tuner against a chief with two workers (8).")
-flags.DEFINE_boolean(
-    "recipes", True, "Include time to accuracy of the presets, the ablation of fast, bf16 vs float32 (7)."
-)
+flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process.")
+flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings.")
+flags.DEFINE_boolean("tuning", True, "Include trials per hour of one tuner against a chief with two workers.")
+flags.DEFINE_boolean("recipes", True, "Include time to accuracy of the presets, the ablation of fast, bf16 vs float32.")
 RECIPES = ["reference", "fast", "default"]
 flags.DEFINE_list(
     "recipe_presets",
     RECIPES,
-    "Recipes comparison 7 trains back to back; another list (e.g. reference,best: hours) gets its own section.",
+    "Recipes trained back to back; a list other than the default (e.g. reference,best: hours) gets its own section.",
 )
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
@@ -59,56 +57,54 @@ def main(argv):
     peaks = throughput.matmul_peaks(FLAGS.quick)
     if FLAGS.throughput:
         rates = throughput.training_throughput(train.images, train.labels, FLAGS.quick)
-        _save("training_throughput", "1. Seed model training throughput", rates)
+        _save("training_throughput", "Seed model training throughput", rates)
         model_rate = max(r["examples/s"] for r in rates)
         headroom = throughput.input_headroom(train.images, train.labels, model_rate, FLAGS.quick)
-        _save("input_headroom", "2. Input pipeline alone, against the fastest model's consumption", headroom)
-        _save("utilisation", "3. Hardware utilisation", throughput.utilisation(rates, peaks))
+        _save("input_headroom", "Input pipeline alone, against the fastest model's consumption", headroom)
+        _save("utilisation", "Hardware utilisation", throughput.utilisation(rates, peaks))
     if FLAGS.settings:
         from benchmarks.settings import execution_settings
 
         settings = execution_settings(FLAGS.data_dir, FLAGS.quick, peaks)
-        _save("execution_settings", "3b. Execution settings, default model (each in its own process)", settings)
+        _save("execution_settings", "Execution settings, default model (each in its own process)", settings)
     if FLAGS.runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
 
         runs = dict(item.split("=", 1) for item in FLAGS.runs)
-        _save("time_to_accuracy", "4. Time to validation accuracy", time_to_accuracy(runs))
+        _save("time_to_accuracy", "Time to validation accuracy", time_to_accuracy(runs))
     if FLAGS.export:
-        _save("serving", "5. Serving", _serving(FLAGS.export, test.images))
+        _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
         from benchmarks import scaling
         from pipeline import config as config_lib
 
         rows = scaling.two_workers_vs_one(FLAGS.data_dir, FLAGS.quick)
-        _save(
-            "two_workers_vs_one", "6. Two local workers against one process (reference recipe, global batch 128)", rows
-        )
+        _save("two_workers_vs_one", "Two local workers against one process (reference recipe, global batch 128)", rows)
         costs = scaling.collective_costs(FLAGS.data_dir, FLAGS.quick)
-        _save("step_breakdown", "6b. Where a two-worker step's time goes", scaling.step_breakdown(rows, costs))
+        _save("step_breakdown", "Where a two-worker step's time goes", scaling.step_breakdown(rows, costs))
         per_call = config_lib.load_file(scaling.REFERENCE).train.steps_per_execution
         table = scaling.scaling_table(costs, per_call)
-        _save("scaling_model", "6c. Predicted efficiency of N workers on real networks (weak scaling)", table)
+        _save("scaling_model", "Predicted efficiency of N workers on real networks (weak scaling)", table)
     if FLAGS.recipes:
         from benchmarks import recipes
 
         names = FLAGS.recipe_presets
         rows, runs = recipes.presets_side_by_side(FLAGS.data_dir, FLAGS.quick, names)
         if names == RECIPES:
-            title = "7. Time to 93% validation accuracy and final accuracy of each recipe, back to back"
+            title = "Time to 93% validation accuracy and final accuracy of each recipe, back to back"
             _save("recipes", title, rows)
-            title = "7b. Ablation: fast without one technique at a time (median of 2 seeds)"
+            title = "Ablation: fast without one technique at a time (median of 2 seeds)"
             _save("ablation", title, recipes.ablation(FLAGS.data_dir, FLAGS.quick))
-            title = "7c. mixed_bfloat16 against float32"
+            title = "mixed_bfloat16 against float32"
             _save("precision", title, recipes.precision_comparison(FLAGS.data_dir, FLAGS.quick, runs))
         else:
             # Other recipes (best takes hours) get their own section, each against its own reference run.
             others = "_".join(name for name in names if name != "reference")
-            _save(f"recipes_{others}", f"7d. {', '.join(names)}, back to back", rows)
+            _save(f"recipes_{others}", f"{', '.join(names)}, back to back", rows)
     if FLAGS.tuning:
         from benchmarks.tuning_rate import trials_per_hour
 
-        title = "8. Distributed tuning: trials in the same time budget"
+        title = "Distributed tuning: trials in the same time budget"
         _save("tuning_rate", title, trials_per_hour(FLAGS.data_dir, FLAGS.quick))
 
 

@@ -1,4 +1,4 @@
-"""Comparison 6: two local workers against one process, where a step's time goes, and predicted scaling.
+"""Two local workers against one process, where a step's time goes, and predicted scaling.
 
 Every run trains the reference recipe (benchmarks/reference_default.json, the
 fixed recipe the comparisons measure against) at the same global batch of 128.

@@ -1,4 +1,4 @@
-"""Comparison 5: the exported SavedModel signature against Keras `model.predict`."""
+"""The exported SavedModel signature against Keras `model.predict`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Comparison 3b: execution settings of the default model's training step.
+"""Execution settings of the default model's training step.
 
 Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools, the
 batch-norm kernel (ours fused, Keras' unfused) and where the ReLU goes. Thread

@@ -1,4 +1,4 @@
-"""Comparison 4: wall seconds until validation accuracy first reaches each threshold."""
+"""Wall seconds until validation accuracy first reaches each threshold."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Comparison 8: trials per hour of one tuner against a chief with two tuner workers, same time budget.
+"""Trials per hour of one tuner against a chief with two tuner workers, same time budget.
 
 Both searches run the same random search of one-epoch trials of the reference
 recipe on 16,384 training images; the workers run under

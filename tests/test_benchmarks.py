@@ -49,7 +49,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     )
     for section in sections:
         assert results[section], section
-    assert "vs tutorial" in done.stdout and "### 5. Serving" in done.stdout
+    assert "vs tutorial" in done.stdout and "### Serving" in done.stdout
     assert all(row["examples/s"] > 0 for row in results["training_throughput"] + results["execution_settings"])
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
     assert "ReLU before max-pooling" in done.stdout
@@ -63,7 +63,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 5. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 6. Serving" in rendered
     from benchmarks import record
 
     assert record.render(record.read(out), {}).count("## ") == len(sections)
@@ -81,6 +81,31 @@ def test_record_renders_each_section_with_its_machine_and_date(tmp_path):
     assert section["machine"]["cores"] >= 1 and section["measured"] and section["machine"]["tensorflow"]
     assert "## 1. A demo" in rendered and "How to read it." in rendered and "| a | 1,234 |" in rendered
     assert section["machine"]["cpu"] in rendered and "`--quick`" in rendered
+
+
+def test_record_numbers_headings_in_order_and_sets_apart_other_machines_commits_and_predictions(tmp_path):
+    from benchmarks import record
+
+    path = tmp_path / "results.json"
+    rows, columns = [{"setting": "a", "examples/s": 1.0}], ["setting", "examples/s"]
+    for key in ("tuning_rate", "scaling_model", "training_throughput", "serving"):
+        record.save_section(key, f"7d. Title of {key}", rows, columns, False, path)
+    saved = record.read(path)
+    assert saved["sections"]["serving"]["commit"] == record.commit() != record.NOT_RECORDED
+    saved["sections"]["serving"]["machine"] = dict(saved["sections"]["serving"]["machine"], cpu="Another CPU")
+    rendered = record.render(saved, {})
+    headings = [line for line in rendered.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## 1. Title of training_throughput",
+        "## 2. Title of scaling_model (a prediction)",
+        "## 3. Title of tuning_rate",
+        "## Measured on another machine or code version",
+        "## 4. Title of serving",
+    ]
+    assert f"Commit: {record.commit()}." in rendered and "Predicted from measurements taken" in rendered
+    saved["sections"]["serving"]["machine"] = saved["sections"]["tuning_rate"]["machine"]
+    saved["sections"]["serving"]["commit"] = "0123456789"  # Older code on the same machine.
+    assert "## Measured on another machine or code version" in record.render(saved, {})
 
 
 def test_time_to_accuracy_reads_history(tmp_path):
