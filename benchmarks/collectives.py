@@ -37,14 +37,14 @@ def main(argv) -> None:
 
     from benchmarks.scaling import GLOBAL_BATCH, REFERENCE
     from benchmarks.throughput import our_trainer
-    from pipeline import config as config_lib
+    from pipeline import config_files
     from pipeline.cluster import strategies
     from pipeline.data import sources as data_lib
     from pipeline.model import network as models
     from pipeline.training import precision
 
     strategy = strategies.make_strategy("multi_worker")
-    config = config_lib.load_file(REFERENCE)
+    config = config_files.load_file(REFERENCE)
     with strategy.scope():
         model = models.build_model(config.model)
     grads = [tf.ones_like(v.value) for v in model.trainable_variables]

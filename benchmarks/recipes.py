@@ -61,10 +61,9 @@ def preset_config(name: str) -> dict:
     """A preset as a config dict (the reference recipe is a file)."""
     if name == "reference":
         return json.loads(REFERENCE.read_text())
-    from pipeline import config as config_lib
-    from pipeline import presets
+    from pipeline import config_files, presets
 
-    return config_lib.to_dict(presets.preset(name))
+    return config_files.to_dict(presets.preset(name))
 
 
 def train(config: dict, data_dir: str, quick: bool, *flags: str, changes: dict | None = None) -> dict:

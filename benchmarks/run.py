@@ -76,13 +76,13 @@ def main(argv):
         _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
         from benchmarks import scaling
-        from pipeline import config as config_lib
+        from pipeline import config_files
 
         rows = scaling.two_workers_vs_one(FLAGS.data_dir, FLAGS.quick)
         _save("two_workers_vs_one", "Two local workers against one process (reference recipe, global batch 128)", rows)
         costs = scaling.collective_costs(FLAGS.data_dir, FLAGS.quick)
         _save("step_breakdown", "Where a two-worker step's time goes", scaling.step_breakdown(rows, costs))
-        per_call = config_lib.load_file(scaling.REFERENCE).train.steps_per_execution
+        per_call = config_files.load_file(scaling.REFERENCE).train.steps_per_execution
         table = scaling.scaling_table(costs, per_call)
         _save("scaling_model", "Predicted efficiency of N workers on real networks (weak scaling)", table)
     if FLAGS.recipes:
@@ -110,12 +110,12 @@ def main(argv):
 
 def _serving(export: str, images) -> list[dict]:
     from benchmarks.serving import serving_speed
-    from pipeline import config as config_lib
+    from pipeline import config_files
     from pipeline.runs.final_model import load_final_model
     from pipeline.serving.export import export_run
 
     workdir = Path(export).resolve().parents[1]
-    config = config_lib.load_run_config(workdir / "config.json")
+    config = config_files.load_run_config(workdir / "config.json")
     model = load_final_model(workdir, config)
     views = config.model.test_time_augmentation
     exports = {f"SavedModel serving_default ({views})": export}

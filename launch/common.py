@@ -15,7 +15,7 @@ import typing
 from absl import app, flags, logging
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +64,7 @@ def _base_type(hint):
 def config_from_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) -> config_lib.Config:
     """The preset (or --config file) with every given flag applied; validated."""
     if flag_values.config:
-        base = config_lib.load_file(flag_values.config)
+        base = config_files.load_file(flag_values.config)
     else:
         base = presets.preset(flag_values.preset)
     changes: dict[str, dict] = {}
@@ -74,7 +74,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) ->
             parse = field.metadata["parse"]
             changes.setdefault(section, {})[field.name] = parse(value) if parse else value
     sections = {s: dataclasses.replace(getattr(base, s), **fields) for s, fields in changes.items()}
-    return config_lib.validate(base.replace(**sections))
+    return config_files.validate(base.replace(**sections))
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import run
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 from pipeline.training.driver import train_and_evaluate
 
 
@@ -129,7 +129,7 @@ def test_settings_are_valid_configs_and_flops_are_analytic():
 
     base = presets.preset("default")
     for setting in SETTINGS.values():
-        config_lib.validate(
+        config_files.validate(
             base.replace(
                 model=dataclasses.replace(base.model, **setting.model),
                 train=dataclasses.replace(base.train, **setting.train),
@@ -144,13 +144,13 @@ def test_every_ablation_row_changes_one_technique_of_fast():
     from benchmarks import recipes
 
     fast = recipes.preset_config("fast")
-    assert fast == config_lib.to_dict(presets.preset("fast"))
+    assert fast == config_files.to_dict(presets.preset("fast"))
     for name, changes in {**recipes.TECHNIQUES, **recipes.LEFT_OUT}.items():
         variant = json.loads(json.dumps(fast))
         for section, fields in changes.items():
             assert all(variant[section][k] != v for k, v in fields.items() if k != "weight_decay"), name
             variant[section].update(fields)
-        config_lib.validate(config_lib.from_dict(config_lib.Config, variant))
+        config_files.validate(config_files.from_dict(config_lib.Config, variant))
 
 
 def test_time_to_target_reads_the_first_epoch_reaching_it():

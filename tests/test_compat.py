@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config as config_lib
+from pipeline import config_files
 from pipeline.config import DataConfig
 from pipeline.data import sources as data_lib
 from pipeline.serving.export import export_run
@@ -38,7 +38,7 @@ def _serve(export_dir: Path, images: np.ndarray) -> np.ndarray:
 
 def test_legacy_workdir_resumes_to_more_epochs(legacy_workdir, tiny_data_dir):
     legacy_history = json.loads((legacy_workdir / "history.json").read_text())
-    config = config_lib.load_run_config(legacy_workdir / "config.json")
+    config = config_files.load_run_config(legacy_workdir / "config.json")
     config = config.replace(
         data=dataclasses.replace(config.data, data_dir=str(tiny_data_dir)),
         train=dataclasses.replace(config.train, epochs=2),

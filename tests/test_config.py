@@ -9,19 +9,19 @@ import pytest
 from conftest import REPO
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_presets_round_trip(name, tmp_path):
-    config = config_lib.validate(presets.preset(name))
-    config_lib.save(config, tmp_path / "config.json")
-    assert config_lib.load_file(tmp_path / "config.json") == config
+    config = config_files.validate(presets.preset(name))
+    config_files.save(config, tmp_path / "config.json")
+    assert config_files.load_file(tmp_path / "config.json") == config
 
 
 def test_partial_file_keeps_defaults(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"model": {"filters": [16, 32]}, "train": {"epochs": 3}}))
-    config = config_lib.load_file(tmp_path / "c.json")
+    config = config_files.load_file(tmp_path / "c.json")
     assert config.model.filters == (16, 32) and config.train.epochs == 3
     assert config.train.global_batch_size == config_lib.Config().train.global_batch_size
 
@@ -40,7 +40,7 @@ def test_partial_file_keeps_defaults(tmp_path):
 def test_bad_configs_fail_loudly(tmp_path, content, message):
     (tmp_path / "c.json").write_text(json.dumps(content))
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.load_file(tmp_path / "c.json")
+        config_files.load_file(tmp_path / "c.json")
 
 
 def test_unknown_preset_and_bad_json(tmp_path):
@@ -48,21 +48,21 @@ def test_unknown_preset_and_bad_json(tmp_path):
         presets.preset("nope")
     (tmp_path / "c.json").write_text("{")
     with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
-        config_lib.load_file(tmp_path / "c.json")
+        config_files.load_file(tmp_path / "c.json")
 
 
 def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
-    data = config_lib.to_dict(presets.preset("default"))
+    data = config_files.to_dict(presets.preset("default"))
     for dotted in config_lib.FIELDS_ADDED:
         section, field = dotted.split(".")
         del data[section][field]
     (tmp_path / "config.json").write_text(json.dumps(data))
-    run = config_lib.load_run_config(tmp_path / "config.json")
+    run = config_files.load_run_config(tmp_path / "config.json")
     for dotted, value in config_lib.FIELDS_ADDED.items():
         section, field = dotted.split(".")
         assert getattr(getattr(run, section), field) == value, dotted
     # A file to start a new run from takes today's defaults instead.
-    assert config_lib.load_file(tmp_path / "config.json") == presets.preset("default")
+    assert config_files.load_file(tmp_path / "config.json") == presets.preset("default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +98,10 @@ def test_a_field_declared_once_gets_its_flag_old_run_value_and_resume_rule(tmp_p
     assert "`--gradient_noise`" in config_lib.readme_flag_list(_ConfigWithNoise)
     # Runs recorded before it existed read it as they ran.
     assert config_lib.fields_added(_ConfigWithNoise)["train.gradient_noise"] == 0.0
-    recorded = config_lib.to_dict(_ConfigWithNoise())
+    recorded = config_files.to_dict(_ConfigWithNoise())
     del recorded["train"]["gradient_noise"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
-    assert config_lib.load_run_config(tmp_path / "config.json", _ConfigWithNoise).train.gradient_noise == 0.0
+    assert config_files.load_run_config(tmp_path / "config.json", _ConfigWithNoise).train.gradient_noise == 0.0
     # A resume may change it: the workdir check accepts the change, and refuses an undeclared one.
     assert "train.gradient_noise" in config_lib.resumable_fields(_ConfigWithNoise)
     changed = _ConfigWithNoise(train=_TrainWithNoise(gradient_noise=0.5))

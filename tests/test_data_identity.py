@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from conftest import run, smoke_train_command, write_dataset
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 from pipeline.data import sources as data_lib
 
 
@@ -47,10 +47,10 @@ def test_idx_files_and_tensorflow_datasets_give_the_same_splits_and_fingerprint(
 
 
 def test_runs_recorded_before_the_order_existed_keep_the_file_order(tmp_path):
-    recorded = config_lib.to_dict(presets.preset("smoke"))
+    recorded = config_files.to_dict(presets.preset("smoke"))
     del recorded["data"]["order"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
-    assert config_lib.load_run_config(tmp_path / "config.json").data.order == "file"
+    assert config_files.load_run_config(tmp_path / "config.json").data.order == "file"
     assert presets.preset("default").data.order == "canonical"
 
 

@@ -14,7 +14,7 @@ from conftest import run, subprocess_env
 from PIL import Image
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 from pipeline.config import DataConfig
 from pipeline.data import sources as data_lib
 from pipeline.runs import workdir as workdir_lib
@@ -93,7 +93,7 @@ def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tm
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = predict_probabilities(load_final_model(workdir, config_lib.load_file(workdir / "config.json")), images)
+    expected = predict_probabilities(load_final_model(workdir, config_files.load_file(workdir / "config.json")), images)
     np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
     assert out["dtype"] == "float32" and out["same_4d"]
     assert out["class_id"] == expected.argmax(1).tolist()
@@ -220,7 +220,7 @@ def test_test_time_views_are_chosen_at_export(trained, tiny_data_dir, tmp_path):
     from pipeline.runs.final_model import load_final_model, predict_probabilities
 
     workdir, _ = trained
-    config = config_lib.load_file(workdir / "config.json")
+    config = config_files.load_file(workdir / "config.json")
     assert config.model.test_time_augmentation == "flip_and_shift"
     images = data_lib.load_train_test(str(tiny_data_dir))[1].images[:16]
     for views in ("none", "flip"):
@@ -230,7 +230,7 @@ def test_test_time_views_are_chosen_at_export(trained, tiny_data_dir, tmp_path):
         expected = predict_probabilities(load_final_model(workdir, same), images)
         np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
         assert json.loads((path / "assets.extra" / "preprocessing.json").read_text())["test_time_augmentation"] == views
-        assert config_lib.load_file(path / "assets.extra" / "config.json") == same
+        assert config_files.load_file(path / "assets.extra" / "config.json") == same
 
 
 @pytest.mark.slow

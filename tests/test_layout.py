@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import REPO
 
 # The stages in the order a run passes through them; each may import only itself and those before it.
-STAGES = ("config", "presets", "cluster", "data", "model", "runs", "serving", "training")
+STAGES = ("config", "config_files", "presets", "cluster", "data", "model", "runs", "serving", "training")
 PIPELINE = REPO / "pipeline"
 
 

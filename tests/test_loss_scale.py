@@ -9,8 +9,7 @@ import sys
 import pytest
 from conftest import run, smoke_train_command, subprocess_env
 
-from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 
 # One step in which only replica 1's gradients overflow. Argument: "mirrored"
 # (2 logical CPUs, Keras's merge-call path) or "multi_worker" (one replica per
@@ -87,7 +86,7 @@ def test_an_overflow_on_one_worker_skips_the_step_on_every_worker(tmp_path):
 @pytest.mark.slow
 def test_mixed_float16_on_two_replicas_trains_as_well_as_float32(real_data_dir, tmp_path):
     # The smoke model, trained long enough to settle, evaluated on the whole test set.
-    smoke = config_lib.to_dict(presets.preset("smoke"))
+    smoke = config_files.to_dict(presets.preset("smoke"))
     smoke["data"].update(max_train_examples=20000, max_eval_examples=None)
     smoke["train"].update(epochs=3)
     (tmp_path / "short.json").write_text(json.dumps(smoke))

@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import run, smoke_train_command, subprocess_env
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import loop
 from pipeline.training.driver import train_and_evaluate
@@ -50,7 +50,7 @@ def test_one_epoch_writes_metrics_config_history_and_checkpoint(tiny_data_dir, t
     assert saved["epochs_completed"] == 1 and saved["examples"] == {"train": 576, "val": 64, "test": 160}
     assert 0 <= saved["test_accuracy"] <= 1 and saved["test_loss"] > 0
     # The config as given, with the precision `auto` resolved to (a resume continues with it).
-    assert config_lib.load_file(tmp_path / "config.json") == tiny_config(tiny_data_dir, precision=saved["precision"])
+    assert config_files.load_file(tmp_path / "config.json") == tiny_config(tiny_data_dir, precision=saved["precision"])
     assert len(json.loads((tmp_path / "history.json").read_text())) == 1
     # Checkpoints are numbered by optimizer step: one epoch of 576 examples at batch 64.
     assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-9")

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, run, subprocess_env
 
 from pipeline import config as config_lib
-from pipeline import presets
+from pipeline import config_files, presets
 from tuning.search_space import GROUPS, config_from_hp
 
 
@@ -112,8 +112,8 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
         timeout=300,
     )
     assert train.returncode == 0, train.stderr[-3000:]
-    best = config_lib.load_file(tune / "best_config.json")
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_lib.to_dict(best.model)
+    best = config_files.load_file(tune / "best_config.json")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_files.to_dict(best.model)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from pipeline import config as config_lib
+from pipeline import config_files
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
 from pipeline.training.driver import train_and_evaluate
@@ -39,8 +40,8 @@ def _trial_identity(base: config_lib.Config, tune: TuneConfig) -> dict:
         model=dataclasses.replace(base.model, test_time_augmentation=neutral.model.test_time_augmentation),
     )
     return {
-        "base": config_lib.to_dict(base),
-        "tune": config_lib.to_dict(dataclasses.replace(tune, time_budget_seconds=None)),
+        "base": config_files.to_dict(base),
+        "tune": config_files.to_dict(dataclasses.replace(tune, time_budget_seconds=None)),
     }
 
 
@@ -48,13 +49,13 @@ def _check_same_search(directory: Path, base: config_lib.Config, tune: TuneConfi
     path = directory / "search_config.json"
     if path.exists():
         recorded = workdir_lib.read_json(path)
-        previous = config_lib.run_config_from_dict(recorded["base"], where=str(path))
-        previous_tune = config_lib.from_dict(TuneConfig, recorded["tune"], where=str(path))
+        previous = config_files.run_config_from_dict(recorded["base"], where=str(path))
+        previous_tune = config_files.from_dict(TuneConfig, recorded["tune"], where=str(path))
         if _trial_identity(previous, previous_tune) != _trial_identity(base, tune):
             raise workdir_lib.WorkdirError(
                 f"{directory} holds a different search ({path}); use a new --workdir, or the same flags to resume"
             )
-    workdir_lib.write_json(path, {"base": config_lib.to_dict(base), "tune": config_lib.to_dict(tune)})
+    workdir_lib.write_json(path, {"base": config_files.to_dict(base), "tune": config_files.to_dict(tune)})
 
 
 def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneConfig) -> config_lib.Config:
@@ -64,7 +65,7 @@ def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneCon
     results.plot_trials(rows, directory / "trials.png")
     results.write_hparams_logs(rows, directory / "tensorboard")
     best = results.best_config(tuner.oracle, base, tune.search)
-    config_lib.save(best, directory / "best_config.json")
+    config_files.save(best, directory / "best_config.json")
     return best
 
 
@@ -108,7 +109,7 @@ def run_search(
             "best trial %s: val accuracy %.4f; config %s",
             best_trial.trial_id,
             best_trial.score,
-            json.dumps(config_lib.to_dict(best.model)),
+            json.dumps(config_files.to_dict(best.model)),
         )
         if retrain_best:
             summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy, stop=stop)

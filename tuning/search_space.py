@@ -13,6 +13,7 @@ import dataclasses
 import keras_tuner as kt
 
 from pipeline import config as config_lib
+from pipeline import config_files
 
 GROUPS = (
     "filters",
@@ -89,7 +90,7 @@ def config_from_hp(hp: kt.HyperParameters, base: config_lib.Config, search=GROUP
     decay = _relative(hp, "weight_decay", t.weight_decay, "weight_decay" in search)
     augment = _augment(hp, base.augment, "augment" in search)
     train = dataclasses.replace(t, learning_rate=rate, weight_decay=decay)
-    return config_lib.validate(base.replace(model=model, augment=augment, train=train))
+    return config_files.validate(base.replace(model=model, augment=augment, train=train))
 
 
 def _relative(hp, name: str, base: float, searched: bool) -> float:

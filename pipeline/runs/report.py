@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
+
+from pipeline import config_files
 from pipeline.data import sources as data_lib  # noqa: E402
 from pipeline.runs import workdir as workdir_lib  # noqa: E402
 from pipeline.runs.final_model import load_final_model, predict_probabilities  # noqa: E402
@@ -118,7 +120,7 @@ def build_report(workdir: str | Path) -> Path:
     workdir = Path(workdir)
     if not (workdir / "metrics.json").exists():
         raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish (or resume) the run first")
-    config = config_lib.load_run_config(workdir / "config.json")
+    config = config_files.load_run_config(workdir / "config.json")
     model = load_final_model(workdir, config)
     test = data_lib.load(config.data).test
     predictions = predict_probabilities(model, test.images).argmax(-1)

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline import config as config_lib
+
+from pipeline import config_files
 from pipeline.cluster import strategies
 
 
@@ -123,10 +125,10 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     if not path.exists():
         return False
     try:
-        old = config_lib.to_dict(config_lib.load_run_config(path, type(config)))
+        old = config_files.to_dict(config_files.load_run_config(path, type(config)))
     except config_lib.ConfigError as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
-    new = config_lib.to_dict(config)
+    new = config_files.to_dict(config)
     if new["train"]["precision"] == "auto":
         # `auto` continues with the policy the run recorded (`recorded_precision`).
         new["train"]["precision"] = old["train"]["precision"]
@@ -177,7 +179,7 @@ def recorded_precision(workdir: Path) -> str | None:
     path = workdir / "config.json"
     if not path.exists():
         return None
-    precision = config_lib.load_run_config(path).train.precision
+    precision = config_files.load_run_config(path).train.precision
     return None if precision == "auto" else precision
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from pipeline import config_files
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
 from pipeline.model import network as models
@@ -106,7 +107,7 @@ def _write_metadata(directory: Path, workdir: Path, config: config_lib.Config, p
     extra = directory / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / "class_names.txt").write_text("\n".join(data_lib.CLASS_NAMES) + "\n")
-    config_lib.save(config, extra / "config.json")  # As exported (test-time views may differ from training's).
+    config_files.save(config, extra / "config.json")  # As exported (test-time views may differ from training's).
     shutil.copy(workdir / "metrics.json", extra / "metrics.json")
     (extra / "preprocessing.json").write_text(
         json.dumps(
@@ -179,7 +180,7 @@ def export_run(
     base = Path(export_base) if export_base else workdir / "export"
     if not (workdir / "metrics.json").exists():
         raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish the run with fmnist-train first")
-    config = config_lib.load_run_config(workdir / "config.json")
+    config = config_files.load_run_config(workdir / "config.json")
     if test_time_augmentation is not None:
         model_config = dataclasses.replace(config.model, test_time_augmentation=test_time_augmentation)
         config = config.replace(model=model_config)

@@ -17,6 +17,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from pipeline import config_files
 from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
@@ -122,7 +123,7 @@ def train_and_evaluate(
       The metrics dict also written to `WORKDIR/metrics.json`.
     """
     started = time.perf_counter()
-    config, workdir = config_lib.validate(config), Path(workdir)
+    config, workdir = config_files.validate(config), Path(workdir)
     chief = strategies.is_chief(strategy)
     if chief:
         workdir_lib.ensure_writable(workdir)
@@ -167,7 +168,7 @@ def train_and_evaluate(
             if chief:
                 # The resolved policy is recorded, so a resume trains on with it.
                 recorded = config.replace(train=dataclasses.replace(config.train, precision=policy))
-                config_lib.save(recorded, workdir / "config.json")
+                config_files.save(recorded, workdir / "config.json")
             history = workdir_lib.load_history(workdir, done)
             history = loop.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             if config.train.early_stopping_patience:

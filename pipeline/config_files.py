@@ -1,0 +1,144 @@
+"""Run configurations from and to dicts and files.
+
+Unknown or mistyped keys fail loudly, so a typo in a config file never falls
+back to a default; a run's own config.json is read with the values it used
+for fields it predates (`config.setting(old=...)`); `validate` rejects values
+no run could use. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Literal
+
+from pipeline.config import Config, ConfigError, fields_added
+
+
+def to_dict(config) -> dict:
+    """Converts a config dataclass to plain JSON-compatible data."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value, hint, where: str):
+    """Checks `value` against a type hint, converting lists to tuples."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {value!r}")
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, _) = typing.get_args(hint)
+        return tuple(_coerce(v, inner, f"{where}[]") for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def run_config_from_dict(data: dict, where: str = "config", config_cls=None) -> Config:
+    """Reads a run's recorded config, filling fields it predates from their `setting(old=...)`."""
+    data = json.loads(json.dumps(data))
+    for dotted, value in fields_added(config_cls).items():
+        section, field = dotted.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(field, value)
+    return validate(from_dict(config_cls or Config, data, where=where))
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Builds dataclass `cls` from `data`; unknown or mistyped keys raise ConfigError.
+
+    Missing keys take the dataclass default, so a file may hold only overrides.
+    """
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(hints)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def validate(config: Config) -> Config:
+    """Rejects values no run could use, naming the field; returns the config."""
+    t, m, d, a = config.train, config.model, config.data, config.augment
+    checks = [
+        (t.epochs >= 1, "train.epochs must be >= 1"),
+        (t.global_batch_size >= 1, "train.global_batch_size must be >= 1"),
+        (t.learning_rate > 0, "train.learning_rate must be > 0"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (t.steps_per_execution >= 1, "train.steps_per_execution must be >= 1"),
+        (
+            t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+            "train.checkpoint_every_steps must be >= 1 or null",
+        ),
+        (t.base_batch_size >= 1, "train.base_batch_size must be >= 1"),
+        (
+            t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+            "train.early_stopping_patience must be >= 1 or null",
+        ),
+        (len(m.filters) >= 1 and min(m.filters) >= 1, "model.filters needs positive entries"),
+        (m.convs_per_block >= 1, "model.convs_per_block must be >= 1"),
+        (m.kernel_size in (1, 3, 5, 7), "model.kernel_size must be 1, 3, 5 or 7"),
+        (m.dropout is None or 0 < m.dropout < 1, "model.dropout must be in (0, 1) or null"),
+        (0 <= m.batch_norm_momentum < 1, "model.batch_norm_momentum must be in [0, 1)"),
+        (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
+        (m.dense_units >= 1, "model.dense_units must be >= 1"),
+        (d.validation_size >= 1, "data.validation_size must be >= 1"),
+        (0 <= a.max_shift <= 8, "augment.max_shift must be in [0, 8]"),
+        (0 <= a.erase_probability <= 1, "augment.erase_probability must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return config
+
+
+def save(config: Config, path: Path) -> None:
+    """Writes the config as JSON, atomically (a temporary file renamed into place)."""
+    tmp = Path(f"{path}.tmp")
+    try:
+        tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"could not write {path}: {e.strerror or e}; free space there or choose another location"
+        ) from None
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+
+
+def load_file(path: str | Path) -> Config:
+    """Reads a config file to start a run from: missing fields take today's defaults."""
+    return validate(from_dict(Config, _read(Path(path)), where=str(path)))
+
+
+def load_run_config(path: str | Path, config_cls=None) -> Config:
+    """Reads a run's own config.json: fields it predates take the value the run used."""
+    return run_config_from_dict(_read(Path(path)), where=str(path), config_cls=config_cls)
