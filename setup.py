@@ -18,7 +18,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     "matplotlib>=3.7",
 ]
-TEST_REQUIRES = ["pytest>=8", "ruff>=0.15,<0.18", "pillow>=10"]
+TEST_REQUIRES = ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.15,<0.18", "pillow>=10"]
 
 setup(
     name="fmnist-pipeline",
