@@ -108,6 +108,18 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_dead_runs_lock_is_tak
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
 
 
+def test_an_unreadable_lock_is_refused_while_fresh_and_taken_over_once_stale(tmp_path):
+    lock_file = tmp_path / workdir_lock.LOCK_FILE
+    lock_file.write_text('{"host": "half-writ')
+    with pytest.raises(workdir_lib.WorkdirError, match="is unreadable .*delete it, or rerun after a minute"):
+        workdir_lock.WorkdirLock(tmp_path).acquire()
+    stale = time.time() - workdir_lock.STALE_SECONDS - 1
+    os.utime(lock_file, (stale, stale))
+    with workdir_lock.WorkdirLock(tmp_path) as lock:
+        assert json.loads(lock_file.read_text())["pid"] == lock.record["pid"]
+    assert not list(tmp_path.glob(".lock*"))
+
+
 def test_lock_holder_liveness_guards_against_pid_reuse_and_stale_hosts(tmp_path):
     host, me = socket.gethostname(), os.getpid()
     with workdir_lock.WorkdirLock(tmp_path) as lock:

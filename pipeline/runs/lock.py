@@ -186,13 +186,23 @@ class WorkdirLock:
     def _remove_if_dead(self) -> None:
         try:
             holder = json.loads(self.path.read_text())
+            alive, why = holder_is_alive(holder)
         except FileNotFoundError:
             return
-        except (OSError, json.JSONDecodeError) as e:
-            raise WorkdirError(
-                f"the lock {self.path} is unreadable ({e}); if no run uses {self.path.parent}, delete it and rerun"
-            ) from None
-        alive, why = holder_is_alive(holder)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            # Locks are written whole, so an unreadable one was damaged (or
+            # left half-written by a crash); once nobody has touched it for as
+            # long as a heartbeat may lapse, its writer is gone.
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return
+            if age <= STALE_SECONDS:
+                raise WorkdirError(
+                    f"the lock {self.path} is unreadable ({type(e).__name__}); if no run uses {self.path.parent}, "
+                    "delete it, or rerun after a minute"
+                ) from None
+            holder, alive, why = {}, False, f"its lock file is unreadable and unchanged for {age:.0f} s"
         if alive:
             raise WorkdirError(
                 f"{self.path.parent} is in use by `{holder.get('command')}` on {holder.get('host')}, "

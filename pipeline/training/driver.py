@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import typing
 from pathlib import Path
 
 import tensorflow as tf
@@ -69,6 +70,19 @@ def final_metrics(
         examples={"train": len(dataset.train), "val": len(dataset.validation), "test": len(dataset.test)},
     )
     return metrics
+
+
+def _agreed_precision(strategy, policy: str) -> str:
+    """`policy` when every worker resolved the same, else float32 on all (one optimiser structure everywhere).
+
+    Workers resolve `auto` on their own hardware, partly by measurement, so
+    two nodes (or a close measurement) can disagree.
+    """
+    code = float(typing.get_args(config_lib.Precision).index(policy))
+    if strategies.num_workers(strategy) == 1 or strategies.workers_agree(strategy, code):
+        return policy
+    log.warning("the workers resolved different precisions (this one %s): training in float32 on every worker", policy)
+    return "float32"
 
 
 def _export_once(workdir: Path, export_base, metrics: dict) -> Path:
@@ -148,6 +162,7 @@ def train_and_evaluate(
             workdir_lib.check_data(workdir, data_fingerprint, dataset.source)
         _check_workers_data(strategy, workdir, data_fingerprint, dataset.source)
         policy = precision.run_precision(config.train.precision, workdir_lib.recorded_precision(workdir))
+        policy = _agreed_precision(strategy, policy)
         reduce_dtype = strategies.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
         log.info(
             "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d%s",

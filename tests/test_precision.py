@@ -1,0 +1,40 @@
+"""`--precision=auto` on CPUs: bf16 only where the processor lists bf16 instructions and measures it clearly faster."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.training import precision
+
+
+def _rates(float32: float, bfloat16: float, calls: list):
+    def rate(dtype: str) -> float:
+        calls.append(dtype)
+        return {"float32": float32, "bfloat16": bfloat16}[dtype]
+
+    return rate
+
+
+@pytest.mark.parametrize(
+    "flags, float32, bfloat16, expected",
+    [
+        ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", 300.0, 750.0, "mixed_bfloat16"),  # AMX: bf16 far faster.
+        ("fpu avx512f avx512_bf16", 310.0, 200.0, "float32"),  # AVX512_BF16 alone: bf16 slower.
+        ("fpu avx512f avx512_bf16", 300.0, 330.0, "float32"),  # Faster, not by enough to pay for the casts.
+    ],
+)
+def test_auto_picks_bf16_only_where_it_measures_clearly_faster(flags, float32, bfloat16, expected):
+    calls = []
+    assert precision.choose_cpu_precision(flags, _rates(float32, bfloat16, calls)) == expected
+    assert calls == ["float32", "bfloat16"] * 3  # In turns, three each.
+
+
+def test_auto_measures_nothing_without_bf16_instructions():
+    calls = []
+    assert precision.choose_cpu_precision("fpu sse avx2 avx512f", _rates(1.0, 9.0, calls)) == "float32"
+    assert calls == []
+
+
+def test_the_probe_trains_a_convolution_in_both_dtypes():
+    assert precision.conv_step_rate("float32", seconds=0.05) > 0
+    assert precision.conv_step_rate("bfloat16", seconds=0.05) > 0
