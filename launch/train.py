@@ -11,6 +11,7 @@ Rerun the same command with the same --workdir to resume an interrupted run.
 from __future__ import annotations
 
 import json
+import os
 
 from absl import flags
 
@@ -40,11 +41,17 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}; all options are --flags", 2)
     from pipeline import config as config_lib
+    from pipeline.cluster import environment
 
     try:
         config = common.config_from_flags()
     except config_lib.ConfigError as e:
         common.fail(str(e), 2)
+    try:
+        if "TF_CONFIG" in os.environ:  # Checked before TensorFlow's seconds-long start.
+            environment.parse_tf_config(os.environ["TF_CONFIG"])
+    except environment.ClusterError as e:
+        common.fail(str(e))
     common.start_tensorflow()
     from pipeline.cluster import strategies
     from pipeline.data import sources as data_lib

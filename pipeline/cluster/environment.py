@@ -12,6 +12,7 @@ resolves the cluster, after the process has already initialised its GPUs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,25 @@ PORT_RANGE_START, PORT_BLOCK, PORT_BLOCKS = 20000, 16, 2000
 
 class ClusterError(ValueError):
     """The cluster description (TF_CONFIG or Slurm) is unusable."""
+
+
+def parse_tf_config(text: str) -> dict:
+    """Parses and checks a TF_CONFIG value, raising ClusterError naming the fault."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ClusterError(f"TF_CONFIG is not valid JSON ({e}); see WORKSPACE.md for its format") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict):
+        raise ClusterError('TF_CONFIG needs a "cluster" object, e.g. {"cluster": {"worker": ["host:port", ...]}, ...}')
+    task = spec.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ClusterError('TF_CONFIG needs a "task" object with "type" and "index"')
+    members = spec["cluster"].get(task["type"])
+    if not isinstance(members, list) or not all(isinstance(m, str) and ":" in m for m in members):
+        raise ClusterError(f'TF_CONFIG cluster has no list of "host:port" for task type {task["type"]!r}')
+    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(members):
+        raise ClusterError(f"TF_CONFIG task index {task['index']!r} is outside 0..{len(members) - 1}")
+    return spec
 
 
 def expand_hostlist(hostlist: str) -> list[str]:

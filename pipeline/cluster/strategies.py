@@ -7,7 +7,6 @@ for a global one. `is_chief` is the single rule that gates every write.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from typing import Literal
@@ -16,7 +15,7 @@ import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
 from pipeline.cluster import environment as cluster_env
-from pipeline.cluster.environment import ClusterError
+from pipeline.cluster.environment import ClusterError, parse_tf_config
 
 StrategyKind = Literal["auto", "default", "mirrored", "multi_worker"]
 log = logging.getLogger(__name__)
@@ -29,25 +28,6 @@ def use_logical_cpus(count: int) -> None:
     """
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-
-
-def parse_tf_config(text: str) -> dict:
-    """Parses and checks a TF_CONFIG value, raising ClusterError naming the fault."""
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ClusterError(f"TF_CONFIG is not valid JSON ({e}); see WORKSPACE.md for its format") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict):
-        raise ClusterError('TF_CONFIG needs a "cluster" object, e.g. {"cluster": {"worker": ["host:port", ...]}, ...}')
-    task = spec.get("task")
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ClusterError('TF_CONFIG needs a "task" object with "type" and "index"')
-    members = spec["cluster"].get(task["type"])
-    if not isinstance(members, list) or not all(isinstance(m, str) and ":" in m for m in members):
-        raise ClusterError(f'TF_CONFIG cluster has no list of "host:port" for task type {task["type"]!r}')
-    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(members):
-        raise ClusterError(f"TF_CONFIG task index {task['index']!r} is outside 0..{len(members) - 1}")
-    return spec
 
 
 def _in_cluster() -> bool:

@@ -15,9 +15,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline import config as config_lib
-
 from pipeline import config_files
-from pipeline.cluster import strategies
 
 
 class WorkdirError(RuntimeError):
@@ -197,6 +195,9 @@ def write_dir(workdir: Path, strategy) -> Path:
     Non-chief workers must still write checkpoints (saving is collective), so
     they get a private temporary directory removed by `cleanup_write_dir`.
     """
+    # Imported here: the rest of this module, and the lock, work without TensorFlow.
+    from pipeline.cluster import strategies
+
     if strategies.is_chief(strategy):
         return workdir
     task_type, task_id = strategies.task(strategy)
