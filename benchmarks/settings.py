@@ -3,8 +3,9 @@
 Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools, the
 batch-norm kernel (ours fused, Keras' unfused) and where the ReLU goes. Thread
 pools are fixed once TensorFlow starts, so every setting is measured in its own
-child process; the parent runs them in turn (A B C ... A B C ...) and reports
-medians, like every other comparison here.
+child process (a `--quick` smoke test shares one among the settings with
+default thread pools); the parent runs them in turn (A B C ... A B C ...) and
+reports medians, like every other comparison here.
 
   python -m benchmarks.settings --data_dir=../shared/data/fashion-mnist   # this comparison alone
 """
@@ -42,13 +43,15 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-def _child(name: str, data_dir: str | None, num_steps: int) -> None:
+def _child(names: list[str], data_dir: str | None, num_steps: int, batch: int | None) -> None:
     import tensorflow as tf
 
-    setting = SETTINGS[name]
-    if setting.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(setting.threads[0])
-        tf.config.threading.set_inter_op_parallelism_threads(setting.threads[1])
+    threads = {SETTINGS[name].threads for name in names}
+    assert len(threads) == 1, "settings sharing a process share its thread pools"
+    (pools,) = threads
+    if pools:
+        tf.config.threading.set_intra_op_parallelism_threads(pools[0])
+        tf.config.threading.set_inter_op_parallelism_threads(pools[1])
     import time
 
     from benchmarks.throughput import our_trainer
@@ -56,25 +59,44 @@ def _child(name: str, data_dir: str | None, num_steps: int) -> None:
     from pipeline.data import sources as data_lib
 
     train, _, _ = data_lib.load_train_test(data_dir)
-    config = presets.preset("default")
-    config = config.replace(
-        model=dataclasses.replace(config.model, **setting.model),
-        train=dataclasses.replace(config.train, **setting.train),
-    )
-    run = our_trainer(config, train.images, train.labels, num_steps)
-    start = time.perf_counter()
-    examples = run()
-    print(json.dumps({"examples/s": examples / (time.perf_counter() - start)}))
+    for name in names:
+        setting = SETTINGS[name]
+        config = presets.preset("default")
+        config = config.replace(
+            model=dataclasses.replace(config.model, **setting.model),
+            train=dataclasses.replace(config.train, **setting.train),
+        )
+        if batch:
+            config = config.replace(train=dataclasses.replace(config.train, global_batch_size=batch))
+        run = our_trainer(config, train.images, train.labels, num_steps)
+        start = time.perf_counter()
+        examples = run()
+        print(json.dumps({"setting": name, "examples/s": examples / (time.perf_counter() - start)}), flush=True)
 
 
-def _measure(name: str, data_dir: str | None, num_steps: int) -> float:
-    command = [sys.executable, "-m", "benchmarks.settings", f"--setting={name}", f"--steps={num_steps}"]
+def _measure(names: list[str], data_dir: str | None, num_steps: int, batch: int | None) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.settings", *(f"--setting={n}" for n in names), f"--steps={num_steps}"]
+    if batch:
+        command.append(f"--batch={batch}")
     if data_dir:
         command.append(f"--data_dir={data_dir}")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise RuntimeError(f"setting {name!r} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["examples/s"]
+        raise RuntimeError(f"settings {names!r} failed:\n{done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {row["setting"]: row["examples/s"] for row in rows}
+
+
+def _process_groups(quick: bool) -> list[list[str]]:
+    """Settings measured together in one child process.
+
+    Measuring, each setting has a process of its own. A `--quick` smoke test
+    runs the settings with TensorFlow's own thread pools in one process.
+    """
+    if not quick:
+        return [[name] for name in SETTINGS]
+    shared = [name for name, setting in SETTINGS.items() if setting.threads is None]
+    return [shared, *([name] for name, setting in SETTINGS.items() if setting.threads is not None)]
 
 
 def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float]) -> list[dict]:
@@ -89,11 +111,13 @@ def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float
     from pipeline.training import precision
 
     flops = model_flops_per_example(models.build_model(presets.preset("default").model))
-    num_steps, repeats = (4, 1) if quick else (96, 3)
+    # --quick: a smoke test of every setting at a small batch, not a measurement.
+    num_steps, repeats, batch = (2, 1, 64) if quick else (96, 3, None)
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for _ in range(repeats):
-        for name in SETTINGS:
-            rates[name].append(_measure(name, data_dir, num_steps))
+        for group in _process_groups(quick):
+            for name, rate in _measure(group, data_dir, num_steps, batch).items():
+                rates[name].append(rate)
     base = statistics.median(rates[next(iter(SETTINGS))])
     policy = precision.resolve_precision(presets.preset("default").train.precision)
     rows = []
@@ -117,7 +141,7 @@ def _main(argv) -> None:
 
     f = flags.FLAGS
     if f.setting:
-        _child(f.setting, f.data_dir, f.steps)
+        _child(f.setting, f.data_dir, f.steps, f.batch)
         return
     from benchmarks.record import table
     from benchmarks.throughput import matmul_peaks
@@ -129,8 +153,9 @@ def _main(argv) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_enum("setting", None, list(SETTINGS), "Measure only this setting (a child process).")
+    flags.DEFINE_multi_enum("setting", None, list(SETTINGS), "Measure only these settings (a child process).")
     flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
     flags.DEFINE_integer("steps", 96, "Training steps a child times (after a warm-up call).")
+    flags.DEFINE_integer("batch", None, "Global batch size instead of the default preset's (smoke tests).")
     flags.DEFINE_boolean("quick", False, "Few steps, one round: a smoke test.")
     app.run(_main)
