@@ -5,8 +5,9 @@ NOTES = {
         "The seed (tutorial) model, trained three ways. Each turn is one whole epoch over the training images, the "
         "way the tutorial's user runs it (`model.fit` with its per-epoch set-up). The recommended setting is batch "
         "256 with the learning rate scaled by the square root of the batch ratio (Adam), which held the tutorial's "
-        "accuracy where linear scaling lost it (README, results), and `--precision=auto`, which picks "
-        "`mixed_bfloat16` on processors with bf16 instructions and float32 elsewhere."
+        "accuracy where linear scaling lost it (README, results), and `--precision=auto`, which on processors "
+        "with bf16 instructions measures a convolution step and keeps `mixed_bfloat16` only when it is clearly "
+        "faster, and picks float32 elsewhere."
     ),
     "input_headroom": (
         "The input pipeline alone, against the fastest model's consumption in the seed-model throughput "
@@ -71,8 +72,8 @@ NOTES = {
         "accuracy."
     ),
     "precision": (
-        "Each recipe trained in `mixed_bfloat16` (what `--precision=auto` picks on processors with AVX512_BF16 "
-        "or AMX) and in float32, on the same machine in the same run: accuracy and training seconds."
+        "Each recipe trained in `mixed_bfloat16` and in float32, on the same machine in the same run: accuracy "
+        "and training seconds; where the table has the column, it says which one `--precision=auto` picked."
     ),
     "tuning_rate": (
         "A random search of one-epoch trials of the reference recipe on 16,384 training images, first by one tuner "

@@ -147,8 +147,10 @@ def test_sigterm_saves_the_running_trial_and_the_rerun_redoes_no_finished_trial(
     child = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def status(trial: str) -> str | None:
-        path = tune / "search" / trial / "trial.json"
-        return json.loads(path.read_text())["status"] if path.exists() else None
+        try:
+            return json.loads((tune / "search" / trial / "trial.json").read_text())["status"]
+        except (FileNotFoundError, json.JSONDecodeError):  # Not written yet.
+            return None
 
     deadline = time.time() + 300
     while not (status("trial_0") == "COMPLETED" and list((tune / "search" / "trial_1").glob("history.json"))):

@@ -22,6 +22,7 @@ from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
 from pipeline.model import network as models
 from pipeline.runs import final_model
+from pipeline.runs import workdir as workdir_lib
 from pipeline.training import loop, precision
 from pipeline.training import state as train_state
 from tuning import search_space
@@ -55,6 +56,15 @@ def _budgeted(oracle_class):
 
     class BudgetedOracle(oracle_class):
         clock: BudgetClock | None = None
+
+        # KerasTuner writes its state files in place, so a search killed
+        # mid-write leaves an empty oracle.json or trial.json that its resume
+        # cannot read. Ours are written whole and renamed into place.
+        def save(self):
+            workdir_lib.write_json(Path(self._get_oracle_fname()), self.get_state())
+
+        def _save_trial(self, trial):
+            workdir_lib.write_json(Path(self._get_trial_dir(trial.trial_id)) / "trial.json", trial.get_state())
 
         def populate_space(self, trial_id):
             deadline = self.clock.deadline()
