@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.cluster import environment as cluster_env
 
@@ -245,13 +246,15 @@ def run_cluster(tasks: list[Task], command: list[str]) -> int:
     threads = []
     previous = _forward_signals(processes)
     try:
-        for task in tasks:
+        for index, task in enumerate(tasks):
             process = _start(task, command)
             processes[task.name] = process
             where = f" on cores {_core_list(task.cores)}" if task.cores else ""
             print(f"launcher: started {task.name} (pid {process.pid}){where}", flush=True)
             threads.append(threading.Thread(target=_stream, args=(task.name, process.stdout, lock), daemon=True))
             threads[-1].start()
+            if index == 0 and len(tasks) > 1:
+                _wait_until_listening(task, process)
         return _wait(processes)
     finally:
         for signum, handler in previous.items():
@@ -259,6 +262,30 @@ def run_cluster(tasks: list[Task], command: list[str]) -> int:
         _stop(processes)
         for thread in threads:
             thread.join(timeout=5)
+
+
+def _wait_until_listening(task: Task, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Waits until the first worker's server listens (or it exits) before its peers start.
+
+    A peer whose first connection to it is refused makes TensorFlow print an
+    error line while it retries, which reads as a failure. The listening
+    sockets are read from /proc/net/tcp and tcp6, so nothing connects to the
+    server; without /proc the peers start at once.
+    """
+    spec = json.loads(task.env.get("TF_CONFIG", "{}"))
+    try:
+        port = int(spec["cluster"][spec["task"]["type"]][spec["task"]["index"]].rsplit(":", 1)[1])
+    except (KeyError, IndexError, ValueError, TypeError):
+        return
+    tables = [path for path in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")) if path.exists()]
+    deadline = time.time() + timeout
+    while tables and process.poll() is None and time.time() < deadline:
+        for table in tables:
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN.
+                    return
+        time.sleep(0.2)
 
 
 def _wait(processes: dict[str, subprocess.Popen]) -> int:
