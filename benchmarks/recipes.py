@@ -19,9 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import seeds as seeds_lib
 from benchmarks.scaling import REFERENCE
 
-TARGET = 0.93
+TARGET = seeds_lib.TARGET
 # Each technique of `fast` and the config fields that turn it off (the
 # ablation trains `fast` without one technique at a time).
 TECHNIQUES = {
@@ -89,48 +90,39 @@ def train(config: dict, data_dir: str, quick: bool, *flags: str, changes: dict |
     if done.returncode:
         print(flush=True)
         raise RuntimeError(f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    run = {
-        "history": json.loads((workdir / "history.json").read_text()),
-        "metrics": json.loads((workdir / "metrics.json").read_text()),
-    }
+    run = seeds_lib.read_run(workdir)
     shutil.rmtree(directory)  # Checkpoints of every run would fill /tmp over a full benchmark.
     print(f" {run['metrics']['train_seconds']:.0f} s, last val {run['history'][-1]['val_accuracy']:.2%}", flush=True)
     return run
 
 
-def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
-    """(epoch, cumulative seconds) of the first epoch whose validation accuracy reaches `target`."""
-    hit = next((h for h in history if h["val_accuracy"] >= target), None)
-    return (hit["epoch"], hit["elapsed_seconds"]) if hit else None
-
-
-def _row(name: str, run: dict, target: float) -> dict:
-    reached, metrics = time_to(run["history"], target), run["metrics"]
-    return {
-        "recipe": name,
-        f"epochs to {target:.0%} val": reached[0] if reached else "never",
-        f"seconds to {target:.0%} val": reached[1] if reached else "never",
-        "best val, single view (%)": 100 * max(h["val_accuracy"] for h in run["history"]),
-        "test as served (%)": 100 * metrics["test_accuracy"],
-        "test single view (%)": 100 * metrics.get("test_accuracy_single_view", metrics["test_accuracy"]),
-        "test loss": metrics["test_loss"],
-        "gap (points)": 100 * metrics["generalization_gap"],
-        "train seconds": metrics["train_seconds"],
-        "precision": metrics["precision"],
-    }
-
-
-def presets_side_by_side(data_dir: str, quick: bool, names=("reference", "fast", "default")) -> tuple[list, dict]:
-    """Trains each recipe once, back to back; rows plus the runs (reused by the precision comparison)."""
-    target = 0.5 if quick else TARGET
-    runs = {name: train(preset_config(name), data_dir, quick) for name in names}
-    rows = [_row(name, run, target) for name, run in runs.items()]
-    reference = rows[0]
-    for row in rows:
-        seconds = row[f"seconds to {target:.0%} val"]
-        base = reference[f"seconds to {target:.0%} val"]
+def _against_reference(turn: list[dict], target: float) -> list[dict]:
+    """Adds each row's time against the reference row of the same turn, when there is one."""
+    reference = next((row for row in turn if row["recipe"] == "reference"), None)
+    column = f"seconds to {target:.0%} val"
+    for row in turn if reference else ():
+        seconds, base = row[column], reference[column]
         row["time to target vs reference"] = seconds / base if "never" not in (seconds, base) else "n/a"
         row["train seconds vs reference"] = row["train seconds"] / reference["train seconds"]
+    return turn
+
+
+def presets_side_by_side(
+    data_dir: str, quick: bool, names=("reference", "fast", "default"), seeds=(0, 1, 2)
+) -> tuple[list, dict]:
+    """Trains each recipe once per seed, taking turns (A B C with seed 0, A B C with seed 1, ...).
+
+    Returns each run's row (times against the reference run of the same turn,
+    when the reference is among `names`) and the runs, a list per recipe.
+    """
+    target = 0.5 if quick else TARGET
+    runs = {name: [] for name in names}
+    rows = []
+    for seed in seeds:
+        turn = {name: train(preset_config(name), data_dir, quick, f"--seed={seed}") for name in names}
+        for name, run in turn.items():
+            runs[name].append(run)
+        rows += _against_reference([seeds_lib.run_row(name, run, target) for name, run in turn.items()], target)
     return rows, runs
 
 
@@ -150,7 +142,7 @@ def ablation(data_dir: str, quick: bool) -> list[dict]:
     rows = []
     for name, changes in variants.items():
         runs = [train(fast, data_dir, quick, f"--seed={seed}", changes=changes) for seed in seeds]
-        reached = [time_to(run["history"], target) for run in runs]
+        reached = [seeds_lib.time_to(run["history"], target) for run in runs]
         epochs = [r[0] for r in reached if r]
         seconds = [r[1] for r in reached if r]
         rows.append(
@@ -167,11 +159,12 @@ def ablation(data_dir: str, quick: bool) -> list[dict]:
 
 
 def precision_comparison(data_dir: str, quick: bool, auto_runs: dict) -> list[dict]:
-    """`fast` and `default` in mixed_bfloat16 against float32, reusing their `--precision=auto` runs.
+    """`fast` and `default` in mixed_bfloat16 against float32, per seed, reusing their `--precision=auto` runs.
 
     `auto` measures on processors with bf16 instructions and may pick either;
-    the other precision is trained here, and each row says which one auto
-    picked. Where the processor has no bf16 instructions, the one row says so.
+    the other precision is trained here with the same seed, and each row says
+    for how many seeds auto picked it. Where the processor has no bf16
+    instructions, the one row says so.
     """
     from benchmarks.record import machine
 
@@ -185,25 +178,31 @@ def precision_comparison(data_dir: str, quick: bool, auto_runs: dict) -> list[di
             }
         ]
     rows = []
-    for name, auto in auto_runs.items():
-        if name not in ("fast", "default"):
+    for name in ("fast", "default"):
+        by_precision = {"mixed_bfloat16": [], "float32": []}
+        for auto in auto_runs.get(name, []):
+            seed, picked = auto["config"]["train"]["seed"], auto["metrics"]["precision"]
+            for precision, runs in by_precision.items():
+                flags = (f"--seed={seed}", f"--precision={precision}")
+                runs.append(auto if precision == picked else train(preset_config(name), data_dir, quick, *flags))
+        if not by_precision["float32"]:
             continue
-        runs = {auto["metrics"]["precision"]: auto}
-        for precision in ("mixed_bfloat16", "float32"):
-            if precision not in runs:
-                runs[precision] = train(preset_config(name), data_dir, quick, f"--precision={precision}")
-        f32 = runs["float32"]["metrics"]
-        for precision in ("mixed_bfloat16", "float32"):
-            metrics = runs[precision]["metrics"]
+        f32 = [100 * run["metrics"]["test_accuracy"] for run in by_precision["float32"]]
+        f32_seconds = statistics.median(run["metrics"]["train_seconds"] for run in by_precision["float32"])
+        for precision, runs in by_precision.items():
+            accuracies = [100 * run["metrics"]["test_accuracy"] for run in runs]
+            seconds = statistics.median(run["metrics"]["train_seconds"] for run in runs)
+            picked = sum(any(run is auto for auto in auto_runs[name]) for run in runs)
             rows.append(
                 {
                     "recipe": name,
                     "precision": precision,
-                    "picked by auto": "yes" if runs[precision] is auto else "no",
-                    "test as served (%)": 100 * metrics["test_accuracy"],
-                    "test minus float32's (points)": 100 * (metrics["test_accuracy"] - f32["test_accuracy"]),
-                    "train seconds": metrics["train_seconds"],
-                    "speed vs float32": f32["train_seconds"] / metrics["train_seconds"],
+                    "seeds picked by auto": f"{picked}/{len(runs)}",
+                    "test as served, median [min, max] (%)": seeds_lib.spread(accuracies),
+                    "each seed (%)": ", ".join(f"{a:.2f}" for a in accuracies),
+                    "median minus float32's (points)": statistics.median(accuracies) - statistics.median(f32),
+                    "train seconds, median": seconds,
+                    "speed vs float32": f32_seconds / seconds,
                 }
             )
     return rows

@@ -34,6 +34,13 @@ flags.DEFINE_list(
     RECIPES,
     "Recipes trained back to back; a list other than the default (e.g. reference,best: hours) gets its own section.",
 )
+flags.DEFINE_list("recipe_seeds", ["0", "1", "2"], "Seeds each recipe trains with (`--quick` trains the first only).")
+flags.DEFINE_list(
+    "seed_runs",
+    [],
+    "name=WORKDIR of finished runs of one recipe with different seeds (repeat the name per seed): each seed's row "
+    "and the median, min and max.",
+)
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
 FLAGS = flags.FLAGS
@@ -48,6 +55,10 @@ def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = No
 def main(argv):
     del argv
     from launch import common
+
+    seed_runs = _read_seed_runs(FLAGS.seed_runs)
+    if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
+        common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
 
     common.start_tensorflow()  # Quietly: the console shows the comparisons, not TensorFlow's start-up.
     from benchmarks import throughput
@@ -72,6 +83,10 @@ def main(argv):
 
         runs = dict(item.split("=", 1) for item in FLAGS.runs)
         _save("time_to_accuracy", "Time to validation accuracy", time_to_accuracy(runs))
+    if seed_runs:
+        names = ", ".join(dict.fromkeys(row["recipe"] for row in seed_runs[0]))
+        _save("seed_runs", f"Finished runs of {names}: median, min and max over seeds", seed_runs[1])
+        _save("seed_runs_each", f"Finished runs of {names}: each seed", seed_runs[0])
     if FLAGS.export:
         _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
@@ -86,13 +101,16 @@ def main(argv):
         table = scaling.scaling_table(costs, per_call)
         _save("scaling_model", "Predicted efficiency of N workers on real networks (weak scaling)", table)
     if FLAGS.recipes:
-        from benchmarks import recipes
+        from benchmarks import recipes, seeds
 
         names = FLAGS.recipe_presets
-        rows, runs = recipes.presets_side_by_side(FLAGS.data_dir, FLAGS.quick, names)
+        chosen = [int(seed) for seed in FLAGS.recipe_seeds[: 1 if FLAGS.quick else None]]
+        rows, runs = recipes.presets_side_by_side(FLAGS.data_dir, FLAGS.quick, names, chosen)
+        each = f"{len(chosen)} seeds" if len(chosen) > 1 else f"seed {chosen[0]}"
         if names == RECIPES:
-            title = "Time to 93% validation accuracy and final accuracy of each recipe, back to back"
-            _save("recipes", title, rows)
+            title = f"Time to 93% validation accuracy and final accuracy of each recipe, back to back ({each})"
+            _save("recipes", title, seeds.summary(rows))
+            _save("recipe_seeds", "Each seed's run of each recipe, in the order trained", rows)
             title = "Ablation: fast without one technique at a time (median of 2 seeds)"
             _save("ablation", title, recipes.ablation(FLAGS.data_dir, FLAGS.quick))
             title = "mixed_bfloat16 against float32"
@@ -100,12 +118,30 @@ def main(argv):
         else:
             # Other recipes (best takes hours) get their own section, each against its own reference run.
             others = "_".join(name for name in names if name != "reference")
-            _save(f"recipes_{others}", f"{', '.join(names)}, back to back", rows)
+            _save(f"recipes_{others}", f"{', '.join(names)}, back to back ({each})", seeds.summary(rows))
+            _save(f"recipe_seeds_{others}", f"Each seed's run of {', '.join(names)}, in the order trained", rows)
     if FLAGS.tuning:
         from benchmarks.tuning_rate import trials_per_hour
 
         title = "Distributed tuning: trials in the same time budget"
         _save("tuning_rate", title, trials_per_hour(FLAGS.data_dir, FLAGS.quick))
+
+
+def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:
+    """Each seed's row and the summary of `--seed_runs`, read before anything is measured."""
+    from benchmarks import seeds
+    from launch.common import fail
+
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        name, _, workdir = item.partition("=")
+        if not (name and workdir):
+            fail(f"--seed_runs={item}: expected NAME=WORKDIR, e.g. --seed_runs=default=runs/d0,default=runs/d1")
+        groups.setdefault(name, []).append(workdir)
+    try:
+        return seeds.from_workdirs(groups) if groups else None
+    except ValueError as error:
+        fail(f"--seed_runs: {error}")
 
 
 def _serving(export: str, images) -> list[dict]:

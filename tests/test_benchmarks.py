@@ -27,6 +27,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "--quick",
         f"--data_dir={tiny_data_dir}",
         f"--runs=smoke={tmp_path / 'run'}",
+        f"--seed_runs=smoke={tmp_path / 'run'}",
         f"--export={tmp_path / 'run' / 'export' / '1'}",
         f"--out={out}",
         f"--record={tmp_path / 'BENCHMARKS.md'}",
@@ -41,8 +42,11 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "utilisation",
         "execution_settings",
         "time_to_accuracy",
+        "seed_runs",
+        "seed_runs_each",
         "serving",
         "recipes",
+        "recipe_seeds",
         "ablation",
         "precision",
         "tuning_rate",
@@ -54,6 +58,12 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
     assert "ReLU before max-pooling" in done.stdout
     assert [row["recipe"] for row in results["recipes"]] == ["reference", "fast", "default"]
+    assert [(row["recipe"], row["seed"]) for row in results["recipe_seeds"]] == [
+        ("reference", 0),
+        ("fast", 0),
+        ("default", 0),
+    ]
+    assert results["seed_runs"][0]["seeds"] == 1 and results["seed_runs_each"][0]["seed"] == 0
     assert len(results["ablation"]) == 1 + 6 and all(row["trials"] >= 1 for row in results["tuning_rate"])
     # The smoke run averages 10 views; the table also shows the plain network's export.
     assert [row["path"] for row in results["serving"]] == [
@@ -154,7 +164,7 @@ def test_every_ablation_row_changes_one_technique_of_fast():
 
 
 def test_time_to_target_reads_the_first_epoch_reaching_it():
-    from benchmarks.recipes import time_to
+    from benchmarks.seeds import time_to
 
     history = [
         {"epoch": 1, "val_accuracy": 0.92, "elapsed_seconds": 3.0},
