@@ -28,6 +28,17 @@ NOTES = {
         "TensorFlow's own thread pools, the fused batch-norm kernel, ReLU after pooling (exactly the same "
         "numbers as the textbook order). XLA stays an option for GPUs."
     ),
+    "step_profile": (
+        "The default model's training step at its batch of 512 in each precision, each in its own process: "
+        "examples per second timed without the profiler, then one more compiled call traced with TensorFlow's "
+        "profiler and each op's own time (nested ops subtracted) added up by category: convolution and matmul "
+        "kernels, batch norm (the fused kernels and everything in the batch-norm layers), casts, the optimiser's "
+        "update, and all other ops (pooling, ReLU, dropout, loss). Ops run on several threads at once, so the "
+        "categories are thread time per step and shares of it; the input pipeline runs ahead on its own threads "
+        "and is left out. Where the processor has AMX, a second mixed_bfloat16 process runs with "
+        "`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, which keeps oneDNN off AMX. On a processor without bf16 "
+        "instructions, mixed_bfloat16 is emulated and shows what `--precision=auto` avoids there."
+    ),
     "time_to_accuracy": (
         "Training seconds (`elapsed_seconds` in each run's history.json, validation included) until validation "
         "accuracy first reaches each level; one run of each recipe, not the best of several."

@@ -31,6 +31,7 @@ ORDER = (
     "input_headroom",
     "utilisation",
     "execution_settings",
+    "step_profile",
     "time_to_accuracy",
     "seed_runs",
     "seed_runs_each",

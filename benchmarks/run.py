@@ -24,6 +24,7 @@ flags.DEFINE_boolean("quick", False, "Small sizes and few repeats: minutes, for 
 flags.DEFINE_list("runs", [], "name=WORKDIR of finished runs for time to accuracy.")
 flags.DEFINE_string("export", None, "An exported version directory for the serving comparison.")
 flags.DEFINE_boolean("throughput", True, "Include training throughput, input headroom and utilisation (1-3).")
+flags.DEFINE_boolean("profile", True, "Include where the default model's step spends its time, per precision.")
 flags.DEFINE_boolean("scaling", True, "Include two local workers vs one process.")
 flags.DEFINE_boolean("settings", True, "Include steps per execution, XLA and thread settings.")
 flags.DEFINE_boolean("tuning", True, "Include trials per hour of one tuner against a chief with two workers.")
@@ -78,6 +79,11 @@ def main(argv):
 
         settings = execution_settings(FLAGS.data_dir, FLAGS.quick, peaks)
         _save("execution_settings", "Execution settings, default model (each in its own process)", settings)
+    if FLAGS.profile:
+        from benchmarks.step_profile import step_profile
+
+        title = "Where the default model's training step spends its time, per precision (TensorFlow's profiler)"
+        _save("step_profile", title, step_profile(FLAGS.data_dir, FLAGS.quick))
     if FLAGS.runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
 

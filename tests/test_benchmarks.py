@@ -41,6 +41,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "input_headroom",
         "utilisation",
         "execution_settings",
+        "step_profile",
         "time_to_accuracy",
         "seed_runs",
         "seed_runs_each",
@@ -57,6 +58,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     assert all(row["examples/s"] > 0 for row in results["training_throughput"] + results["execution_settings"])
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
     assert "ReLU before max-pooling" in done.stdout
+    assert [row["precision"].split(" ")[0] for row in results["step_profile"]][:2] == ["float32", "mixed_bfloat16"]
+    assert all(row["convolution and matmul kernels (%)"] > 0 for row in results["step_profile"])
     assert [row["recipe"] for row in results["recipes"]] == ["reference", "fast", "default"]
     assert [(row["recipe"], row["seed"]) for row in results["recipe_seeds"]] == [
         ("reference", 0),
@@ -73,7 +76,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 6. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 9. Serving" in rendered
     from benchmarks import record
 
     assert record.render(record.read(out), {}).count("## ") == len(sections)

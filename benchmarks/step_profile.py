@@ -1,0 +1,175 @@
+"""Where a training step of the default model spends its time, from TensorFlow's profiler.
+
+Each precision is profiled in its own child process: oneDNN reads
+`ONEDNN_MAX_CPU_ISA` once, at start-up, and where the processor has AMX a
+second mixed_bfloat16 process is held to AVX512_BF16 with it, so one run
+shows the step with and without AMX side by side. A child times whole
+compiled calls without the profiler (examples per second), then traces one
+more call and adds up each op's own time (time inside it minus the ops
+nested in it) by category. Ops run on several threads at once, so the
+categories add up to thread time, shown per step and as shares of all op
+time; the input pipeline's threads run ahead of the step and are left out.
+
+  python -m benchmarks.step_profile --data_dir=../shared/data/fashion-mnist   # this comparison alone
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CATEGORIES = ("convolution and matmul kernels", "batch norm", "casts", "optimiser", "other ops")
+# A TensorFlow op's trace event is named "scope/op_name:OpType".
+_OP_EVENT = re.compile(r"^([^\s:]+):([A-Z_][A-Za-z0-9_]*)$")
+_KERNEL_TYPES = re.compile(r"Conv|MatMul|Einsum")
+# Layer and optimiser scopes: our batch-norm layers end in "_bn"; Keras
+# optimisers run their updates under their own lower-case name.
+_BATCH_NORM_SCOPE = re.compile(r"_bn(_\d+)?/")
+_OPTIMISER_SCOPE = re.compile(r"(^|/)(sgd|adam|adamw|loss_scale_optimizer|optimizer)(_\d+)?/", re.IGNORECASE)
+ISA_WITHOUT_AMX = "AVX512_CORE_BF16"
+
+
+def category(name: str, op_type: str) -> str:
+    """The category of one op, from its type and the scope in its name."""
+    if op_type == "Cast":
+        return "casts"
+    if op_type.startswith("FusedBatchNorm") or _BATCH_NORM_SCOPE.search(name):
+        return "batch norm"
+    if _OPTIMISER_SCOPE.search(name) or op_type.startswith("ResourceApply"):
+        return "optimiser"
+    if _KERNEL_TYPES.search(op_type):
+        return "convolution and matmul kernels"
+    return "other ops"
+
+
+def op_self_times(space) -> dict[str, float]:
+    """Seconds of each category's ops in an XSpace, each op's own time (nested ops subtracted)."""
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for plane in space.planes:
+        metadata = plane.event_metadata
+        for line in plane.lines:
+            if line.name.startswith("tf_data"):
+                continue  # The input pipeline runs ahead on its own threads.
+            ops = []
+            for event in line.events:
+                match = _OP_EVENT.match(metadata[event.metadata_id].name)
+                if match:
+                    ops.append((event.offset_ps, event.offset_ps + event.duration_ps, category(*match.groups())))
+            ops.sort(key=lambda op: (op[0], -op[1]))
+            stack: list[list] = []  # [end, category, own picoseconds]
+            for start, end, kind in ops:
+                while stack and stack[-1][0] <= start:
+                    done = stack.pop()
+                    totals[done[1]] += done[2] / 1e12
+                if stack:
+                    stack[-1][2] -= end - start
+                stack.append([end, kind, end - start])
+            for done in stack:
+                totals[done[1]] += done[2] / 1e12
+    return totals
+
+
+def _child(precision: str, data_dir: str | None, num_steps: int, batch: int | None) -> None:
+    import dataclasses
+    import time
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from benchmarks.throughput import our_trainer
+    from pipeline import presets
+    from pipeline.data import sources as data_lib
+
+    train, _, _ = data_lib.load_train_test(data_dir)
+    config = presets.preset("default")
+    changes = {"precision": precision, **({"global_batch_size": batch} if batch else {})}
+    config = config.replace(train=dataclasses.replace(config.train, **changes))
+    run = our_trainer(config, train.images, train.labels, num_steps)
+    start = time.perf_counter()
+    examples = run()
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        run()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    per_step = {kind: value / num_steps for kind, value in op_self_times(space).items()}
+    print(json.dumps({"examples/s": examples / seconds, "step seconds": seconds / num_steps, "ops": per_step}))
+
+
+def _measure(precision: str, isa: str | None, data_dir, num_steps: int, batch: int | None) -> dict:
+    command = [sys.executable, "-m", "benchmarks.step_profile", f"--precision={precision}", f"--steps={num_steps}"]
+    command += [f"--batch={batch}"] if batch else []
+    command += [f"--data_dir={data_dir}"] if data_dir else []
+    env = dict(os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode:
+        raise RuntimeError(f"profiling {precision} failed:\n{done.stderr[-2000:]}")
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+
+
+def variants(cpu: dict) -> dict[str, tuple[str, str | None]]:
+    """Row name -> (precision, ONEDNN_MAX_CPU_ISA) for this processor."""
+    bf16 = "AMX" if cpu["amx_bf16"] else "AVX512_BF16" if cpu["avx512_bf16"] else "no bf16 instructions: emulated"
+    rows = {"float32": ("float32", None), f"mixed_bfloat16 ({bf16})": ("mixed_bfloat16", None)}
+    if cpu["amx_bf16"]:
+        rows[f"mixed_bfloat16 (AMX off: ONEDNN_MAX_CPU_ISA={ISA_WITHOUT_AMX})"] = ("mixed_bfloat16", ISA_WITHOUT_AMX)
+    return rows
+
+
+def step_profile(data_dir: str | None, quick: bool) -> list[dict]:
+    """Per precision: examples/s and each category's thread time per step, medians of alternating rounds."""
+    from benchmarks.record import machine
+
+    # --quick: a smoke test at a small batch, not a measurement.
+    num_steps, repeats, batch = (2, 1, 64) if quick else (32, 3, None)
+    chosen = variants(machine())
+    results: dict[str, list[dict]] = {name: [] for name in chosen}
+    for _ in range(repeats):
+        for name, (precision, isa) in chosen.items():
+            results[name].append(_measure(precision, isa, data_dir, num_steps, batch))
+    rows = []
+    for name, runs in results.items():
+        ops = {kind: statistics.median(run["ops"][kind] for run in runs) for kind in CATEGORIES}
+        total = sum(ops.values()) or 1.0
+        row = {
+            "precision": name,
+            "examples/s": statistics.median(run["examples/s"] for run in runs),
+            "step (ms)": 1000 * statistics.median(run["step seconds"] for run in runs),
+            "op thread time per step (ms)": 1000 * total,
+        }
+        row.update({f"{kind} (%)": 100 * ops[kind] / total for kind in CATEGORIES})
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("precision", None, "Profile this precision only (a child process).")
+    flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
+    flags.DEFINE_integer("steps", 32, "Training steps a child times and profiles (after a warm-up call).")
+    flags.DEFINE_integer("batch", None, "Global batch size instead of the default preset's (smoke tests).")
+    flags.DEFINE_boolean("quick", False, "Few steps, one round: a smoke test.")
+
+    def _main(argv) -> None:
+        del argv
+        f = flags.FLAGS
+        if f.precision:
+            _child(f.precision, f.data_dir, f.steps, f.batch)
+            return
+        from benchmarks.record import table
+
+        rows = step_profile(f.data_dir, f.quick)
+        print(table({"columns": list(rows[0]), "rows": rows}))
+
+    app.run(_main)
