@@ -31,3 +31,20 @@ def alternate(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[st
             examples = run()
             rates[name].append(examples / (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def print_table(rows: list[dict]) -> None:
+    """Prints rows as the record's Markdown table (a comparison run on its own)."""
+    from benchmarks.record import table
+
+    print(table({"columns": list(rows[0]), "rows": rows}))
+
+
+def define_child_flags(steps: int) -> None:
+    """Flags of a comparison that measures each contender in a child process: data, steps, batch, --quick."""
+    from absl import flags
+
+    flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
+    flags.DEFINE_integer("steps", steps, "Training steps a child times (after a warm-up call).")
+    flags.DEFINE_integer("batch", None, "Global batch size instead of the default preset's (smoke tests).")
+    flags.DEFINE_boolean("quick", False, "Few steps, one round: a smoke test.")

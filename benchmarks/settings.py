@@ -143,19 +143,17 @@ def _main(argv) -> None:
     if f.setting:
         _child(f.setting, f.data_dir, f.steps, f.batch)
         return
-    from benchmarks.record import table
+    from benchmarks.common import print_table
     from benchmarks.throughput import matmul_peaks
 
-    rows = execution_settings(f.data_dir, f.quick, matmul_peaks(f.quick))
-    print(table({"columns": list(rows[0]), "rows": rows}))
+    print_table(execution_settings(f.data_dir, f.quick, matmul_peaks(f.quick)))
 
 
 if __name__ == "__main__":
     from absl import app, flags
 
+    from benchmarks.common import define_child_flags
+
     flags.DEFINE_multi_enum("setting", None, list(SETTINGS), "Measure only these settings (a child process).")
-    flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
-    flags.DEFINE_integer("steps", 96, "Training steps a child times (after a warm-up call).")
-    flags.DEFINE_integer("batch", None, "Global batch size instead of the default preset's (smoke tests).")
-    flags.DEFINE_boolean("quick", False, "Few steps, one round: a smoke test.")
+    define_child_flags(steps=96)
     app.run(_main)

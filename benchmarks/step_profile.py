@@ -131,7 +131,7 @@ def step_profile(data_dir: str | None, quick: bool) -> list[dict]:
     from benchmarks.record import machine
 
     # --quick: a smoke test at a small batch, not a measurement.
-    num_steps, repeats, batch = (2, 1, 64) if quick else (32, 3, None)
+    num_steps, repeats, batch = (2, 1, 64) if quick else (16, 3, None)
     chosen = variants(machine())
     results: dict[str, list[dict]] = {name: [] for name in chosen}
     for _ in range(repeats):
@@ -155,11 +155,10 @@ def step_profile(data_dir: str | None, quick: bool) -> list[dict]:
 if __name__ == "__main__":
     from absl import app, flags
 
+    from benchmarks.common import define_child_flags
+
     flags.DEFINE_string("precision", None, "Profile this precision only (a child process).")
-    flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
-    flags.DEFINE_integer("steps", 32, "Training steps a child times and profiles (after a warm-up call).")
-    flags.DEFINE_integer("batch", None, "Global batch size instead of the default preset's (smoke tests).")
-    flags.DEFINE_boolean("quick", False, "Few steps, one round: a smoke test.")
+    define_child_flags(steps=16)
 
     def _main(argv) -> None:
         del argv
@@ -167,9 +166,8 @@ if __name__ == "__main__":
         if f.precision:
             _child(f.precision, f.data_dir, f.steps, f.batch)
             return
-        from benchmarks.record import table
+        from benchmarks.common import print_table
 
-        rows = step_profile(f.data_dir, f.quick)
-        print(table({"columns": list(rows[0]), "rows": rows}))
+        print_table(step_profile(f.data_dir, f.quick))
 
     app.run(_main)
