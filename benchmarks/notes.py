@@ -36,8 +36,8 @@ NOTES = {
         "update, and all other ops (pooling, ReLU, dropout, loss). Ops run on several threads at once, so the "
         "categories are thread time per step and shares of it; the input pipeline runs ahead on its own threads "
         "and is left out. Where the processor has AMX, a second mixed_bfloat16 process runs with "
-        "`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, which keeps oneDNN off AMX. On a processor without bf16 "
-        "instructions, mixed_bfloat16 is emulated and shows what `--precision=auto` avoids there."
+        "`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, which keeps oneDNN off AMX. A processor without bf16 "
+        "instructions would only emulate mixed_bfloat16 (auto never picks it there), so it profiles float32 alone."
     ),
     "time_to_accuracy": (
         "Training seconds (`elapsed_seconds` in each run's history.json, validation included) until validation "
