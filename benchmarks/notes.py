@@ -65,27 +65,20 @@ NOTES = {
         "dispatch, the once-per-call reduces, waiting for the slower worker) is what remains of the measured step."
     ),
     "recipes": (
-        "Each recipe trained once per seed on the full training split, the recipes taking turns (all recipes with "
-        "seed 0, then all with seed 1, ...) on this machine with nothing else running (`python -m benchmarks.run "
-        "--recipes`). Accuracies are the median over seeds with the lowest and highest seed in brackets; each "
-        "seed's run is in the next section. The reference is benchmarks/reference_default.json, the fixed recipe "
-        "the comparisons measure against; ratios to it are each seed's run against the reference run of the same "
-        "turn, then the median. Seconds to 93% are `elapsed_seconds` in history.json (training plus per-epoch "
-        "validation, single view) at the first epoch reaching 93.0% validation accuracy. Test accuracy is "
-        "evaluated once, at the end of each run: as served (with the preset's test-time views) and by the network "
-        "alone."
+        "Each recipe trained on the full training split, back to back on this machine with nothing else running. "
+        "Where the title names several seeds, each recipe trained once per seed, the recipes taking turns (all "
+        "with seed 0, then all with seed 1, ...): accuracies are the median with the lowest and highest seed in "
+        "brackets, ratios to the reference are each seed's run against the reference run of the same turn, then "
+        "the median, and each seed's run is in the next section. The reference is "
+        "benchmarks/reference_default.json, the fixed recipe the comparisons measure against. Seconds to 93% are "
+        "`elapsed_seconds` in history.json (training plus per-epoch validation, single view) at the first epoch "
+        "reaching 93.0% validation accuracy. Test accuracy is evaluated once, at the end of each run: as served "
+        "(with the preset's test-time views) and by the network alone."
     ),
     "recipe_seeds": "Every run behind the medians of the section before, in the order they were trained.",
-    "recipes_default": (
-        "`default` (and the reference recipe when named) trained once per seed, as in the recipes section "
-        "(`python -m benchmarks.run --recipe_presets=...`)."
-    ),
+    "recipes_default": "`default` and the reference recipe, trained as in the recipes section.",
     "recipe_seeds_default": "Every run behind the medians of the section before, in the order they were trained.",
-    "recipes_best": (
-        "`best` and the reference recipe trained once per seed, taking turns, as in the recipes section "
-        "(`python -m benchmarks.run --recipe_presets=reference,best --recipe_seeds=0,1 --nothroughput "
-        "--nosettings --noscaling`)."
-    ),
+    "recipes_best": "`best` and the reference recipe, trained as in the recipes section.",
     "recipe_seeds_best": "Every run behind the medians of the section before, in the order they were trained.",
     "seed_runs": (
         "Finished `fmnist-train` runs of one recipe that differ only in `--seed` (checked from their "
@@ -100,10 +93,10 @@ NOTES = {
         "accuracy."
     ),
     "precision": (
-        "Each recipe trained in `mixed_bfloat16` and in float32 with each seed of the recipes section, on the same "
-        "machine in the same run: the median test accuracy with the lowest and highest seed, each seed's, and "
-        "the median training seconds; `--precision=auto`'s own runs are reused, and the table says for how many "
-        "seeds auto picked each precision."
+        "Each recipe trained in `mixed_bfloat16` and in float32, on the same machine in the same run, with the "
+        "seeds of the recipes section (where the table shows medians, the other precision trained with each of "
+        "those seeds and `--precision=auto`'s own runs are reused): accuracy and training seconds, and which "
+        "precision auto picked."
     ),
     "tuning_rate": (
         "A random search of one-epoch trials of the reference recipe on 16,384 training images, first by one tuner "

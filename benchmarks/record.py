@@ -187,6 +187,8 @@ def render(record: dict, notes: dict[str, str]) -> str:
             verb = "Predicted from measurements taken" if predicted else "Measured"
             where = f"{describe_machine(section['machine'])}, commit {section.get('commit', NOT_RECORDED)}"
             lines += [f"{verb} {section['measured']} on {where}{quick}.", ""]
+            if section.get("command"):
+                lines += [f"Command: `{section['command']}`.", ""]
             if notes.get(key):
                 lines += [notes[key], ""]
             lines += [table(section)]
