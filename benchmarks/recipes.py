@@ -192,7 +192,7 @@ def precision_comparison(data_dir: str, quick: bool, auto_runs: dict) -> list[di
         for precision, runs in by_precision.items():
             accuracies = [100 * run["metrics"]["test_accuracy"] for run in runs]
             seconds = statistics.median(run["metrics"]["train_seconds"] for run in runs)
-            picked = sum(any(run is auto for auto in auto_runs[name]) for run in runs)
+            picked = sum(auto["metrics"]["precision"] == precision for auto in auto_runs[name])
             rows.append(
                 {
                     "recipe": name,

@@ -71,7 +71,7 @@ def run_row(name: str, run: dict, target: float = TARGET) -> dict:
     reached, metrics = time_to(run["history"], target), run["metrics"]
     return {
         "recipe": name,
-        "seed": run["config"]["train"]["seed"] if "config" in run else None,
+        "seed": run["config"]["train"]["seed"],
         f"epochs to {target:.0%} val": reached[0] if reached else "never",
         f"seconds to {target:.0%} val": reached[1] if reached else "never",
         "best val, single view (%)": 100 * max(h["val_accuracy"] for h in run["history"]),
