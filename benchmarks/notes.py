@@ -76,6 +76,8 @@ NOTES = {
         "(with the preset's test-time views) and by the network alone."
     ),
     "recipe_seeds": "Every run behind the medians of the section before, in the order they were trained.",
+    "recipes_fast": "`fast` and the reference recipe, trained as in the recipes section.",
+    "recipe_seeds_fast": "Every run behind the medians of the section before, in the order they were trained.",
     "recipes_default": "`default` and the reference recipe, trained as in the recipes section.",
     "recipe_seeds_default": "Every run behind the medians of the section before, in the order they were trained.",
     "recipes_best": "`best` and the reference recipe, trained as in the recipes section.",

@@ -43,6 +43,8 @@ ORDER = (
     "recipe_seeds",
     "ablation",
     "precision",
+    "recipes_fast",
+    "recipe_seeds_fast",
     "recipes_default",
     "recipe_seeds_default",
     "recipes_best",
