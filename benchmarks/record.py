@@ -62,8 +62,13 @@ def commit() -> str:
         head = subprocess.run(
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # The record's own files change as each section is saved; only changes to anything else are "+changes".
+        outputs = [f":(exclude){path.relative_to(ROOT)}" for path in (RESULTS, RECORD)]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return NOT_RECORDED
@@ -153,9 +158,11 @@ def render(record: dict, notes: dict[str, str]) -> str:
     sections = _ordered(record["sections"])
     counts = collections.Counter(_where(s) for _, s in sections)
     latest = max((s["measured"] for _, s in sections), default="")
-    # The record's machine and commit: those of most sections, the latest measured among equals.
+    # The record's machine and commit: those of most sections, the latest measured among equals. A section
+    # without a recorded commit cannot be shown to measure today's code, so it is current only when none has one.
+    candidates = [w for w in counts if w[1] != NOT_RECORDED] or list(counts)
     current = max(
-        counts, key=lambda w: (counts[w], max(s["measured"] for _, s in sections if _where(s) == w)), default=None
+        candidates, key=lambda w: (counts[w], max(s["measured"] for _, s in sections if _where(s) == w)), default=None
     )
     here = [(k, s) for k, s in sections if _where(s) == current]
     elsewhere = [(k, s) for k, s in sections if _where(s) != current]
@@ -175,8 +182,9 @@ def render(record: dict, notes: dict[str, str]) -> str:
             lines += [
                 "## Measured on another machine or code version",
                 "",
-                "These sections predate the machine or commit above; they are kept for reference and are not "
-                "comparable with the sections above. Rerun `python -m benchmarks.run` to replace them.",
+                "These sections were measured on another machine, on other code, or without a recorded commit; "
+                "they are kept for reference and are not comparable with the sections above. Rerun "
+                "`python -m benchmarks.run` to replace them.",
                 "",
             ]
         for key, section in group:

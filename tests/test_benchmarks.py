@@ -120,6 +120,11 @@ def test_record_numbers_headings_in_order_and_sets_apart_other_machines_commits_
     saved["sections"]["serving"]["machine"] = saved["sections"]["tuning_rate"]["machine"]
     saved["sections"]["serving"]["commit"] = "0123456789"  # Older code on the same machine.
     assert "## Measured on another machine or code version" in record.render(saved, {})
+    for key in ("tuning_rate", "scaling_model", "training_throughput"):  # Most sections, but no commit recorded.
+        saved["sections"][key]["commit"] = record.NOT_RECORDED
+    rendered = record.render(saved, {})
+    assert "Commit: 0123456789." in rendered
+    assert rendered.index("## Measured on another machine") < rendered.index("Title of training_throughput")
 
 
 def test_time_to_accuracy_reads_history(tmp_path):
@@ -191,3 +196,27 @@ def test_utilisation_divides_each_row_by_the_ceiling_of_its_precision():
     assert rows[1]["fraction of matmul peak"] == pytest.approx(2000 * flops / 4e12)
     # Without a bfloat16 ceiling (no bf16 instructions) every row is measured against float32's.
     assert utilisation(rates, {"float32": 1e12})[1]["fraction of matmul peak"] == pytest.approx(2000 * flops / 1e12)
+
+
+def test_commit_ignores_the_records_own_files(tmp_path, monkeypatch):
+    import subprocess
+
+    from benchmarks import record
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks").mkdir()
+    for name in ("code.py", "BENCHMARKS.md", "benchmarks/results.json"):
+        (tmp_path / name).write_text("0\n")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(record, "ROOT", tmp_path)
+    monkeypatch.setattr(record, "RESULTS", tmp_path / "benchmarks" / "results.json")
+    monkeypatch.setattr(record, "RECORD", tmp_path / "BENCHMARKS.md")
+    (tmp_path / "BENCHMARKS.md").write_text("1\n")  # Saving a section rewrites both of the record's files.
+    (tmp_path / "benchmarks" / "results.json").write_text("1\n")
+    assert not record.commit().endswith("+changes")
+    (tmp_path / "code.py").write_text("1\n")
+    assert record.commit().endswith("+changes")
