@@ -1,5 +1,7 @@
 """How to read each section of the benchmark record (BENCHMARKS.md); the numbers come from results.json."""
 
+_EACH_RUN = "Every run behind the medians of the section before, in the order they were trained."
+
 NOTES = {
     "training_throughput": (
         "The seed (tutorial) model, trained three ways. Each turn is one whole epoch over the training images, the "
@@ -75,13 +77,13 @@ NOTES = {
         "reaching 93.0% validation accuracy. Test accuracy is evaluated once, at the end of each run: as served "
         "(with the preset's test-time views) and by the network alone."
     ),
-    "recipe_seeds": "Every run behind the medians of the section before, in the order they were trained.",
+    "recipe_seeds": _EACH_RUN,
     "recipes_fast": "`fast` and the reference recipe, trained as in the recipes section.",
-    "recipe_seeds_fast": "Every run behind the medians of the section before, in the order they were trained.",
+    "recipe_seeds_fast": _EACH_RUN,
     "recipes_default": "`default` and the reference recipe, trained as in the recipes section.",
-    "recipe_seeds_default": "Every run behind the medians of the section before, in the order they were trained.",
+    "recipe_seeds_default": _EACH_RUN,
     "recipes_best": "`best` and the reference recipe, trained as in the recipes section.",
-    "recipe_seeds_best": "Every run behind the medians of the section before, in the order they were trained.",
+    "recipe_seeds_best": _EACH_RUN,
     "seed_runs": (
         "Finished `fmnist-train` runs of one recipe that differ only in `--seed` (checked from their "
         "config.json), named with `python -m benchmarks.run --seed_runs=NAME=WORKDIR,...`: the median over seeds "

@@ -43,14 +43,14 @@ def _seed() -> Config:
 
 
 def _fast() -> Config:
-    # The most accuracy in about a third of the reference recipe's time on a
-    # CPU: one convolution per block, no dropout, one-pixel shifts, label
-    # smoothing and a 24-epoch schedule, chosen on validation against 15 and
-    # 22 epochs, dropout and two-pixel shifts. Channel counts stay multiples of 16: in
-    # mixed_bfloat16, oneDNN ran a network with 24 channels in its first
-    # block at a quarter of the speed of the same network with 16 or 32.
-    # Batch norm trains its scale: the benchmark record's ablation of this
-    # preset, which measures each technique, found no gain from freezing it.
+    # Accuracy for well under half the reference recipe's time on a CPU: one
+    # convolution per block, no dropout, one-pixel shifts, label smoothing and
+    # a 24-epoch schedule, chosen on validation against 22 epochs, dropout and
+    # two-pixel shifts. Channel counts stay multiples of 16: in mixed_bfloat16,
+    # oneDNN ran a network with 24 channels in its first block at a quarter of
+    # the speed of the same network with 16 or 32. Batch norm trains its
+    # scale: the benchmark record's ablation of this preset, which measures
+    # each technique, found no gain from freezing it.
     base = Config()
     return Config(
         name="fast",
