@@ -12,12 +12,15 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 # bfloat16 pays on a CPU only where it multiplies bf16 faster than float32.
-# With AMX it does; with AVX512_BF16 alone oneDNN's bf16 kernels can be slower
-# than its float32 ones. So where the processor lists bf16 instructions, `auto`
-# times one convolution's training step in both dtypes and keeps bf16 only
-# when it is clearly faster, since the rest of a bf16 step (casts, batch norm
-# and the optimiser in float32) gains nothing.
-BF16_MIN_SPEEDUP = 1.25
+# With AMX it does; with AVX512_BF16 alone oneDNN's bf16 kernels can be faster
+# (AMD EPYC) or slower (Intel) than its float32 ones. So where the processor
+# lists bf16 instructions, `auto` times a training step of a miniature of the
+# model's blocks (convolutions, fused batch norm, pooling, ReLU) in both
+# dtypes and keeps bf16 when it is clearly faster. A single convolution is
+# too noisy and too partial a witness: between repeats its ratio spread
+# across the threshold on a CPU where the whole step was clearly faster in
+# bf16, so `auto` picked either precision by chance.
+BF16_MIN_SPEEDUP = 1.1
 PROBE_SECONDS = 0.2
 
 
@@ -44,8 +47,8 @@ def resolve_precision(precision: str) -> str:
     has float16 Tensor Cores only, so mixed_float16 with loss scaling; below
     7.0 there are no Tensor Cores and float16 gains nothing, so float32.
     CPUs: float32, or mixed_bfloat16 where the processor lists bf16
-    instructions (AVX512_BF16 or AMX) and a short measurement finds its
-    bfloat16 convolutions clearly faster (`choose_cpu_precision`).
+    instructions (AVX512_BF16 or AMX) and a short measurement finds a
+    bfloat16 step of the default model's blocks clearly faster (`choose_cpu_precision`).
     """
     if precision != "auto":
         return precision
@@ -64,7 +67,7 @@ def _measured_cpu_precision() -> str:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         flags = ""
-    return choose_cpu_precision(flags, conv_step_rate)
+    return choose_cpu_precision(flags, block_step_rate)
 
 
 def choose_cpu_precision(cpu_flags: str, rate) -> str:
@@ -72,7 +75,7 @@ def choose_cpu_precision(cpu_flags: str, rate) -> str:
 
     Args:
       cpu_flags: the processor's flags (/proc/cpuinfo).
-      rate: dtype name -> training steps per second of a probe (`conv_step_rate`);
+      rate: dtype name -> training steps per second of a probe (`block_step_rate`);
         both dtypes are timed in turn, three times each, and the medians compared.
     """
     if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
@@ -84,8 +87,8 @@ def choose_cpu_precision(cpu_flags: str, rate) -> str:
     float32, bfloat16 = (statistics.median(rates[d]) for d in ("float32", "bfloat16"))
     choice = "mixed_bfloat16" if bfloat16 >= BF16_MIN_SPEEDUP * float32 else "float32"
     log.info(
-        "precision auto: bfloat16 convolutions train %.2fx as fast as float32 on this CPU (mixed_bfloat16 needs "
-        "%.2fx): %s",
+        "precision auto: a bfloat16 step of the default model's blocks trains %.2fx as fast as float32 on this "
+        "CPU (mixed_bfloat16 needs %.2fx): %s",
         bfloat16 / float32,
         BF16_MIN_SPEEDUP,
         choice,
@@ -93,18 +96,35 @@ def choose_cpu_precision(cpu_flags: str, rate) -> str:
     return choice
 
 
-def conv_step_rate(dtype: str, seconds: float = PROBE_SECONDS) -> float:
-    """Forward and backward steps per second of one 3x3 convolution of the default model's shape, in `dtype`."""
-    dtype = tf.as_dtype(dtype)
-    images = tf.cast(tf.random.stateless_normal([128, 14, 14, 64], seed=[0, 1]), dtype)
-    kernel = tf.Variable(tf.cast(tf.random.stateless_normal([3, 3, 64, 64], seed=[0, 2]) * 0.05, dtype))
+def _probe_step(dtype: tf.DType, batch: int):
+    """Forward and backward of three blocks of two 3x3 convolutions (16, 32, 64 filters) on 28x28 inputs."""
+    images = tf.cast(tf.random.stateless_normal([batch, 28, 28, 1], seed=[0, 1]), dtype)
+    shapes = ((1, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64))
+    kernels = [
+        tf.Variable(tf.cast(tf.random.stateless_normal([3, 3, i, o], seed=[1, n]) * 0.1, dtype))
+        for n, (i, o) in enumerate(shapes)
+    ]
 
     @tf.function(autograph=False)
     def step():
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.cast(tf.nn.conv2d(images, kernel, 1, "SAME"), tf.float32))
-        return tape.gradient(loss, kernel)
+            x = images
+            for n, kernel in enumerate(kernels):
+                x = tf.nn.conv2d(x, kernel, 1, "SAME")
+                ones = tf.ones([kernel.shape[-1]])
+                x, _, _ = tf.compat.v1.nn.fused_batch_norm(x, ones, 0 * ones, is_training=True)
+                if n % 2:
+                    x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+                x = tf.nn.relu(x)
+            loss = tf.reduce_sum(tf.cast(x, tf.float32))
+        return tape.gradient(loss, kernels)[0]
 
+    return step
+
+
+def block_step_rate(dtype: str, seconds: float = PROBE_SECONDS, batch: int = 128) -> float:
+    """Training steps per second of a miniature of the default model's blocks (`_probe_step`) in `dtype`."""
+    step = _probe_step(tf.as_dtype(dtype), batch)
     step()  # Traced and warmed up outside the timing.
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
