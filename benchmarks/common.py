@@ -18,15 +18,25 @@ def latencies(call: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
+def rounds(names: list[str], repeats: int) -> list[list[str]]:
+    """The order of each of `repeats` rounds: every name once per round, each round starting one later.
+
+    A B C, B C A, C A B, ...: no contender always runs first (after a
+    previous section's work) or last, so a slow first or last slot is shared.
+    """
+    return [names[r % len(names) :] + names[: r % len(names)] for r in range(repeats)] if names else []
+
+
 def alternate(contenders: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
-    """Runs each contender `repeats` times in turn (A B C A B C ...).
+    """Runs each contender `repeats` times in rotating turns (`rounds`).
 
     Each callable does its work and returns how many examples it processed;
     the result is the median examples per second of each contender.
     """
     rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
+    for order in rounds(list(contenders), repeats):
+        for name in order:
+            run = contenders[name]
             start = time.perf_counter()
             examples = run()
             rates[name].append(examples / (time.perf_counter() - start))

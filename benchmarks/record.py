@@ -175,7 +175,7 @@ def render(record: dict, notes: dict[str, str]) -> str:
     ]
     if current:
         lines += [f"Machine: {current[0]}.", "", f"Commit: {current[1]}. Last measured {latest}.", ""]
-    lines += ["Contenders take turns (A B C, A B C, ...) and each row is the median of its turns.", ""]
+    lines += ["Contenders take turns and each row is the median of its turns.", ""]
     number = 0
     for part, group in (("", here), ("other", elsewhere)):
         if part and group:

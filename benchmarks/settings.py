@@ -4,7 +4,7 @@ Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools, the
 batch-norm kernel (ours fused, Keras' unfused) and where the ReLU goes. Thread
 pools are fixed once TensorFlow starts, so every setting is measured in its own
 child process (a `--quick` smoke test shares one among the settings with
-default thread pools); the parent runs them in turn (A B C ... A B C ...) and
+default thread pools); the parent runs them in rotating turns (A B C, B C A, ...) and
 reports medians, like every other comparison here.
 
   python -m benchmarks.settings --data_dir=../shared/data/fashion-mnist   # this comparison alone
@@ -105,6 +105,7 @@ def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float
     `peaks` are `throughput.matmul_peaks`: each row is measured against the
     ceiling of the precision it trains in.
     """
+    from benchmarks.common import rounds
     from benchmarks.throughput import ceiling, model_flops_per_example
     from pipeline import presets
     from pipeline.model import network as models
@@ -114,9 +115,10 @@ def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float
     # --quick: a smoke test of every setting at a small batch, not a measurement.
     num_steps, repeats, batch = (2, 1, 64) if quick else (96, 3, None)
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    for _ in range(repeats):
-        for group in _process_groups(quick):
-            for name, rate in _measure(group, data_dir, num_steps, batch).items():
+    groups = _process_groups(quick)
+    for order in rounds(list(range(len(groups))), repeats):
+        for index in order:
+            for name, rate in _measure(groups[index], data_dir, num_steps, batch).items():
                 rates[name].append(rate)
     base = statistics.median(rates[next(iter(SETTINGS))])
     policy = precision.resolve_precision(presets.preset("default").train.precision)

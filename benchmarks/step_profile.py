@@ -134,14 +134,16 @@ def variants(cpu: dict) -> dict[str, tuple[str, str | None]]:
 
 def step_profile(data_dir: str | None, quick: bool) -> list[dict]:
     """Per precision: examples/s and each category's thread time per step, medians of alternating rounds."""
+    from benchmarks.common import rounds
     from benchmarks.record import machine
 
     # --quick: a smoke test at a small batch, not a measurement.
     num_steps, repeats, batch = (2, 1, 64) if quick else (16, 3, None)
     chosen = variants(machine())
     results: dict[str, list[dict]] = {name: [] for name in chosen}
-    for _ in range(repeats):
-        for name, (precision, isa) in chosen.items():
+    for order in rounds(list(chosen), repeats):
+        for name in order:
+            precision, isa = chosen[name]
             results[name].append(_measure(precision, isa, data_dir, num_steps, batch))
     rows = []
     for name, runs in results.items():

@@ -220,3 +220,12 @@ def test_commit_ignores_the_records_own_files(tmp_path, monkeypatch):
     assert not record.commit().endswith("+changes")
     (tmp_path / "code.py").write_text("1\n")
     assert record.commit().endswith("+changes")
+
+
+def test_turns_rotate_so_no_contender_always_runs_first():
+    from benchmarks.common import alternate, rounds
+
+    assert rounds(["a", "b", "c"], 4) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    calls = []
+    rates = alternate({name: (lambda name=name: calls.append(name) or 1) for name in "ab"}, repeats=2)
+    assert calls == ["a", "b", "b", "a"] and set(rates) == {"a", "b"}
