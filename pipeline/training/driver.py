@@ -165,8 +165,9 @@ def train_and_evaluate(
         policy = _agreed_precision(strategy, policy)
         reduce_dtype = strategies.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
         log.info(
-            "precision %s, strategy %s: %d replica(s) x batch %d = global batch %d%s",
+            "precision %s%s, strategy %s: %d replica(s) x batch %d = global batch %d%s",
             policy,
+            precision.auto_note(config.train.precision),
             strategies.strategy_name(strategy),
             strategy.num_replicas_in_sync,
             per_replica,

@@ -62,12 +62,31 @@ def resolve_precision(precision: str) -> str:
 
 
 @functools.cache
-def _measured_cpu_precision() -> str:
+def measured_bf16_speedup() -> float | None:
+    """This CPU's `bf16_speedup` with the real probe, measured once per process."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         flags = ""
-    return choose_cpu_precision(flags, block_step_rate)
+    return bf16_speedup(flags, block_step_rate)
+
+
+def _measured_cpu_precision() -> str:
+    return _choice(measured_bf16_speedup())
+
+
+def auto_note(precision: str) -> str:
+    """For the console's precision line: what `auto` measured on this CPU, if it measured anything."""
+    if precision != "auto" or not measured_bf16_speedup.cache_info().currsize:
+        return ""
+    speedup = measured_bf16_speedup()
+    if speedup is None:
+        return " (auto: no bf16 instructions on this CPU)"
+    return f" (auto: a bf16 step ran {speedup:.2f}x as fast as float32 here; bf16 needs {BF16_MIN_SPEEDUP:.2f}x)"
+
+
+def _choice(speedup: float | None) -> str:
+    return "mixed_bfloat16" if speedup is not None and speedup >= BF16_MIN_SPEEDUP else "float32"
 
 
 def choose_cpu_precision(cpu_flags: str, rate) -> str:
@@ -75,25 +94,25 @@ def choose_cpu_precision(cpu_flags: str, rate) -> str:
 
     Args:
       cpu_flags: the processor's flags (/proc/cpuinfo).
-      rate: dtype name -> training steps per second of a probe (`block_step_rate`);
-        both dtypes are timed in turn, three times each, and the medians compared.
+      rate: dtype name -> training steps per second of a probe (`block_step_rate`).
+    """
+    return _choice(bf16_speedup(cpu_flags, rate))
+
+
+def bf16_speedup(cpu_flags: str, rate) -> float | None:
+    """bfloat16's training speed over float32's by `rate`; None where the CPU has no bf16 instructions.
+
+    Both dtypes are timed in turn, three times each, and the medians compared.
     """
     if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
-        return "float32"
+        return None
     rates = {"float32": [], "bfloat16": []}
     for _ in range(3):
         for dtype in rates:
             rates[dtype].append(rate(dtype))
     float32, bfloat16 = (statistics.median(rates[d]) for d in ("float32", "bfloat16"))
-    choice = "mixed_bfloat16" if bfloat16 >= BF16_MIN_SPEEDUP * float32 else "float32"
-    log.info(
-        "precision auto: a bfloat16 step of the default model's blocks trains %.2fx as fast as float32 on this "
-        "CPU (mixed_bfloat16 needs %.2fx): %s",
-        bfloat16 / float32,
-        BF16_MIN_SPEEDUP,
-        choice,
-    )
-    return choice
+    log.debug("precision auto: a bfloat16 step trains %.2fx as fast as float32 on this CPU", bfloat16 / float32)
+    return bfloat16 / float32
 
 
 def _probe_step(dtype: tf.DType, batch: int):
