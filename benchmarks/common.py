@@ -18,7 +18,7 @@ def latencies(call: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
-def rounds(names: list[str], repeats: int) -> list[list[str]]:
+def rounds(names: list, repeats: int) -> list[list]:
     """The order of each of `repeats` rounds: every name once per round, each round starting one later.
 
     A B C, B C A, C A B, ...: no contender always runs first (after a

@@ -115,10 +115,9 @@ def execution_settings(data_dir: str | None, quick: bool, peaks: dict[str, float
     # --quick: a smoke test of every setting at a small batch, not a measurement.
     num_steps, repeats, batch = (2, 1, 64) if quick else (96, 3, None)
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    groups = _process_groups(quick)
-    for order in rounds(list(range(len(groups))), repeats):
-        for index in order:
-            for name, rate in _measure(groups[index], data_dir, num_steps, batch).items():
+    for order in rounds(_process_groups(quick), repeats):
+        for group in order:
+            for name, rate in _measure(group, data_dir, num_steps, batch).items():
                 rates[name].append(rate)
     base = statistics.median(rates[next(iter(SETTINGS))])
     policy = precision.resolve_precision(presets.preset("default").train.precision)

@@ -58,7 +58,7 @@ def resolve_precision(precision: str) -> str:
             tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))) for gpu in gpus
         )
         return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
-    return _measured_cpu_precision()
+    return _choice(measured_bf16_speedup())
 
 
 @functools.cache
@@ -69,10 +69,6 @@ def measured_bf16_speedup() -> float | None:
     except OSError:
         flags = ""
     return bf16_speedup(flags, block_step_rate)
-
-
-def _measured_cpu_precision() -> str:
-    return _choice(measured_bf16_speedup())
 
 
 def auto_note(precision: str) -> str:
