@@ -39,6 +39,19 @@ def write_dataset(directory: Path, n_train: int = 640, n_test: int = 160, compre
 
 
 @pytest.fixture(scope="session")
+def machine_precision() -> str:
+    """What `--precision=auto` picks on this machine, resolved once.
+
+    Runs that a test compares with each other pass it explicitly: `auto`
+    measures, and on a loaded machine two separate runs can measure on
+    either side of its threshold and train in different precisions.
+    """
+    from pipeline.training import precision
+
+    return precision.resolve_precision("auto")
+
+
+@pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny_data"))
 

@@ -30,11 +30,12 @@ MALFORMED_TF_CONFIGS = pytest.mark.parametrize(
 
 
 @pytest.mark.slow
-def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
+def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path, machine_precision):
     env, scratch = scratch_env(tmp_path)
     workdir = tmp_path / "run"
+    fixed = f"--precision={machine_precision}"  # The two jobs compared train alike.
     done = subprocess.run(
-        [*LAUNCH, "--num_workers=2", "--", *fmnist_train(workdir, tiny_data_dir, "--epochs=2")],
+        [*LAUNCH, "--num_workers=2", "--", *fmnist_train(workdir, tiny_data_dir, "--epochs=2", fixed)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -61,6 +62,7 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
         "--num_workers=2",
         "--",
         *fmnist_train(tmp_path / "tf_distribute", tiny_data_dir, "--epochs=2", "--input_distribution=tf_distribute"),
+        fixed,
     ]
     again = run(through_tf_distribute, timeout=600, env=env)
     assert again.returncode == 0, again.stdout[-3000:]
@@ -68,7 +70,7 @@ def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path):
+def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path, machine_precision):
     env, _ = scratch_env(tmp_path)
     workdir = tmp_path / "run"
 
@@ -78,6 +80,7 @@ def test_killed_worker_stops_the_job_and_a_rerun_resumes(tiny_data_dir, tmp_path
             "--num_workers=2",
             "--",
             *fmnist_train(workdir, tiny_data_dir, "--epochs=30", "--max_train_examples=256"),
+            f"--precision={machine_precision}",
         ]
 
     command = two_workers(workdir)

@@ -45,11 +45,14 @@ def _without_times(history: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_the_step_and_the_rerun_ends_exactly_as_uninterrupted(long_data_dir, tmp_path):
-    reference = run(_train(tmp_path / "reference", long_data_dir, "--epochs=2"), timeout=600)
+def test_sigterm_checkpoints_the_step_and_the_rerun_ends_exactly_as_uninterrupted(
+    long_data_dir, tmp_path, machine_precision
+):
+    fixed = f"--precision={machine_precision}"
+    reference = run(_train(tmp_path / "reference", long_data_dir, "--epochs=2", fixed), timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
     workdir = tmp_path / "run"
-    child = start(_train(workdir, long_data_dir, "--epochs=2"))
+    child = start(_train(workdir, long_data_dir, "--epochs=2", fixed))
     wait_for(lambda: _epochs_done(workdir) >= 1)
     time.sleep(0.3)  # Into epoch 2.
     signalled = time.time()
@@ -62,7 +65,7 @@ def test_sigterm_checkpoints_the_step_and_the_rerun_ends_exactly_as_uninterrupte
     assert "epoch 2 in progress" in last and "rerun the same command to resume" in last
     assert "Traceback" not in stderr
     # The rerun may change steps_per_execution: the position is kept in optimizer steps.
-    resumed = run(_train(workdir, long_data_dir, "--epochs=2", "--steps_per_execution=7"), timeout=600)
+    resumed = run(_train(workdir, long_data_dir, "--epochs=2", "--steps_per_execution=7", fixed), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "epoch 2 in progress" in resumed.stderr and "Epoch 1/2" not in resumed.stdout
     assert _fingerprint(resumed.stderr) == _fingerprint(reference.stderr)

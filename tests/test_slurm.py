@@ -33,14 +33,16 @@ def slurm(tmp_path_factory):
         yield cluster
 
 
-def _submit(slurm, workdir: Path, data_dir: Path, log: Path) -> int:
+def _submit(slurm, workdir: Path, data_dir: Path, log: Path, precision: str) -> int:
     # The job's tasks run the installed fmnist-train, as a user's job does.
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "fmnist-train").exists():
         pytest.skip(f"fmnist-train is not installed beside {sys.executable} (pip install -e .)")
     env = {"WORKDIR": str(workdir), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     options = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={log}"]
-    return slurm.submit(options, SCRIPT, *TRAIN_ARGS, f"--data_dir={data_dir}", env=env, cwd=REPO)
+    # The jobs compared train in one precision (`auto` measures, and may measure differently).
+    args = (*TRAIN_ARGS, f"--data_dir={data_dir}", f"--precision={precision}")
+    return slurm.submit(options, SCRIPT, *args, env=env, cwd=REPO)
 
 
 def _fingerprints(text: str) -> list[str]:
@@ -48,9 +50,9 @@ def _fingerprints(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(slurm, long_data_dir, tmp_path_factory):
+def uninterrupted(slurm, long_data_dir, tmp_path_factory, machine_precision):
     root = tmp_path_factory.mktemp("slurm_run")
-    job = _submit(slurm, root / "run", long_data_dir, root / "job.log")
+    job = _submit(slurm, root / "run", long_data_dir, root / "job.log", machine_precision)
     state = slurm.wait(job, timeout=600)
     return state, root / "run", (root / "job.log").read_text(errors="replace")
 
@@ -69,10 +71,12 @@ def test_slurm_job_trains_two_tasks_as_one_multi_worker_job(uninterrupted):
     assert not re.search(r"^E\d{4} |unhealthy|crashed|Traceback|error:", log, re.M), log[-3000:]
 
 
-def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(slurm, uninterrupted, long_data_dir, tmp_path):
+def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(
+    slurm, uninterrupted, long_data_dir, tmp_path, machine_precision
+):
     _, reference_dir, reference_log = uninterrupted
     log = tmp_path / "job.log"
-    job = _submit(slurm, tmp_path / "run", long_data_dir, log)
+    job = _submit(slurm, tmp_path / "run", long_data_dir, log, machine_precision)
     deadline = time.time() + 300
     # Mid-epoch: once the second epoch's progress bar has started.
     while "Epoch 2/2" not in (log.read_text(errors="replace") if log.exists() else ""):
