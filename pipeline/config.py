@@ -74,6 +74,16 @@ def parse_rate_or_off(text: str) -> float | None:
         raise ConfigError(f"--dropout={text!r}: give a rate like 0.3, or 'off'") from None
 
 
+def parse_momentum_or_off(text: str) -> float | None:
+    """`--ema_momentum`: a momentum like 0.99, or off."""
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--ema_momentum={text!r}: give a momentum like 0.99, or 'off'") from None
+
+
 def parse_filters(text: str) -> tuple[int, ...]:
     """`--filters`: integers like 32,64,128."""
     try:
@@ -209,6 +219,17 @@ class TrainConfig:
     scale_learning_rate: bool = setting(False, "Scale the learning rate linearly with the global batch.", flag=True)
     base_batch_size: int = 128
     label_smoothing: float = setting(0.0, "Label smoothing.", flag=True, lower=0.0, upper=0.99)
+    # Validation, the best and final weights, the report and the export use an
+    # exponential moving average of the weights (Keras optimisers' `use_ema`)
+    # with this momentum; None uses the weights as trained. Batch norm's
+    # moving statistics are the network's own, gathered with the trained weights.
+    ema_momentum: float | None = setting(
+        None,
+        "Evaluate and export a moving average of the weights with this momentum (e.g. 0.99), or 'off'.",
+        flag=True,
+        old=None,
+        parse=parse_momentum_or_off,
+    )
     # Stop after this many epochs without a better validation accuracy and
     # restore the best weights; None trains every epoch and keeps the last.
     early_stopping_patience: int | None = setting(

@@ -13,9 +13,11 @@ import tensorflow as tf
 from conftest import subprocess_env
 
 
-def test_mirrored_over_two_cpus_matches_default(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["trained_weights", "moving_average"])
+def test_mirrored_over_two_cpus_matches_default(tiny_data_dir, tmp_path, ema):
     # BN statistics and dropout masks are per replica by design, so compare on
     # the architecture where the two strategies must agree to float rounding.
+    # The optimiser's moving average of the weights is kept on every replica alike.
     script = f"""
 import dataclasses, json
 from pipeline.cluster import strategies
@@ -27,7 +29,7 @@ base = presets.preset("smoke")
 config = base.replace(
     data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64),
     model=dataclasses.replace(base.model, batch_norm=False, dropout=None),
-    augment=C.AugmentConfig(enabled=False), train=dataclasses.replace(base.train, epochs=2))
+    augment=C.AugmentConfig(enabled=False), train=dataclasses.replace(base.train, epochs=2, ema_momentum={ema}))
 out = {{}}
 for name, strategy in [("default", tf.distribute.get_strategy()),
                        ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:

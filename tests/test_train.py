@@ -67,6 +67,21 @@ def test_learns_and_resumes_to_more_epochs(tiny_data_dir, tmp_path):
     assert resumed["epochs_completed"] == 3 and [h["epoch"] for h in history] == [1, 2, 3]
 
 
+def test_validation_the_best_and_the_final_weights_are_the_moving_average(tiny_data_dir, tmp_path):
+    strategy = tf.distribute.get_strategy()
+    runs = {}
+    for ema in (None, 0.9):
+        for patience in (None, 5):  # The last weights, or the best epoch's.
+            config = tiny_config(tiny_data_dir, epochs=2, ema_momentum=ema, early_stopping_patience=patience)
+            config = config.replace(model=dataclasses.replace(config.model, test_time_augmentation="none"))
+            workdir = tmp_path / f"{ema}_{patience}"
+            runs[ema] = metrics = train_and_evaluate(config, workdir, strategy, progress=False, export=False)
+            chosen = json.loads((workdir / "history.json").read_text())[metrics["best_epoch"] - 1 if patience else -1]
+            # The final evaluation sees the weights that epoch's validation saw.
+            assert np.isclose(metrics["val_loss"], chosen["val_loss"], rtol=1e-5), (ema, patience)
+    assert runs[0.9]["val_loss"] != runs[None]["val_loss"]
+
+
 def test_workdir_of_another_config_is_refused(tiny_data_dir, tmp_path):
     train_and_evaluate(tiny_config(tiny_data_dir), tmp_path, tf.distribute.get_strategy(), progress=False)
     other = tiny_config(tiny_data_dir, learning_rate=0.5)
@@ -145,6 +160,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     from pipeline.data import input_pipeline as ip
     from pipeline.data import sources as data_lib
     from pipeline.runs import final_model
+    from pipeline.training import optimizer as optimizer_lib
     from pipeline.training import preemption
     from pipeline.training import state as train_state
 
@@ -165,18 +181,27 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
         loop.fit(config, strategy, state, dataset, history, workdir, False, on_epoch_end=interrupt, stop=stop)
     except (Interrupted, preemption.TrainingStopped):
         return None
+    optimizer_lib.keep_averaged_weights(state.optimizer, state.model.trainable_variables)  # As the driver does.
     return final_model.fingerprint(state.model)
 
 
 def with_fast_techniques(config: config_lib.Config) -> config_lib.Config:
-    """`config` trained with every technique of the `fast` preset (its own state: momentum, flips by epoch)."""
+    """`config` trained with every technique of the `fast` preset, and a moving average of the weights.
+
+    Each technique has state a resume must restore: momentum, flips by
+    epoch, the average kept in the optimiser.
+    """
     fast = presets.preset("fast")
     techniques = ("stem_init", "conv_init", "batch_norm_scale")
     return config.replace(
         model=dataclasses.replace(config.model, **{k: getattr(fast.model, k) for k in techniques}),
         augment=dataclasses.replace(config.augment, flip_mode=fast.augment.flip_mode),
         train=dataclasses.replace(
-            config.train, optimizer=fast.train.optimizer, momentum=fast.train.momentum, learning_rate=0.05
+            config.train,
+            optimizer=fast.train.optimizer,
+            momentum=fast.train.momentum,
+            learning_rate=0.05,
+            ema_momentum=fast.train.ema_momentum or 0.9,
         ),
     )
 

@@ -27,6 +27,7 @@ from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
 from pipeline.serving import export as export_lib
 from pipeline.training import loop, precision, preemption, steps
+from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import state as train_state
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ def train_and_evaluate(
                 config_files.save(recorded, workdir / "config.json")
             history = workdir_lib.load_history(workdir, done)
             history = loop.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
+            # The final model holds the moving average, if the run keeps one (the best weights already do).
+            optimizer_lib.keep_averaged_weights(state.optimizer, state.model.trainable_variables)
             if config.train.early_stopping_patience:
                 state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
             metrics = final_metrics(config, strategy, state, dataset, history, policy, data_fingerprint, started, stop)

@@ -21,6 +21,7 @@ from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
 from pipeline.runs import workdir as workdir_lib
+from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import preemption, steps
 from pipeline.training import state as train_state
 
@@ -186,7 +187,11 @@ def fit(
             stop,
             seconds_before,
         )
-        val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
+        with optimizer_lib.averaged_weights(state.optimizer):
+            val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
+            if record_if_best(state, {"epoch": epoch, "val_accuracy": val["accuracy"]}):
+                with workdir_lib.writing("the best weights", out_dir / "best"):
+                    state.best_manager.save(checkpoint_number=epoch)
         seconds = seconds_before + time.perf_counter() - start
         elapsed += seconds
         record = {
@@ -208,9 +213,6 @@ def fit(
             val["accuracy"],
             seconds,
         )
-        if record_if_best(state, record):
-            with workdir_lib.writing("the best weights", out_dir / "best"):
-                state.best_manager.save(checkpoint_number=epoch)
         history.append(record)
         write_summaries(writers, epoch, record)
         state.epoch.assign(epoch)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
 
 import keras
 import tensorflow as tf
@@ -81,19 +83,54 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> k
     """Adam, AdamW or SGD with Nesterov momentum, with the configured schedule.
 
     Weight decay (AdamW, SGD) applies to kernels only: decaying batch norm's
-    scales and offsets, or biases, only hurts.
+    scales and offsets, or biases, only hurts. With `ema_momentum` the
+    optimiser also keeps a moving average of the weights.
     """
     rate = learning_rate_schedule(config, steps_per_epoch)
+    # The average lives in the optimiser (checkpointed with it); the model's
+    # variables keep the trained weights until `averaged_weights` swaps them.
+    ema = dict(use_ema=config.ema_momentum is not None, ema_momentum=config.ema_momentum or 0.99)
     if config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **ema)
     elif config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
-            rate, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay or None
+            rate, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay or None, **ema
         )
     else:
-        optimizer = keras.optimizers.Adam(rate)
+        optimizer = keras.optimizers.Adam(rate, **ema)
     if config.optimizer != "adam":
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if policy == "mixed_float16":
         optimizer = AllReplicasLossScaleOptimizer(optimizer)
     return optimizer
+
+
+def _averaging(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer | None:
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # Under loss scaling.
+    return inner if inner.use_ema else None
+
+
+@contextlib.contextmanager
+def averaged_weights(optimizer: keras.optimizers.Optimizer):
+    """Inside, the model's variables hold the optimiser's moving average (if it keeps one); after, the trained ones.
+
+    Keras's own `SwapEMAWeights` callback does the swap, on every replica.
+    Called outside any replica context (between compiled calls).
+    """
+    if _averaging(optimizer) is None:
+        yield
+        return
+    swap = keras.callbacks.SwapEMAWeights()
+    swap.set_model(types.SimpleNamespace(optimizer=optimizer))
+    swap.on_test_begin()
+    try:
+        yield
+    finally:
+        swap.on_test_end()
+
+
+def keep_averaged_weights(optimizer: keras.optimizers.Optimizer, variables) -> None:
+    """Puts the moving average into `variables` (the model's trainable ones) for good: the final model."""
+    averaging = _averaging(optimizer)
+    if averaging is not None:
+        averaging.finalize_variable_values(variables)
