@@ -43,20 +43,22 @@ def _seed() -> Config:
 
 
 def _fast() -> Config:
-    # Accuracy for well under half the reference recipe's time on a CPU: one
-    # convolution per block, no dropout, one-pixel shifts, label smoothing and
-    # a 24-epoch schedule, chosen on validation against 22 epochs, dropout and
-    # two-pixel shifts. Channel counts stay multiples of 16: in mixed_bfloat16,
-    # oneDNN ran a network with 24 channels in its first block at a quarter of
-    # the speed of the same network with 16 or 32. Batch norm trains its
-    # scale; the benchmark record's ablation of this preset measures each
-    # technique, freezing the scale among them.
+    # Accuracy for about a third of the reference recipe's time on a CPU: one
+    # convolution per block, no dropout, one-pixel shifts, label smoothing,
+    # and validation on a moving average of the weights (momentum 0.99, about
+    # one epoch), which reaches 93% in markedly fewer epochs than the trained
+    # weights do. 30 epochs, chosen on validation against 24 (and earlier 22),
+    # dropout and two-pixel shifts; the average and the frozen batch-norm
+    # scale were chosen on validation over three seeds. Channel counts stay
+    # multiples of 16: in mixed_bfloat16, oneDNN ran a network with 24
+    # channels in its first block at a quarter of the speed of 16 or 32. The
+    # benchmark record's ablation of this preset measures each technique.
     base = Config()
     return Config(
         name="fast",
-        model=dataclasses.replace(base.model, convs_per_block=1, dropout=None, batch_norm_scale=True),
+        model=dataclasses.replace(base.model, convs_per_block=1, dropout=None),
         augment=dataclasses.replace(base.augment, max_shift=1),
-        train=dataclasses.replace(base.train, epochs=24, label_smoothing=0.1),
+        train=dataclasses.replace(base.train, epochs=30, label_smoothing=0.1, ema_momentum=0.99),
     )
 
 
