@@ -1,8 +1,9 @@
 """Run the comparisons side by side; each is saved to the record as soon as it finishes.
 
-python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full (about 35 min on 2 cores)
+python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full: hours on 2 cores (each recipe trains 3 seeds)
 python -m benchmarks.run --data_dir=... --quick --out=/tmp/r.json --record=/tmp/B.md   # minutes, smoke test
 python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/default --export=runs/default/export/1
+python -m benchmarks.run --data_dir=... --norecipes --ablation --nothroughput ...   # one section alone
 
 Writes benchmarks/results.json and BENCHMARKS.md (see benchmarks/record.py).
 """
@@ -34,6 +35,9 @@ flags.DEFINE_list(
     "recipe_presets",
     RECIPES,
     "Recipes trained back to back; a list other than the default (e.g. reference,best: hours) gets its own section.",
+)
+flags.DEFINE_boolean(
+    "ablation", None, "Include the ablation of fast (default: with the default --recipe_presets and --recipes)."
 )
 flags.DEFINE_list("recipe_seeds", ["0", "1", "2"], "Seeds each recipe trains with (`--quick` trains the first only).")
 flags.DEFINE_list(
@@ -117,8 +121,7 @@ def main(argv):
             title = f"Time to 93% validation accuracy and final accuracy of each recipe, back to back ({each})"
             _save("recipes", title, seeds.summary(rows))
             _save("recipe_seeds", "Each seed's run of each recipe, in the order trained", rows)
-            title = "Ablation: fast without one technique at a time (median of 2 seeds)"
-            _save("ablation", title, recipes.ablation(FLAGS.data_dir, FLAGS.quick))
+            _ablation()
             title = "mixed_bfloat16 against float32"
             _save("precision", title, recipes.precision_comparison(FLAGS.data_dir, FLAGS.quick, runs))
         else:
@@ -126,11 +129,22 @@ def main(argv):
             others = "_".join(name for name in names if name != "reference")
             _save(f"recipes_{others}", f"{', '.join(names)}, back to back ({each})", seeds.summary(rows))
             _save(f"recipe_seeds_{others}", f"Each seed's run of {', '.join(names)}, in the order trained", rows)
+    if FLAGS.ablation and not (FLAGS.recipes and FLAGS.recipe_presets == RECIPES):
+        _ablation()
     if FLAGS.tuning:
         from benchmarks.tuning_rate import trials_per_hour
 
         title = "Distributed tuning: trials in the same time budget"
         _save("tuning_rate", title, trials_per_hour(FLAGS.data_dir, FLAGS.quick))
+
+
+def _ablation() -> None:
+    if FLAGS.ablation is False:
+        return
+    from benchmarks import recipes
+
+    title = "Ablation: fast without one technique at a time (median of 2 seeds)"
+    _save("ablation", title, recipes.ablation(FLAGS.data_dir, FLAGS.quick))
 
 
 def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:
