@@ -1,6 +1,6 @@
 """Run the comparisons side by side; each is saved to the record as soon as it finishes.
 
-python -m benchmarks.run --data_dir=../shared/data/fashion-mnist            # full: hours on 2 cores (each recipe trains 3 seeds)
+python -m benchmarks.run --data_dir=../shared/data/fashion-mnist   # full: hours on 2 cores (3 seeds a recipe)
 python -m benchmarks.run --data_dir=... --quick --out=/tmp/r.json --record=/tmp/B.md   # minutes, smoke test
 python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/default --export=runs/default/export/1
 python -m benchmarks.run --data_dir=... --norecipes --ablation --nothroughput ...   # one section alone
