@@ -45,6 +45,8 @@ ORDER = (
     "precision",
     "recipes_fast",
     "recipe_seeds_fast",
+    "recipes_fast_30",
+    "recipe_seeds_fast_30",
     "recipes_default",
     "recipe_seeds_default",
     "recipes_best",
