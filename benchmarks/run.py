@@ -121,7 +121,6 @@ def main(argv):
             title = f"Time to 93% validation accuracy and final accuracy of each recipe, back to back ({each})"
             _save("recipes", title, seeds.summary(rows))
             _save("recipe_seeds", "Each seed's run of each recipe, in the order trained", rows)
-            _ablation()
             title = "mixed_bfloat16 against float32"
             _save("precision", title, recipes.precision_comparison(FLAGS.data_dir, FLAGS.quick, runs))
         else:
@@ -129,22 +128,17 @@ def main(argv):
             others = "_".join(name for name in names if name != "reference")
             _save(f"recipes_{others}", f"{', '.join(names)}, back to back ({each})", seeds.summary(rows))
             _save(f"recipe_seeds_{others}", f"Each seed's run of {', '.join(names)}, in the order trained", rows)
-    if FLAGS.ablation and not (FLAGS.recipes and FLAGS.recipe_presets == RECIPES):
-        _ablation()
+    default_recipes = FLAGS.recipes and FLAGS.recipe_presets == RECIPES
+    if FLAGS.ablation or (FLAGS.ablation is None and default_recipes):
+        from benchmarks import recipes
+
+        title = "Ablation: fast without one technique at a time (median of 2 seeds)"
+        _save("ablation", title, recipes.ablation(FLAGS.data_dir, FLAGS.quick))
     if FLAGS.tuning:
         from benchmarks.tuning_rate import trials_per_hour
 
         title = "Distributed tuning: trials in the same time budget"
         _save("tuning_rate", title, trials_per_hour(FLAGS.data_dir, FLAGS.quick))
-
-
-def _ablation() -> None:
-    if FLAGS.ablation is False:
-        return
-    from benchmarks import recipes
-
-    title = "Ablation: fast without one technique at a time (median of 2 seeds)"
-    _save("ablation", title, recipes.ablation(FLAGS.data_dir, FLAGS.quick))
 
 
 def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:

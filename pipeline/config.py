@@ -64,24 +64,18 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def parse_rate_or_off(text: str) -> float | None:
-    """`--dropout`: a rate like 0.3, or off."""
-    if text.lower() in ("off", "none", "0"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--dropout={text!r}: give a rate like 0.3, or 'off'") from None
+def parse_number_or_off(flag: str, example: str, off: tuple[str, ...] = ("off", "none")):
+    """A flag parser: a number like `example`, or one of `off` for None."""
 
+    def parse(text: str) -> float | None:
+        if text.lower() in off:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--{flag}={text!r}: give a number like {example}, or 'off'") from None
 
-def parse_momentum_or_off(text: str) -> float | None:
-    """`--ema_momentum`: a momentum like 0.99, or off."""
-    if text.lower() in ("off", "none"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--ema_momentum={text!r}: give a momentum like 0.99, or 'off'") from None
+    return parse
 
 
 def parse_filters(text: str) -> tuple[int, ...]:
@@ -165,7 +159,7 @@ class ModelConfig:
         0.3,
         "Dropout rate after the blocks (with batch norm: the last) and before the classifier, or 'off'.",
         flag=True,
-        parse=parse_rate_or_off,
+        parse=parse_number_or_off("dropout", "0.3", off=("off", "none", "0")),
     )
     dense_units: int = 256
     # Views averaged at inference (evaluation, report, export, serving); never
@@ -228,7 +222,7 @@ class TrainConfig:
         "Evaluate and export a moving average of the weights with this momentum (e.g. 0.99), or 'off'.",
         flag=True,
         old=None,
-        parse=parse_momentum_or_off,
+        parse=parse_number_or_off("ema_momentum", "0.99"),
     )
     # Stop after this many epochs without a better validation accuracy and
     # restore the best weights; None trains every epoch and keeps the last.
