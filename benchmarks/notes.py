@@ -108,6 +108,15 @@ NOTES = {
         "those seeds and `--precision=auto`'s own runs are reused): accuracy and training seconds, and which "
         "precision auto picked."
     ),
+    "placement": (
+        "Each recipe trained with its blocks' last batch norm before max-pooling (the textbook order) and after "
+        "it (`ModelConfig.batch_norm_after_pooling`: batch norm and ReLU on a quarter of the values, with the "
+        "pooled map's statistics), once per seed, the two taking turns with the same seed. Training examples per "
+        "second are whole runs' (epochs x training images / training seconds); accuracies are medians with the "
+        "lowest and highest seed in brackets. The placement is chosen on validation accuracy; the test columns "
+        "show what it cost or gained there."
+    ),
+    "placement_seeds": _EACH_RUN,
     "tuning_rate": (
         "A random search of one-epoch trials of the reference recipe on 16,384 training images, first by one tuner "
         "with the whole machine, then by a chief and two tuner workers under `fmnist-launch --tuner_workers=2` "

@@ -126,6 +126,41 @@ def presets_side_by_side(
     return rows, runs
 
 
+# Where each block's last batch norm sits (`ModelConfig.batch_norm_after_pooling`).
+PLACEMENTS = {
+    "batch norm, then max-pooling": {"model": {"batch_norm_after_pooling": False}},
+    "max-pooling, then batch norm": {"model": {"batch_norm_after_pooling": True}},
+}
+
+
+def batch_norm_placement(data_dir: str, quick: bool, names=("default",), seeds=(0, 1, 2)) -> list[dict]:
+    """Each recipe with its blocks' last batch norm before and after max-pooling, per seed, taking turns.
+
+    Returns each run's row: `seeds.run_row` plus the training examples per
+    second of the whole run (epochs x training examples / training seconds).
+    """
+    target = 0.5 if quick else TARGET
+    rows = []
+    for seed in seeds[: 1 if quick else None]:
+        for name in names:
+            for placement, changes in PLACEMENTS.items():
+                run = train(preset_config(name), data_dir, quick, f"--seed={seed}", changes=changes)
+                metrics = run["metrics"]
+                examples = metrics["epochs_completed"] * metrics["examples"]["train"]
+                row = seeds_lib.run_row(f"{name}: {placement}", run, target)
+                rows.append(row | {"training examples/s": examples / metrics["train_seconds"]})
+    return rows
+
+
+def placement_summary(rows: list[dict]) -> list[dict]:
+    """`seeds.summary` of `batch_norm_placement`'s rows, with the median examples per second."""
+    out = seeds_lib.summary(rows)
+    for entry in out:
+        mine = [row["training examples/s"] for row in rows if row["recipe"] == entry["recipe"]]
+        entry["training examples/s, median"] = statistics.median(mine)
+    return out
+
+
 def ablation(data_dir: str, quick: bool) -> list[dict]:
     """`fast`, then `fast` without each of its techniques and with each one it leaves out, in turn.
 

@@ -43,6 +43,8 @@ ORDER = (
     "recipe_seeds",
     "ablation",
     "precision",
+    "placement",
+    "placement_seeds",
     "recipes_fast",
     "recipe_seeds_fast",
     "recipes_fast_30",

@@ -39,6 +39,13 @@ flags.DEFINE_list(
 flags.DEFINE_boolean(
     "ablation", None, "Include the ablation of fast (default: with the default --recipe_presets and --recipes)."
 )
+flags.DEFINE_boolean(
+    "placement",
+    None,
+    "Include each --placement_presets recipe with batch norm before and after max-pooling, per seed "
+    "(default: with the default --recipe_presets and --recipes).",
+)
+flags.DEFINE_list("placement_presets", ["default"], "Recipes the batch-norm placement comparison trains.")
 flags.DEFINE_list("recipe_seeds", ["0", "1", "2"], "Seeds each recipe trains with (`--quick` trains the first only).")
 flags.DEFINE_list(
     "seed_runs",
@@ -129,6 +136,14 @@ def main(argv):
             _save(f"recipes_{others}", f"{', '.join(names)}, back to back ({each})", seeds.summary(rows))
             _save(f"recipe_seeds_{others}", f"Each seed's run of {', '.join(names)}, in the order trained", rows)
     default_recipes = FLAGS.recipes and FLAGS.recipe_presets == RECIPES
+    if FLAGS.placement or (FLAGS.placement is None and default_recipes):
+        from benchmarks import recipes
+
+        chosen = [int(seed) for seed in FLAGS.recipe_seeds]
+        rows = recipes.batch_norm_placement(FLAGS.data_dir, FLAGS.quick, FLAGS.placement_presets, chosen)
+        title = "Batch norm before and after max-pooling: speed and accuracy"
+        _save("placement", title, recipes.placement_summary(rows))
+        _save("placement_seeds", "Each seed's run of each batch-norm placement, in the order trained", rows)
     if FLAGS.ablation or (FLAGS.ablation is None and default_recipes):
         from benchmarks import recipes
 

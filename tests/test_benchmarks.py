@@ -50,6 +50,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "recipe_seeds",
         "ablation",
         "precision",
+        "placement",
+        "placement_seeds",
         "tuning_rate",
     )
     for section in sections:
@@ -67,6 +69,12 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         ("fast", 0),
         ("default", 0),
     ]
+    # One seed under --quick: default with batch norm before, then after max-pooling.
+    assert [row["recipe"] for row in results["placement_seeds"]] == [
+        "default: batch norm, then max-pooling",
+        "default: max-pooling, then batch norm",
+    ]
+    assert all(row["training examples/s"] > 0 for row in results["placement"])
     assert results["seed_runs"][0]["seeds"] == 1 and results["seed_runs_each"][0]["seed"] == 0
     from benchmarks import recipes
 

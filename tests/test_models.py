@@ -170,6 +170,27 @@ def test_relu_after_pooling_equals_relu_before_it():
             np.testing.assert_array_equal(a, b)
 
 
+def test_batch_norm_after_pooling_is_the_same_function_at_inference():
+    # With a frozen scale, batch norm at inference is a per-channel increasing
+    # affine map, which commutes with max-pooling: normalising the pooled map
+    # gives exactly the outputs of normalising first, for the same weights.
+    # Only training differs (the statistics are the pooled values').
+    for convs_per_block in (1, 2):
+        model_config = dataclasses.replace(
+            presets.preset("default").model, convs_per_block=convs_per_block, test_time_augmentation="none"
+        )
+        images = tf.random.uniform([16, 28, 28, 1], seed=1)
+        first = build_model(model_config)
+        pooled = build_model(dataclasses.replace(model_config, batch_norm_after_pooling=True))
+        pooled(images, training=True)  # Moves the moving statistics away from their start.
+        first.set_weights(pooled.get_weights())
+        np.testing.assert_array_equal(first(images, training=False), pooled(images, training=False))
+        bn = pooled.get_layer(f"block0_conv{convs_per_block - 1}_bn")
+        assert bn.input.shape[1:3] == (14, 14)  # It normalises the pooled map.
+        training_outputs = [model(images, training=True) for model in (first, pooled)]
+        assert not np.allclose(*training_outputs)
+
+
 def test_batch_norm_kernel_selects_the_layer():
     fused = build_model(presets.preset("default").model)
     keras_bn = build_model(dataclasses.replace(presets.preset("default").model, batch_norm_kernel="keras"))

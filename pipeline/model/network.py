@@ -142,7 +142,22 @@ def initialize_stem(model: keras.Model, config: ModelConfig, images: np.ndarray)
     stem.kernel.assign(kernel)
 
 
+def _batch_norm(x, config: ModelConfig, name: str, dtype: str, sync_bn: bool):
+    batch_norm = FusedBatchNormalization if config.batch_norm_kernel == "fused" else BatchNormalization
+    return batch_norm(
+        momentum=config.batch_norm_momentum,
+        scale=config.batch_norm_scale,
+        name=f"{name}_bn",
+        dtype=dtype,
+        synchronized=sync_bn,
+    )(x)
+
+
 def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
+    last = config.convs_per_block - 1
+    # `ModelConfig.batch_norm_after_pooling`: the last convolution's batch norm
+    # and ReLU run on the pooled map, a quarter of the values.
+    pooled_batch_norm = config.batch_norm and config.batch_norm_after_pooling
     for j in range(config.convs_per_block):
         name = f"block{index}_conv{j}"
         # With batch norm the conv bias is redundant (BN's beta replaces it).
@@ -157,23 +172,18 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             name=name,
             dtype=dtype,
         )(x)
-        if config.batch_norm:
-            batch_norm = FusedBatchNormalization if config.batch_norm_kernel == "fused" else BatchNormalization
-            x = batch_norm(
-                momentum=config.batch_norm_momentum,
-                scale=config.batch_norm_scale,
-                name=f"{name}_bn",
-                dtype=dtype,
-                synchronized=sync_bn,
-            )(x)
-            if j < config.convs_per_block - 1 or not config.relu_after_pooling:
+        if config.batch_norm and not (j == last and pooled_batch_norm):
+            x = _batch_norm(x, config, name, dtype, sync_bn)
+            if j < last or not config.relu_after_pooling:
                 x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
-    if config.batch_norm and config.relu_after_pooling:
+    last_conv = f"block{index}_conv{last}"
+    if pooled_batch_norm:
+        x = _batch_norm(x, config, last_conv, dtype, sync_bn)
+    if config.batch_norm and (config.relu_after_pooling or pooled_batch_norm):
         # Max and ReLU commute exactly (both are monotone), so this is the
         # textbook order's output, with ReLU and its gradient on a quarter of
         # the values (`ModelConfig.relu_after_pooling`).
-        last_conv = f"block{index}_conv{config.convs_per_block - 1}"
         x = keras.layers.Activation("relu", name=f"{last_conv}_relu", dtype=dtype)(x)
     # Dropout never feeds a batch-norm layer: BN would learn moving statistics
     # of dropped-out activations and see different ones at inference (the
