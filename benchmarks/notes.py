@@ -26,9 +26,10 @@ NOTES = {
     ),
     "execution_settings": (
         "The default model's training step under each setting, each in its own process (thread pools are fixed "
-        "once TensorFlow starts). The defaults are the fastest measured here: steps per execution 16, "
-        "TensorFlow's own thread pools, the fused batch-norm kernel, ReLU after pooling (exactly the same "
-        "numbers as the textbook order). XLA stays an option for GPUs."
+        "once TensorFlow starts). The defaults: steps per execution 16, TensorFlow's own thread pools, the fused "
+        "batch-norm kernel, ReLU after pooling (exactly the same numbers as the textbook order) and each block's "
+        "last batch norm after pooling (other statistics in training; the batch-norm placement section compares "
+        "accuracy). XLA stays an option for GPUs. Rows a few percent apart are within this host's noise."
     ),
     "step_profile": (
         "The default model's training step at its batch of 512 in each precision, each in its own process: "

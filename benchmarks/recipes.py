@@ -35,6 +35,7 @@ TECHNIQUES = {
     "alternating flip (vs random)": {"augment": {"flip_mode": "random"}},
     "frozen batch-norm scale (vs trained)": {"model": {"batch_norm_scale": True}},
     "moving average of the weights (vs the trained weights)": {"train": {"ema_momentum": None}},
+    "batch norm after max-pooling (vs before)": {"model": {"batch_norm_after_pooling": False}},
 }
 # Techniques `fast` leaves out, and the config fields that add each back (the
 # ablation trains `fast` with one at a time).

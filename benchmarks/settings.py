@@ -1,7 +1,7 @@
 """Execution settings of the default model's training step.
 
 Steps per execution, XLA (`jit_compile`), TensorFlow's thread pools, the
-batch-norm kernel (ours fused, Keras' unfused) and where the ReLU goes. Thread
+batch-norm kernel (ours fused, Keras' unfused) and where the ReLU and batch norm go. Thread
 pools are fixed once TensorFlow starts, so every setting is measured in its own
 child process (a `--quick` smoke test shares one among the settings with
 default thread pools); the parent runs them in rotating turns (A B C, B C A, ...) and
@@ -40,6 +40,9 @@ SETTINGS: dict[str, Setting] = {
     "threads: intra-op 1, inter-op 2": Setting(threads=(1, 2)),
     "Keras' own (unfused) BatchNormalization": Setting(model={"batch_norm_kernel": "keras"}),
     "ReLU before max-pooling (textbook order; same numbers)": Setting(model={"relu_after_pooling": False}),
+    "batch norm before max-pooling (textbook order; other statistics)": Setting(
+        model={"batch_norm_after_pooling": False}
+    ),
 }
 
 
