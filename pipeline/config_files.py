@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import Config, ConfigError, fields_added
+from pipeline.config import Config, ConfigError, declared_fields, fields_added
 
 
 def to_dict(config) -> dict:
@@ -135,9 +135,31 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
 
 
+def _saved_by_older_version(data: dict) -> bool:
+    """Whether `data` is a whole saved config (`save`) of a version that predates some fields.
+
+    Such a file lists every field but ones added since (`setting(old=...)`),
+    for example a tuner's `best_config.json` from before an upgrade.
+    """
+    added = set(fields_added())
+    sections = {s for s, _ in declared_fields()}
+    if "name" not in data or not all(isinstance(data.get(s), dict) for s in sections):
+        return False
+    missing = {f"{s}.{f.name}" for s, f in declared_fields() if f.name not in data[s]}
+    return bool(missing) and missing <= added
+
+
 def load_file(path: str | Path) -> Config:
-    """Reads a config file to start a run from: missing fields take today's defaults."""
-    return validate(from_dict(Config, _read(Path(path)), where=str(path)))
+    """Reads a config file to start a run from.
+
+    Fields the file leaves out take today's defaults, except in a whole
+    config saved before fields were added: those take the value runs used
+    before the field existed, so the file means what it meant when saved.
+    """
+    data = _read(Path(path))
+    if _saved_by_older_version(data):
+        return run_config_from_dict(data, where=str(path))
+    return validate(from_dict(Config, data, where=str(path)))
 
 
 def load_run_config(path: str | Path, config_cls=None) -> Config:

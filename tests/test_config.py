@@ -61,8 +61,16 @@ def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
     for dotted, value in config_lib.FIELDS_ADDED.items():
         section, field = dotted.split(".")
         assert getattr(getattr(run, section), field) == value, dotted
-    # A file to start a new run from takes today's defaults instead.
-    assert config_files.load_file(tmp_path / "config.json") == presets.preset("default")
+    # A whole config saved by an older version (a tuner's best_config.json, say) means what it meant then.
+    assert config_files.load_file(tmp_path / "config.json") == run
+    # A file of overrides takes today's defaults for everything it leaves out.
+    (tmp_path / "overrides.json").write_text(json.dumps({"name": "mine", "train": {"epochs": 3}}))
+    overrides = config_files.load_file(tmp_path / "overrides.json")
+    assert overrides.model == presets.preset("default").model and overrides.train.epochs == 3
+    # So does a whole config missing a field that is not a later addition.
+    del data["model"]["filters"]
+    (tmp_path / "partial.json").write_text(json.dumps(data))
+    assert config_files.load_file(tmp_path / "partial.json").model.batch_norm_after_pooling is True
 
 
 @dataclasses.dataclass(frozen=True)
