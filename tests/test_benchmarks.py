@@ -74,7 +74,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "default: batch norm, then max-pooling",
         "default: max-pooling, then batch norm",
     ]
-    assert all(row["training examples/s"] > 0 for row in results["placement"])
+    assert all(row["training examples/s, median"] > 0 for row in results["placement"])
     assert results["seed_runs"][0]["seeds"] == 1 and results["seed_runs_each"][0]["seed"] == 0
     from benchmarks import recipes
 
