@@ -81,12 +81,6 @@ NOTES = {
     "recipe_seeds": _EACH_RUN,
     "recipes_fast": "`fast` and the reference recipe, trained as in the recipes section.",
     "recipe_seeds_fast": _EACH_RUN,
-    "recipes_fast_30": (
-        "`fast` with a 30-epoch schedule (otherwise as the preset) and the reference recipe, trained as in the "
-        "recipes section: the longer schedule the preset was shortened from to stay inside 0.35x the reference's "
-        "training time."
-    ),
-    "recipe_seeds_fast_30": _EACH_RUN,
     "recipes_default": "`default` and the reference recipe, trained as in the recipes section.",
     "recipe_seeds_default": _EACH_RUN,
     "recipes_best": "`best` and the reference recipe, trained as in the recipes section.",

@@ -47,8 +47,6 @@ ORDER = (
     "placement_seeds",
     "recipes_fast",
     "recipe_seeds_fast",
-    "recipes_fast_30",
-    "recipe_seeds_fast_30",
     "recipes_default",
     "recipe_seeds_default",
     "recipes_best",

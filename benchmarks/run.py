@@ -16,9 +16,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks import record  # noqa: E402
+from launch import common  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "Directory with the Fashion-MNIST IDX files.")
 flags.DEFINE_boolean("quick", False, "Small sizes and few repeats: minutes, for smoke tests.")
@@ -66,8 +67,6 @@ def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = No
 
 def main(argv):
     del argv
-    from launch import common
-
     seed_runs = _read_seed_runs(FLAGS.seed_runs)
     if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
         common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
@@ -192,4 +191,4 @@ def _serving(export: str, images) -> list[dict]:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run_app(main, __name__)  # The console shows the comparisons, not TensorFlow's INFO lines.

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import types
 import typing
 from pathlib import Path
 from typing import Literal
 
 from pipeline.config import Config, ConfigError, declared_fields, fields_added
+
+log = logging.getLogger(__name__)
 
 
 def to_dict(config) -> dict:
@@ -135,8 +138,8 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
 
 
-def _saved_by_older_version(data: dict) -> bool:
-    """Whether `data` is a whole saved config (`save`) of a version that predates some fields.
+def _fields_predated(data: dict) -> list[str]:
+    """The fields a whole saved config (`save`) of an older version lacks; empty for any other file.
 
     Such a file lists every field but ones added since (`setting(old=...)`),
     for example a tuner's `best_config.json` from before an upgrade.
@@ -144,9 +147,9 @@ def _saved_by_older_version(data: dict) -> bool:
     added = set(fields_added())
     sections = {s for s, _ in declared_fields()}
     if "name" not in data or not all(isinstance(data.get(s), dict) for s in sections):
-        return False
-    missing = {f"{s}.{f.name}" for s, f in declared_fields() if f.name not in data[s]}
-    return bool(missing) and missing <= added
+        return []
+    missing = [f"{s}.{f.name}" for s, f in declared_fields() if f.name not in data[s]]
+    return missing if set(missing) <= added else []
 
 
 def load_file(path: str | Path) -> Config:
@@ -157,7 +160,16 @@ def load_file(path: str | Path) -> Config:
     before the field existed, so the file means what it meant when saved.
     """
     data = _read(Path(path))
-    if _saved_by_older_version(data):
+    predated = _fields_predated(data)
+    if predated:
+        old = fields_added()
+        # Said, because a file that lists nearly every field is read differently from one of overrides.
+        log.info(
+            "%s is a whole config saved before %s existed: read as it ran (%s)",
+            path,
+            ", ".join(predated),
+            ", ".join(f"{name}={old[name]!r}" for name in predated),
+        )
         return run_config_from_dict(data, where=str(path))
     return validate(from_dict(Config, data, where=str(path)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -57,6 +58,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     for section in sections:
         assert results[section], section
     assert "vs tutorial" in done.stdout and "### Serving" in done.stdout
+    # Our tables and progress, not TensorFlow's INFO lines (the serving section exports without views).
+    assert not re.search(r"^I\d{4} ", done.stdout + done.stderr, re.MULTILINE), done.stderr[-3000:]
     assert all(row["examples/s"] > 0 for row in results["training_throughput"] + results["execution_settings"])
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
     assert "ReLU before max-pooling" in done.stdout

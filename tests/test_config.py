@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 from conftest import REPO
@@ -51,7 +52,7 @@ def test_unknown_preset_and_bad_json(tmp_path):
         config_files.load_file(tmp_path / "c.json")
 
 
-def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
+def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path, caplog):
     data = config_files.to_dict(presets.preset("default"))
     for dotted in config_lib.FIELDS_ADDED:
         section, field = dotted.split(".")
@@ -61,8 +62,11 @@ def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
     for dotted, value in config_lib.FIELDS_ADDED.items():
         section, field = dotted.split(".")
         assert getattr(getattr(run, section), field) == value, dotted
-    # A whole config saved by an older version (a tuner's best_config.json, say) means what it meant then.
-    assert config_files.load_file(tmp_path / "config.json") == run
+    # A whole config saved by an older version (a tuner's best_config.json, say) means what it meant then,
+    # and the console says so.
+    with caplog.at_level(logging.INFO, logger="pipeline.config_files"):
+        assert config_files.load_file(tmp_path / "config.json") == run
+    assert "whole config saved before" in caplog.text and "data.order='file'" in caplog.text
     # A file of overrides takes today's defaults for everything it leaves out.
     (tmp_path / "overrides.json").write_text(json.dumps({"name": "mine", "train": {"epochs": 3}}))
     overrides = config_files.load_file(tmp_path / "overrides.json")
@@ -71,6 +75,16 @@ def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path):
     del data["model"]["filters"]
     (tmp_path / "partial.json").write_text(json.dumps(data))
     assert config_files.load_file(tmp_path / "partial.json").model.batch_norm_after_pooling is True
+
+
+def test_shipped_config_files_list_every_field_so_they_read_as_written_today():
+    # A recipe file missing only later additions would read as an older version's saved config: with the
+    # values runs used before those fields existed, not today's.
+    for path in [REPO / "benchmarks" / "reference_default.json"]:
+        data = json.loads(path.read_text())
+        missing = [f"{s}.{f.name}" for s, f in config_lib.declared_fields() if f.name not in data[s]]
+        assert not missing, (path, missing)
+        assert config_files.load_file(path) == config_files.validate(config_files.from_dict(config_lib.Config, data))
 
 
 @dataclasses.dataclass(frozen=True)
