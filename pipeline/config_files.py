@@ -138,18 +138,18 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
 
 
-def _fields_predated(data: dict) -> list[str]:
-    """The fields a whole saved config (`save`) of an older version lacks; empty for any other file.
+def _fields_predated(data: dict) -> dict:
+    """The fields a whole saved config (`save`) of an older version lacks, with their old values; {} otherwise.
 
     Such a file lists every field but ones added since (`setting(old=...)`),
     for example a tuner's `best_config.json` from before an upgrade.
     """
-    added = set(fields_added())
+    added = fields_added()
     sections = {s for s, _ in declared_fields()}
     if "name" not in data or not all(isinstance(data.get(s), dict) for s in sections):
-        return []
+        return {}
     missing = [f"{s}.{f.name}" for s, f in declared_fields() if f.name not in data[s]]
-    return missing if set(missing) <= added else []
+    return {name: added[name] for name in missing} if set(missing) <= set(added) else {}
 
 
 def load_file(path: str | Path) -> Config:
@@ -162,13 +162,12 @@ def load_file(path: str | Path) -> Config:
     data = _read(Path(path))
     predated = _fields_predated(data)
     if predated:
-        old = fields_added()
         # Said, because a file that lists nearly every field is read differently from one of overrides.
         log.info(
             "%s is a whole config saved before %s existed: read as it ran (%s)",
             path,
             ", ".join(predated),
-            ", ".join(f"{name}={old[name]!r}" for name in predated),
+            ", ".join(f"{name}={value!r}" for name, value in predated.items()),
         )
         return run_config_from_dict(data, where=str(path))
     return validate(from_dict(Config, data, where=str(path)))
