@@ -67,14 +67,21 @@ def _fast() -> Config:
 
 
 def _best() -> Config:
-    # The highest accuracy within about six times `default`'s training time:
-    # twice the width, random erasing and a long schedule.
+    # The highest accuracy within about eight times the reference recipe's
+    # training time: three times `default`'s width, random erasing, label
+    # smoothing and a long schedule. Chosen on validation against twice the
+    # width over a longer schedule without smoothing: the wider network
+    # validated higher in less time. No weight average: spanning about ten
+    # epochs (momentum 0.999), the averaged weights no longer fit batch norm's
+    # statistics, which are gathered with the trained weights, and validation
+    # of the average fell far below the trained network's mid-run. Channels
+    # stay multiples of 16.
     base = Config()
     return Config(
         name="best",
-        model=dataclasses.replace(base.model, filters=(32, 64, 128)),
+        model=dataclasses.replace(base.model, filters=(48, 96, 192)),
         augment=dataclasses.replace(base.augment, erase_probability=0.5),
-        train=dataclasses.replace(base.train, epochs=60, warmup_epochs=2.0),
+        train=dataclasses.replace(base.train, epochs=50, warmup_epochs=2.0, label_smoothing=0.1),
     )
 
 
