@@ -70,12 +70,11 @@ def _best() -> Config:
     # The highest accuracy within about eight times the reference recipe's
     # training time: three times `default`'s width, random erasing, label
     # smoothing and a long schedule. Chosen on validation against twice the
-    # width over a longer schedule without smoothing: the wider network
-    # validated higher in less time. No weight average: spanning about ten
-    # epochs (momentum 0.999), the averaged weights no longer fit batch norm's
-    # statistics, which are gathered with the trained weights, and validation
-    # of the average fell far below the trained network's mid-run. Channels
-    # stay multiples of 16.
+    # width over a longer schedule without smoothing, which is quicker but
+    # validated lower. No weight average: spanning about ten epochs (momentum
+    # 0.999), the averaged weights no longer fit batch norm's statistics, which
+    # are gathered with the trained weights, and validation of the average fell
+    # far below the trained network's mid-run. Channels stay multiples of 16.
     base = Config()
     return Config(
         name="best",
