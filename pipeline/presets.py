@@ -73,8 +73,9 @@ def _best() -> Config:
     # width over a longer schedule without smoothing, which is quicker but
     # validated lower. No weight average: spanning about ten epochs (momentum
     # 0.999), the averaged weights no longer fit batch norm's statistics, which
-    # are gathered with the trained weights, and validation of the average fell
-    # far below the trained network's mid-run. Channels stay multiples of 16.
+    # are gathered with the trained weights, and over the first ten epochs
+    # validation of the average stayed far below the trained network's.
+    # Channels stay multiples of 16.
     base = Config()
     return Config(
         name="best",
