@@ -70,8 +70,8 @@ def _best() -> Config:
     # The highest accuracy within about eight times the reference recipe's
     # training time: twice `default`'s width, three convolutions per block,
     # random erasing, label smoothing and a long schedule. On validation the
-    # extra depth beat three times the width over 50 epochs, which costs the
-    # same time per epoch; the schedule is 56 epochs where 60 were validated,
+    # extra depth beat three times the width over 50 epochs, whose epochs
+    # cost about as much; the schedule is 56 epochs where 60 were validated,
     # to keep a margin inside the time budget on a noisy host. No weight
     # average: spanning about ten epochs (momentum 0.999), the averaged
     # weights no longer fit batch norm's statistics, which are gathered with
