@@ -15,7 +15,7 @@ import typing
 from absl import app, flags, logging
 
 from pipeline import config as config_lib
-from pipeline import config_files, presets
+from pipeline import config_fields, config_files, presets
 
 FLAGS = flags.FLAGS
 
@@ -35,7 +35,7 @@ def define_config_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) 
         "JSON config file (e.g. a tuner's best_config.json); overrides --preset.",
         flag_values=flag_values,
     )
-    for name, _, field, hint in config_lib.flag_fields(config_cls):
+    for name, _, field, hint in config_fields.flag_fields(config_cls or config_lib.Config):
         meta, kwargs = field.metadata, {"flag_values": flag_values}
         bounds = {k: v for k, v in (("lower_bound", meta["lower"]), ("upper_bound", meta["upper"])) if v is not None}
         base = _base_type(hint)
@@ -68,7 +68,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) ->
     else:
         base = presets.preset(flag_values.preset)
     changes: dict[str, dict] = {}
-    for name, section, field, _ in config_lib.flag_fields(config_cls or type(base)):
+    for name, section, field, _ in config_fields.flag_fields(config_cls or type(base)):
         if flag_values[name].present:
             value = flag_values[name].value
             parse = field.metadata["parse"]

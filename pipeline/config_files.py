@@ -16,7 +16,8 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import Config, ConfigError, declared_fields, fields_added
+from pipeline.config import Config, ConfigError
+from pipeline.config_fields import declared_fields, fields_added
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _coerce(value, hint, where: str):
 def run_config_from_dict(data: dict, where: str = "config", config_cls=None) -> Config:
     """Reads a run's recorded config, filling fields it predates from their `setting(old=...)`."""
     data = json.loads(json.dumps(data))
-    for dotted, value in fields_added(config_cls).items():
+    for dotted, value in fields_added(config_cls or Config).items():
         section, field = dotted.split(".")
         if isinstance(data.get(section), dict):
             data[section].setdefault(field, value)
@@ -144,11 +145,11 @@ def _fields_predated(data: dict) -> dict:
     Such a file lists every field but ones added since (`setting(old=...)`),
     for example a tuner's `best_config.json` from before an upgrade.
     """
-    added = fields_added()
-    sections = {s for s, _ in declared_fields()}
+    added = fields_added(Config)
+    sections = {s for s, _ in declared_fields(Config)}
     if "name" not in data or not all(isinstance(data.get(s), dict) for s in sections):
         return {}
-    missing = [f"{s}.{f.name}" for s, f in declared_fields() if f.name not in data[s]]
+    missing = [f"{s}.{f.name}" for s, f in declared_fields(Config) if f.name not in data[s]]
     return {name: added[name] for name in missing} if set(missing) <= set(added) else {}
 
 

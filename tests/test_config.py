@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from pipeline import config as config_lib
-from pipeline import config_files, presets
+from pipeline import config_fields, config_files, presets
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))
@@ -82,7 +82,8 @@ def test_shipped_config_files_list_every_field_so_they_read_as_written_today():
     # values runs used before those fields existed, not today's.
     for path in [REPO / "benchmarks" / "reference_default.json"]:
         data = json.loads(path.read_text())
-        missing = [f"{s}.{f.name}" for s, f in config_lib.declared_fields() if f.name not in data[s]]
+        declared = config_fields.declared_fields(config_lib.Config)
+        missing = [f"{s}.{f.name}" for s, f in declared if f.name not in data[s]]
         assert not missing, (path, missing)
         assert config_files.load_file(path) == config_files.validate(config_files.from_dict(config_lib.Config, data))
 
@@ -91,7 +92,7 @@ def test_shipped_config_files_list_every_field_so_they_read_as_written_today():
 class _TrainWithNoise(config_lib.TrainConfig):
     """A throwaway field, declared once, as a new field would be."""
 
-    gradient_noise: float = config_lib.setting(
+    gradient_noise: float = config_fields.setting(
         0.01, "Std of Gaussian noise added to each gradient.", flag=True, old=0.0, resumable=True, lower=0.0
     )
 
@@ -117,15 +118,15 @@ def test_a_field_declared_once_gets_its_flag_old_run_value_and_resume_rule(tmp_p
     flag_values(["prog", "--gradient_noise=0.2"])
     assert flag_values["gradient_noise"].value == 0.2
     # The README's flag list.
-    assert "`--gradient_noise`" in config_lib.readme_flag_list(_ConfigWithNoise)
+    assert "`--gradient_noise`" in config_fields.readme_flag_list(_ConfigWithNoise)
     # Runs recorded before it existed read it as they ran.
-    assert config_lib.fields_added(_ConfigWithNoise)["train.gradient_noise"] == 0.0
+    assert config_fields.fields_added(_ConfigWithNoise)["train.gradient_noise"] == 0.0
     recorded = config_files.to_dict(_ConfigWithNoise())
     del recorded["train"]["gradient_noise"]
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     assert config_files.load_run_config(tmp_path / "config.json", _ConfigWithNoise).train.gradient_noise == 0.0
     # A resume may change it: the workdir check accepts the change, and refuses an undeclared one.
-    assert "train.gradient_noise" in config_lib.resumable_fields(_ConfigWithNoise)
+    assert "train.gradient_noise" in config_fields.resumable_fields(_ConfigWithNoise)
     changed = _ConfigWithNoise(train=_TrainWithNoise(gradient_noise=0.5))
     assert workdir_lib.check_resume_compatible(tmp_path, changed)
     other = _ConfigWithNoise(train=_TrainWithNoise(gradient_noise=0.0, seed=7))
@@ -135,4 +136,4 @@ def test_a_field_declared_once_gets_its_flag_old_run_value_and_resume_rule(tmp_p
 
 def test_the_readme_lists_the_declared_flags():
     readme = " ".join((REPO / "README.md").read_text().split())
-    assert config_lib.readme_flag_list() in readme
+    assert config_fields.readme_flag_list(config_lib.Config) in readme

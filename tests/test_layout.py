@@ -8,7 +8,18 @@ from pathlib import Path
 from conftest import REPO
 
 # The stages in the order a run passes through them; each may import only itself and those before it.
-STAGES = ("config", "config_files", "presets", "cluster", "data", "model", "runs", "serving", "training")
+STAGES = (
+    "config_fields",
+    "config",
+    "config_files",
+    "presets",
+    "cluster",
+    "data",
+    "model",
+    "runs",
+    "serving",
+    "training",
+)
 PIPELINE = REPO / "pipeline"
 
 

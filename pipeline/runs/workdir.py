@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline import config as config_lib
-from pipeline import config_files
+from pipeline import config_fields, config_files
 
 
 class WorkdirError(RuntimeError):
@@ -130,7 +130,7 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     if new["train"]["precision"] == "auto":
         # `auto` continues with the policy the run recorded (`recorded_precision`).
         new["train"]["precision"] = old["train"]["precision"]
-    resumable = config_lib.resumable_fields(type(config))  # Declared with each field.
+    resumable = config_fields.resumable_fields(type(config))  # Declared with each field.
     changes = [d for d in _differences(old, new) if not d.startswith(resumable)]
     if changes:
         raise WorkdirError(
