@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import FIELDS_ADDED, Config, ConfigError
 from pipeline.config_fields import declared_fields, fields_added
 
 log = logging.getLogger(__name__)
@@ -145,12 +145,11 @@ def _fields_predated(data: dict) -> dict:
     Such a file lists every field but ones added since (`setting(old=...)`),
     for example a tuner's `best_config.json` from before an upgrade.
     """
-    added = fields_added(Config)
-    sections = {s for s, _ in declared_fields(Config)}
-    if "name" not in data or not all(isinstance(data.get(s), dict) for s in sections):
+    declared = declared_fields(Config)
+    if "name" not in data or not all(isinstance(data.get(s), dict) for s, _ in declared):
         return {}
-    missing = [f"{s}.{f.name}" for s, f in declared_fields(Config) if f.name not in data[s]]
-    return {name: added[name] for name in missing} if set(missing) <= set(added) else {}
+    missing = [f"{s}.{f.name}" for s, f in declared if f.name not in data[s]]
+    return {name: FIELDS_ADDED[name] for name in missing} if set(missing) <= set(FIELDS_ADDED) else {}
 
 
 def load_file(path: str | Path) -> Config:
