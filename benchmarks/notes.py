@@ -92,6 +92,14 @@ NOTES = {
         "compare only with runs made in the same conditions."
     ),
     "seed_runs_each": "Each run behind the medians of the section before, with its workdir.",
+    "candidates": (
+        "Finished `fmnist-train` runs of candidate recipes, named with `python -m benchmarks.run "
+        "--candidate_runs=WORKDIR,...`, each beside what its config.json changes from the preset of its name as "
+        "the code defines it now (seed and data path aside). Validation is what a preset is chosen on: the final "
+        "weights as served (the preset's test-time views) and single-view accuracy at the last and the best "
+        "epoch. Test accuracy is left out; the recipes sections measure it once per finished recipe. Training "
+        "seconds are as each run recorded them: runs trained two at a time on two cores took about twice as long."
+    ),
     "ablation": (
         "`fast` without one technique at a time, replaced by what the row names; each value is the median of "
         "two seeds. A technique helps when removing it costs epochs or seconds to 93% or final validation "

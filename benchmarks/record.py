@@ -35,6 +35,7 @@ ORDER = (
     "time_to_accuracy",
     "seed_runs",
     "seed_runs_each",
+    "candidates",
     "serving",
     "two_workers_vs_one",
     "step_breakdown",

@@ -4,6 +4,7 @@ python -m benchmarks.run --data_dir=../shared/data/fashion-mnist   # full: hours
 python -m benchmarks.run --data_dir=... --quick --out=/tmp/r.json --record=/tmp/B.md   # minutes, smoke test
 python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/default --export=runs/default/export/1
 python -m benchmarks.run --data_dir=... --norecipes --ablation --nothroughput ...   # one section alone
+python -m benchmarks.run --candidate_runs=runs/c1,runs/c2 --norecipes --nothroughput ...   # candidates on validation
 
 Writes benchmarks/results.json and BENCHMARKS.md (see benchmarks/record.py).
 """
@@ -54,6 +55,12 @@ flags.DEFINE_list(
     "name=WORKDIR of finished runs of one recipe with different seeds (repeat the name per seed): each seed's row "
     "and the median, min and max.",
 )
+flags.DEFINE_list(
+    "candidate_runs",
+    [],
+    "WORKDIRs of finished runs of candidate recipes: each one's validation accuracy and what it changes from its "
+    "preset.",
+)
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
 FLAGS = flags.FLAGS
@@ -68,6 +75,7 @@ def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = No
 def main(argv):
     del argv
     seed_runs = _read_seed_runs(FLAGS.seed_runs)
+    candidates = _read_candidate_runs(FLAGS.candidate_runs)
     if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
         common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
 
@@ -103,6 +111,8 @@ def main(argv):
         names = ", ".join(dict.fromkeys(row["recipe"] for row in seed_runs[0]))
         _save("seed_runs", f"Finished runs of {names}: median, min and max over seeds", seed_runs[1])
         _save("seed_runs_each", f"Finished runs of {names}: each seed", seed_runs[0])
+    if candidates:
+        _save("candidates", "Candidate recipes on validation, beside the preset each changes", candidates)
     if FLAGS.export:
         _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
@@ -170,6 +180,17 @@ def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:
         return seeds.from_workdirs(groups) if groups else None
     except ValueError as error:
         fail(f"--seed_runs: {error}")
+
+
+def _read_candidate_runs(workdirs: list[str]) -> list[dict] | None:
+    """The rows of `--candidate_runs`, read before anything is measured."""
+    from benchmarks import candidates
+    from launch.common import fail
+
+    try:
+        return candidates.from_workdirs(workdirs) if workdirs else None
+    except ValueError as error:
+        fail(f"--candidate_runs: {error}")
 
 
 def _serving(export: str, images) -> list[dict]:

@@ -35,12 +35,12 @@ def read_run(workdir: str | Path) -> dict:
     return run
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
+def flat_config(config: dict, prefix: str = "") -> dict:
     """{"section.field": value} of a config dict."""
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_config(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -52,9 +52,9 @@ SEED_ONLY = ("train.seed", "data.data_dir")
 
 def check_same_recipe(name: str, runs: list[dict]) -> None:
     """Raises ValueError unless the runs' configs differ in the seed alone."""
-    first = _flat(runs[0]["config"])
+    first = flat_config(runs[0]["config"])
     for run in runs[1:]:
-        other = _flat(run["config"])
+        other = flat_config(run["config"])
         differ = [k for k in sorted(set(first) | set(other)) if k not in SEED_ONLY and first.get(k) != other.get(k)]
         if differ:
             raise ValueError(f"the runs of {name!r} differ in {', '.join(differ)}, not only the seed; name them apart")

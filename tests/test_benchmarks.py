@@ -29,6 +29,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         f"--data_dir={tiny_data_dir}",
         f"--runs=smoke={tmp_path / 'run'}",
         f"--seed_runs=smoke={tmp_path / 'run'}",
+        f"--candidate_runs={tmp_path / 'run'}",
         f"--export={tmp_path / 'run' / 'export' / '1'}",
         f"--out={out}",
         f"--record={tmp_path / 'BENCHMARKS.md'}",
@@ -46,6 +47,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "time_to_accuracy",
         "seed_runs",
         "seed_runs_each",
+        "candidates",
         "serving",
         "recipes",
         "recipe_seeds",
@@ -79,6 +81,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     assert all(row["training examples/s, median"] > 0 for row in results["placement"])
     assert results["seed_runs"][0]["seeds"] == 1 and results["seed_runs_each"][0]["seed"] == 0
+    changed = "data.validation_size=64, data.max_train_examples=None, data.max_eval_examples=None"
+    assert results["candidates"][0]["changes from the preset"] == changed
     from benchmarks import recipes
 
     # fast itself, then one row per technique it has and per technique it leaves out.
@@ -92,7 +96,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 9. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 10. Serving" in rendered
     from benchmarks import record
 
     assert record.render(record.read(out), {}).count("## ") == len(sections)

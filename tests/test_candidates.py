@@ -1,0 +1,90 @@
+"""Candidate recipes on validation: what each run changes from its preset, and its validation accuracies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import candidates
+from pipeline import config_files, presets
+
+
+def _finished_run(workdir, preset: str = "best", seed: int = 0, drop=(), **changes) -> str:
+    config = config_files.to_dict(presets.preset(preset))
+    config["train"]["seed"] = seed
+    config["data"]["data_dir"] = "/somewhere/fashion-mnist"
+    for key, value in changes.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    for key in drop:  # A config.json written before the field existed.
+        section, field = key.split(".")
+        del config[section][field]
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(config))
+    history = [
+        {"epoch": e, "val_accuracy": acc, "elapsed_seconds": 10.0 * e} for e, acc in ((1, 0.93), (2, 0.96), (3, 0.955))
+    ]
+    (workdir / "history.json").write_text(json.dumps(history))
+    metrics = {
+        "val_accuracy": 0.9636,
+        "test_accuracy": 0.95,
+        "test_loss": 0.2,
+        "train_seconds": 30.0,
+        "precision": "float32",
+    }
+    (workdir / "metrics.json").write_text(json.dumps(metrics))
+    return str(workdir)
+
+
+def test_a_candidate_row_names_its_changes_and_its_validation_accuracies_not_its_test(tmp_path):
+    workdir = _finished_run(tmp_path / "b256", seed=1, **{"train.global_batch_size": 256, "train.learning_rate": 0.2})
+    row = candidates.candidate_row(workdir)
+    assert row["preset"] == "best" and row["seed"] == 1 and row["workdir"] == workdir
+    assert row["changes from the preset"] == "train.global_batch_size=256, train.learning_rate=0.2"
+    assert round(row["val as served, final weights (%)"], 2) == 96.36
+    assert round(row["val single view, last epoch (%)"], 2) == 95.5
+    assert round(row["best val, single view (%)"], 2) == 96.0
+    assert row["epochs"] == 3
+    assert not any("test" in column for column in row)
+
+
+def test_the_preset_itself_changes_nothing_and_lists_and_predated_fields_read_as_the_run_used_them(tmp_path):
+    same = _finished_run(tmp_path / "same", **{"train.precision": "mixed_bfloat16"})  # What `auto` resolved to.
+    assert candidates.candidate_row(same)["changes from the preset"] == "none"
+    wider = _finished_run(tmp_path / "wider", **{"model.filters": [48, 96, 192]})
+    assert candidates.candidate_row(wider)["changes from the preset"] == "model.filters=48,96,192"
+    # A run from before `stem_init` existed used the old initialisation, which the row must say.
+    old = _finished_run(tmp_path / "old", drop=("model.stem_init",))
+    assert candidates.candidate_row(old)["changes from the preset"] == "model.stem_init=default"
+
+
+def test_runs_that_cannot_be_weighed_are_refused_with_the_reason(tmp_path):
+    unnamed = _finished_run(tmp_path / "mine")
+    config = json.loads((tmp_path / "mine" / "config.json").read_text())
+    config["name"] = "mine"  # Trained from a config file of its own, not from a preset.
+    (tmp_path / "mine" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unknown preset 'mine'"):
+        candidates.candidate_row(unnamed)
+    with pytest.raises(ValueError, match=r"holds no finished run"):
+        candidates.candidate_row(tmp_path / "missing")
+
+
+def test_bad_candidate_runs_fail_in_one_line_before_measuring(tmp_path):
+    out = tmp_path / "results.json"
+    missing = tmp_path / "missing"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        f"--candidate_runs={missing}",
+        f"--out={out}",
+        f"--record={tmp_path / 'B.md'}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: --candidate_runs: ") and "holds no finished run" in line, line
+    assert not out.exists()
