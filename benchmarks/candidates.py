@@ -3,7 +3,7 @@
 A preset changes only when a candidate validates higher, so the record keeps
 every candidate's validation accuracy next to exactly what it changes. The
 change is read from the run's own config.json (fields it predates take the
-value the run used, `config_files.load_run_config`) against the preset of
+value the run used, `config_files.run_config_from_dict`) against the preset of
 its name as the code defines it now.
 
 Test accuracy stays out of this table: choices are made on the validation
@@ -21,9 +21,6 @@ from benchmarks import seeds
 from pipeline import config_files, presets
 from pipeline.config import ConfigError
 
-# Fields that say where a run read its data and which draw it is, not what the recipe is.
-NOT_RECIPE = ("data.data_dir", "train.seed")
-
 
 def changes(config, base) -> str:
     """The recipe fields where `config` differs from `base`, as "section.field=value, ..."; "none" if none."""
@@ -32,7 +29,7 @@ def changes(config, base) -> str:
     if theirs.get("train.precision") == "auto":
         # A run records the precision `auto` resolved to (its own column), which is no change of recipe.
         theirs["train.precision"] = mine["train.precision"]
-    differ = [key for key in mine if key not in NOT_RECIPE and key != "name" and mine[key] != theirs.get(key)]
+    differ = [key for key in mine if key not in seeds.SEED_ONLY and key != "name" and mine[key] != theirs.get(key)]
     return ", ".join(f"{key}={_show(mine[key])}" for key in differ) or "none"
 
 
@@ -47,7 +44,7 @@ def candidate_row(workdir: str | Path) -> dict:
         ValueError: the workdir holds no finished run, or its config names no preset.
     """
     run = seeds.read_run(workdir)
-    config = config_files.load_run_config(Path(workdir) / "config.json")
+    config = config_files.run_config_from_dict(run["config"], where=str(Path(workdir) / "config.json"))
     try:
         base = presets.preset(config.name)
     except ConfigError as error:

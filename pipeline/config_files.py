@@ -59,7 +59,8 @@ def _coerce(value, hint, where: str):
 def run_config_from_dict(data: dict, where: str = "config", config_cls=None) -> Config:
     """Reads a run's recorded config, filling fields it predates from their `setting(old=...)`."""
     data = json.loads(json.dumps(data))
-    for dotted, value in fields_added(config_cls or Config).items():
+    added = FIELDS_ADDED if config_cls in (None, Config) else fields_added(config_cls)
+    for dotted, value in added.items():
         section, field = dotted.split(".")
         if isinstance(data.get(section), dict):
             data[section].setdefault(field, value)
