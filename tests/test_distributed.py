@@ -150,11 +150,14 @@ def test_a_worker_whose_peer_dies_fails_with_a_message_without_any_launcher(tiny
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is_exact(long_data_dir, tmp_path):
+def test_sigterm_to_the_launcher_stops_every_worker_at_one_step_and_the_rerun_is_exact(
+    long_data_dir, tmp_path, machine_precision
+):
     env, _ = scratch_env(tmp_path)
 
     def two_workers(workdir):
-        extra = ["--epochs=2", "--max_train_examples=11520", "--validation_size=64"]
+        # The straight run is compared with the resumed one: both train in one precision.
+        extra = ["--epochs=2", "--max_train_examples=11520", "--validation_size=64", f"--precision={machine_precision}"]
         return [*LAUNCH, "--num_workers=2", "--", *fmnist_train(workdir, long_data_dir, *extra)]
 
     workdir = tmp_path / "run"

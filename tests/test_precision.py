@@ -39,3 +39,10 @@ def test_auto_measures_nothing_without_bf16_instructions():
 def test_the_probe_trains_the_default_models_blocks_in_both_dtypes():
     assert precision.block_step_rate("float32", seconds=0.05, batch=8) > 0
     assert precision.block_step_rate("bfloat16", seconds=0.05, batch=8) > 0
+
+
+def test_a_busy_neighbour_slowing_two_of_one_dtypes_windows_does_not_tip_the_choice():
+    # bf16 runs 1.5x float32 on this CPU, but another process halved two of its three windows.
+    bf16_windows = iter([225.0, 450.0, 225.0])
+    rates = {"float32": lambda: 300.0, "bfloat16": lambda: next(bf16_windows)}
+    assert precision.choose_cpu_precision("fpu avx512f avx512_bf16", lambda dtype: rates[dtype]()) == "mixed_bfloat16"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import statistics
 import time
 from pathlib import Path
 
@@ -98,7 +97,10 @@ def choose_cpu_precision(cpu_flags: str, rate) -> str:
 def bf16_speedup(cpu_flags: str, rate) -> float | None:
     """bfloat16's training speed over float32's by `rate`; None where the CPU has no bf16 instructions.
 
-    Both dtypes are timed in turn, three times each, and the medians compared.
+    Both dtypes are timed in turn, three times each, and each one's fastest
+    window compared: another process on the machine only ever slows a window,
+    so the fastest is the least disturbed; a median would let a neighbour
+    that slowed two of one dtype's windows tip the choice.
     """
     if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
         return None
@@ -106,7 +108,7 @@ def bf16_speedup(cpu_flags: str, rate) -> float | None:
     for _ in range(3):
         for dtype in rates:
             rates[dtype].append(rate(dtype))
-    float32, bfloat16 = (statistics.median(rates[d]) for d in ("float32", "bfloat16"))
+    float32, bfloat16 = (max(rates[d]) for d in ("float32", "bfloat16"))
     log.debug("precision auto: a bfloat16 step trains %.2fx as fast as float32 on this CPU", bfloat16 / float32)
     return bfloat16 / float32
 
