@@ -101,7 +101,15 @@ def main(argv: list[str]) -> None:
             )
         }
         print(json.dumps(summary, indent=2))
-        print(f"results in {FLAGS.workdir}: metrics.json, report/, export/", flush=True)
+        print(f"results in {FLAGS.workdir}: {', '.join(_outputs())}", flush=True)
+
+
+def _outputs() -> list[str]:
+    """What this run wrote for a person to look at, as the closing line names it."""
+    written = ["metrics.json"] + (["report/"] if FLAGS.report else [])
+    if FLAGS.export:
+        written.append(f"{FLAGS.export_base}/" if FLAGS.export_base else "export/")
+    return written
 
 
 def run() -> None:

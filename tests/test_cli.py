@@ -144,6 +144,15 @@ def test_smoke_run_shows_our_progress_and_not_tensorflows_logs(tiny_data_dir, tm
     output = done.stdout + done.stderr
     for expected in ("Fashion-MNIST from", "precision", "epoch 1:", "exported", f"results in {tmp_path}"):
         assert expected in output, expected
+    assert f"results in {tmp_path}: metrics.json, report/, export/" in output
+
+
+def test_the_closing_line_names_only_what_the_run_wrote(tiny_data_dir, tmp_path):
+    command = [_command("fmnist-train"), "--preset=smoke", f"--data_dir={tiny_data_dir}", f"--workdir={tmp_path}"]
+    done = run([*command, "--noexport", "--noreport"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == f"results in {tmp_path}: metrics.json"
+    assert not (tmp_path / "export").exists() and not (tmp_path / "report").exists()
 
 
 def test_impossible_validation_size_names_the_flag_and_the_largest_size(tiny_data_dir, tmp_path):
