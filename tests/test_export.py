@@ -145,6 +145,7 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
         "colour.jpg": _encode(np.stack([np.kron(image, np.ones((3, 3), np.uint8))] * 3, -1), "JPEG"),
         "wide.png": _encode(np.zeros((20, 50), np.uint8) + 200, "PNG"),
         "text.png": b"this is not an image",
+        "cut.png": _encode(image, "PNG")[:40],
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -159,7 +160,8 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
     for result in results[:3]:
         assert len(result["top"]) == 2 and result["top"][0]["probability"] >= result["top"][1]["probability"]
         assert set(result["top"][0]) == {"class_name", "class_id", "probability"}
-    assert "not a PNG" in results[3]["error"] and "No such file" in results[4]["error"]
+    assert results[3]["error"] == "not a PNG, JPEG, GIF, BMP or WebP image", results[3]
+    assert "damaged" in results[4]["error"] and "No such file" in results[5]["error"]
 
 
 def test_bytes_decoding_matches_dataset_pixels():

@@ -9,6 +9,10 @@ import tensorflow as tf
 
 from pipeline.serving.images import decode_to_grayscale_28
 
+NOT_AN_IMAGE = "not a PNG, JPEG, GIF, BMP or WebP image"
+# The formats `tf.io.decode_image` reads, by their first bytes (WebP: "RIFF", size, "WEBP").
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
 
 class ModelNotFoundError(FileNotFoundError):
     """No SavedModel at the given path."""
@@ -31,10 +35,15 @@ def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
     Raises:
       ValueError: when the file is not a decodable image.
     """
+    content = path.read_bytes()
+    # Told by its first bytes: a file that is no image at all never reaches
+    # TensorFlow's decoder, whose failure also prints a native warning line.
+    if not content.startswith(_IMAGE_SIGNATURES) and not (content[:4] == b"RIFF" and content[8:12] == b"WEBP"):
+        raise ValueError(NOT_AN_IMAGE)
     try:
-        return decode_to_grayscale_28(tf.constant(path.read_bytes()), polarity).numpy()
+        return decode_to_grayscale_28(tf.constant(content), polarity).numpy()
     except tf.errors.InvalidArgumentError:
-        raise ValueError("not a PNG, JPEG, GIF or BMP image") from None
+        raise ValueError(f"{NOT_AN_IMAGE} that decodes (damaged?)") from None
 
 
 def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str = "auto") -> list[dict]:
