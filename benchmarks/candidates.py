@@ -10,6 +10,11 @@ Test accuracy stays out of this table: choices are made on the validation
 split, and the test set speaks once per finished recipe, in the recipes
 sections.
 
+The section is a ledger: naming new runs adds their rows to the ones
+recorded before (`merge`), since a candidate's run directory rarely outlives
+the machine it trained on; each row names the commit whose preset it was
+compared with, and naming a run again replaces its row.
+
   python -m benchmarks.run --candidate_runs=runs/best_b256,runs/best_drop0 --nothroughput ...
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import seeds
+from benchmarks import record, seeds
 from pipeline import config_files, presets
 from pipeline.config import ConfigError
 
@@ -61,7 +66,25 @@ def candidate_row(workdir: str | Path) -> dict:
         "train seconds": metrics["train_seconds"],
         "precision": metrics["precision"],
         "workdir": str(workdir),
+        "preset as of commit": record.commit(),
     }
+
+
+def merge(recorded: dict | None, rows: list[dict]) -> list[dict]:
+    """The rows recorded before (`recorded` is the saved section, if any) with `rows` added or replacing theirs.
+
+    Rows recorded before this column existed were compared with the preset
+    of the commit their section names.
+    """
+    if not recorded:
+        return rows
+    named = {row["workdir"] for row in rows}
+    kept = [
+        {**row, "preset as of commit": row.get("preset as of commit", recorded.get("commit", record.NOT_RECORDED))}
+        for row in recorded["rows"]
+        if row["workdir"] not in named
+    ]
+    return kept + rows
 
 
 def from_workdirs(workdirs: list[str]) -> list[dict]:

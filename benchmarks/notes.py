@@ -95,7 +95,9 @@ NOTES = {
     "candidates": (
         "Finished `fmnist-train` runs of candidate recipes, named with `python -m benchmarks.run "
         "--candidate_runs=WORKDIR,...`, each beside what its config.json changes from the preset of its name as "
-        "the code defines it now (seed and data path aside). Validation is what a preset is chosen on: the final "
+        "the code of the commit in its row defines it (seed and data path aside). Each command adds its runs to "
+        "the rows recorded before and replaces the row of a run named again; the section's date, machine, commit "
+        "and command are those of the latest. Validation is what a preset is chosen on: the final "
         "weights as served (the preset's test-time views) and single-view accuracy at the last and the best "
         "epoch. Test accuracy is left out; the recipes sections measure it once per finished recipe. Training "
         "seconds are as each run recorded them: runs trained two at a time on two cores took about twice as long."

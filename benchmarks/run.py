@@ -112,7 +112,10 @@ def main(argv):
         _save("seed_runs", f"Finished runs of {names}: median, min and max over seeds", seed_runs[1])
         _save("seed_runs_each", f"Finished runs of {names}: each seed", seed_runs[0])
     if candidates:
-        _save("candidates", "Candidate recipes on validation, beside the preset each changes", candidates)
+        from benchmarks.candidates import merge
+
+        rows = merge(record.read(Path(FLAGS.out))["sections"].get("candidates"), candidates)
+        _save("candidates", "Candidate recipes on validation, beside the preset each changes", rows)
     if FLAGS.export:
         _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:

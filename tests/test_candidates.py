@@ -88,3 +88,18 @@ def test_bad_candidate_runs_fail_in_one_line_before_measuring(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: --candidate_runs: ") and "holds no finished run" in line, line
     assert not out.exists()
+
+
+def test_new_candidates_join_the_recorded_ones_and_a_run_named_again_replaces_its_row(tmp_path):
+    first = candidates.candidate_row(_finished_run(tmp_path / "a"))
+    second = candidates.candidate_row(_finished_run(tmp_path / "b", **{"train.epochs": 60}))
+    # Rows recorded before each row named its commit take their section's.
+    recorded = {"commit": "0123abcd", "rows": [{k: v for k, v in first.items() if k != "preset as of commit"}]}
+    merged = candidates.merge(recorded, [second])
+    assert [row["workdir"] for row in merged] == [first["workdir"], second["workdir"]]
+    assert merged[0]["preset as of commit"] == "0123abcd"
+    again = {**first, "val as served, final weights (%)": 97.0}
+    replaced = candidates.merge({"commit": "x", "rows": merged}, [again])
+    assert [row["workdir"] for row in replaced] == [second["workdir"], first["workdir"]]
+    assert replaced[-1]["val as served, final weights (%)"] == 97.0
+    assert candidates.merge(None, [second]) == [second]
