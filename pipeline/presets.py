@@ -76,8 +76,8 @@ def _best() -> Config:
     # weight decay, no label smoothing, no dropout, batches of 256 (two
     # seeds), a 16-channel first block for 70 epochs or four convolutions
     # per block for 40 epochs in about the same time validated within the
-    # seeds' spread of it, none higher than the preset itself (the benchmark
-    # record's candidates section). No weight average: spanning
+    # seeds' spread of it, none clearly higher than the preset itself (the
+    # benchmark record's candidates section). No weight average: spanning
     # about ten epochs (momentum 0.999), the averaged weights no longer fit
     # batch norm's statistics, which are gathered with the trained weights,
     # and even with the statistics recomputed for them the average
