@@ -4,7 +4,7 @@ A preset changes only when a candidate validates higher, so the record keeps
 every candidate's validation accuracy next to exactly what it changes. The
 change is read from the run's own config.json (fields it predates take the
 value the run used, `config_files.run_config_from_dict`) against the preset of
-its name as the code defines it now.
+its name as the code of the checkout defines it.
 
 Test accuracy stays out of this table: choices are made on the validation
 split, and the test set speaks once per finished recipe, in the recipes
@@ -66,7 +66,6 @@ def candidate_row(workdir: str | Path) -> dict:
         "train seconds": metrics["train_seconds"],
         "precision": metrics["precision"],
         "workdir": str(workdir),
-        "preset as of commit": record.commit(),
     }
 
 
@@ -88,5 +87,6 @@ def merge(recorded: dict | None, rows: list[dict]) -> list[dict]:
 
 
 def from_workdirs(workdirs: list[str]) -> list[dict]:
-    """One row per finished run, in the order given."""
-    return [candidate_row(workdir) for workdir in workdirs]
+    """One row per finished run, in the order given, each naming the commit whose presets it was compared with."""
+    compared_at = record.commit()
+    return [{**candidate_row(workdir), "preset as of commit": compared_at} for workdir in workdirs]

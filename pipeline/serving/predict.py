@@ -10,8 +10,13 @@ import tensorflow as tf
 from pipeline.serving.images import decode_to_grayscale_28
 
 NOT_AN_IMAGE = "not a PNG, JPEG, GIF, BMP or WebP image"
-# The formats `tf.io.decode_image` reads, by their first bytes (WebP: "RIFF", size, "WEBP").
+# The first bytes of the formats `tf.io.decode_image` reads.
 _IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _looks_like_an_image(content: bytes) -> bool:
+    # WebP: "RIFF", the size (4 bytes), then "WEBP".
+    return content.startswith(_IMAGE_SIGNATURES) or (content[:4] == b"RIFF" and content[8:12] == b"WEBP")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -38,12 +43,12 @@ def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
     content = path.read_bytes()
     # Told by its first bytes: a file that is no image at all never reaches
     # TensorFlow's decoder, whose failure also prints a native warning line.
-    if not content.startswith(_IMAGE_SIGNATURES) and not (content[:4] == b"RIFF" and content[8:12] == b"WEBP"):
+    if not _looks_like_an_image(content):
         raise ValueError(NOT_AN_IMAGE)
     try:
         return decode_to_grayscale_28(tf.constant(content), polarity).numpy()
     except tf.errors.InvalidArgumentError:
-        raise ValueError(f"{NOT_AN_IMAGE} that decodes (damaged?)") from None
+        raise ValueError("an image that does not decode (damaged?)") from None
 
 
 def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str = "auto") -> list[dict]:
