@@ -145,6 +145,12 @@ class AugmentConfig:
     max_shift: int = 2  # Padded random crop: pixels of shift in each direction.
     erase_probability: float = 0.0  # Random erasing (cutout) per example.
     erase_max_fraction: float = 0.25  # Largest erased area as image fraction.
+    # CutMix: the fraction of training images that get a box pasted from
+    # another image of their batch, their target mixing the two labels by
+    # area (`input_pipeline.cutmix`); 0 is off. Unlike erasing, every pixel
+    # the network sees still belongs to a real garment, and the target says
+    # how much of each it sees.
+    cutmix_probability: float = setting(0.0, old=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,6 +111,7 @@ def validate(config: Config) -> Config:
         (d.validation_size >= 1, "data.validation_size must be >= 1"),
         (0 <= a.max_shift <= 8, "augment.max_shift must be in [0, 8]"),
         (0 <= a.erase_probability <= 1, "augment.erase_probability must be in [0, 1]"),
+        (0 <= a.cutmix_probability <= 1, "augment.cutmix_probability must be in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

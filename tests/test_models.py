@@ -236,3 +236,19 @@ def test_logits_numerics_equal_the_softmax_output_numerics():
     views = TestTimeViews(config.test_time_augmentation)(inputs, training=False)
     per_view = keras.ops.softmax(single(views, training=False)).numpy().reshape(-1, 32, 10)
     np.testing.assert_allclose(served, per_view.mean(axis=0), atol=1e-6)
+
+
+def test_the_loss_of_mixed_targets_is_the_mix_of_the_labels_losses():
+    # CutMix's float targets: a target t*a + (1-t)*b costs t times the loss of
+    # label a plus (1-t) times that of b, with or without label smoothing.
+    from pipeline.training.steps import per_example_loss
+
+    logits = tf.constant(np.random.default_rng(0).normal(size=(6, 10)), tf.float32)
+    a, b = tf.constant([0, 1, 2, 3, 4, 5]), tf.constant([9, 8, 7, 6, 5, 4])
+    share = tf.constant([1.0, 0.0, 0.3, 0.5, 0.9, 0.25])[:, None]
+    targets = tf.one_hot(a, 10) * share + tf.one_hot(b, 10) * (1 - share)
+    for smoothing in (0.0, 0.1):
+        expected = share[:, 0] * per_example_loss(a, logits, smoothing) + (1 - share[:, 0]) * per_example_loss(
+            b, logits, smoothing
+        )
+        np.testing.assert_allclose(per_example_loss(targets, logits, smoothing), expected, rtol=1e-5)

@@ -141,3 +141,55 @@ def test_datasets_run_without_tf_data_autotuning():
     for ds in (train, evaluation, train.take(3)):
         assert ds.options().autotune.enabled is False
     assert len(_first(train, 2)) == 2
+
+
+def _numbered(batch: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Image i filled with the value i + 1, labelled i % 10."""
+    images = tf.ones([batch, 28, 28, 1]) * tf.range(1.0, batch + 1.0)[:, None, None, None]
+    return images, tf.range(batch, dtype=tf.int64) % 10
+
+
+def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_targets_by_its_pixels():
+    images, labels = _numbered(40)
+    mixed, targets = (t.numpy() for t in ip.cutmix(images, labels, 1.0, tf.constant([3, 4], tf.int64)))
+    assert targets.shape == (40, 10) and targets.dtype == np.float32
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    boxed = 0
+    for i in range(40):
+        partner = 39 - i
+        pasted = mixed[i, ..., 0] == partner + 1
+        assert np.all(pasted | (mixed[i, ..., 0] == i + 1))  # Every pixel is the image's or its partner's.
+        rows, cols = np.nonzero(pasted)
+        if len(rows):  # One axis-aligned box.
+            boxed += 1
+            assert pasted[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+        share = pasted.mean()
+        if labels[i] != labels[partner]:
+            assert targets[i, labels[partner]] == pytest.approx(share, abs=1e-6)
+            assert targets[i, labels[i]] == pytest.approx(1 - share, abs=1e-6)
+    assert boxed > 30  # Areas are uniform in [0, 1]: few round to nothing.
+
+
+def test_cutmix_is_off_at_probability_zero_and_repeats_for_a_seed():
+    images, labels = _numbered(32)
+    seed = tf.constant([1, 2], tf.int64)
+    mixed, targets = ip.cutmix(images, labels, 0.0, seed)
+    np.testing.assert_array_equal(mixed, images)
+    np.testing.assert_array_equal(targets, tf.one_hot(labels, 10))
+    first, again = ip.cutmix(images, labels, 0.5, seed), ip.cutmix(images, labels, 0.5, seed)
+    np.testing.assert_array_equal(first[0], again[0])
+    changed = np.any(first[0].numpy() != images.numpy(), axis=(1, 2, 3)).mean()
+    assert 0.25 < changed < 0.75
+
+
+def test_cutmix_batches_carry_float_targets_and_leave_the_other_augmentations_as_they_were():
+    strong_mixed = AugmentConfig(enabled=True, flip=True, max_shift=3, erase_probability=0.5, cutmix_probability=0.5)
+    plain = _first(ip.train_dataset(IMAGES, LABELS, 64, seed=0, epoch=1, augment=STRONG))[0]
+    mixed = _first(ip.train_dataset(IMAGES, LABELS, 64, seed=0, epoch=1, augment=strong_mixed))[0]
+    assert mixed[1].shape == (64, 10) and mixed[1].dtype == np.float32
+    # The batch is the one the same seed gives without CutMix: about half its
+    # images got no box and are exactly what they would be without it.
+    same = np.all(mixed[0] == plain[0], axis=(1, 2, 3)) & (mixed[1].max(axis=1) == 1.0)
+    assert 0.25 < same.mean() < 0.9
+    np.testing.assert_array_equal(mixed[1][same], np.eye(10, dtype=np.float32)[plain[1][same]])
+    np.testing.assert_allclose(mixed[1].sum(axis=1), 1.0, atol=1e-6)

@@ -107,6 +107,47 @@ def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tens
     return tf.where(erase, tf.zeros_like(images), images)
 
 
+def cutmix(images: tf.Tensor, labels: tf.Tensor, probability: float, seed: tf.Tensor):
+    """CutMix: pastes a random box of a partner image into a fraction of the images.
+
+    Each image's partner is the image at the mirrored position of the batch
+    (the batch reversed): batches are shuffled samples, so that is a random
+    pairing at no cost. The box keeps the image's aspect ratio, its area is
+    drawn uniformly (CutMix's Beta(1, 1)) and it is clipped at the border;
+    the target weighs the partner's label by the share of pixels actually
+    pasted, so clipping never mislabels.
+
+    Args:
+      images: float [B, H, W, 1].
+      labels: integer [B].
+      probability: the chance that an image gets a box.
+      seed: stateless seed pair.
+
+    Returns:
+      (images, targets): targets float32 [B, classes], each row summing to 1.
+    """
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    apply = tf.random.stateless_uniform([batch], seeds[0]) < probability
+    side = tf.sqrt(tf.random.stateless_uniform([batch, 1], seeds[1])) * [height, width]
+    centre = tf.random.stateless_uniform([batch, 2], seeds[2]) * [height, width]
+    top_left = tf.clip_by_value(tf.round(centre - side / 2), 0.0, [height, width])
+    bottom_right = tf.clip_by_value(tf.round(centre + side / 2), 0.0, [height, width])
+    y = tf.range(height, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
+    x = tf.range(width, dtype=tf.float32)[tf.newaxis, tf.newaxis, :]
+    inside = (
+        (y >= top_left[:, 0, None, None])
+        & (y < bottom_right[:, 0, None, None])
+        & (x >= top_left[:, 1, None, None])
+        & (x < bottom_right[:, 1, None, None])
+        & apply[:, None, None]
+    )
+    mixed = tf.where(inside[..., tf.newaxis], tf.reverse(images, [0]), images)
+    pasted = tf.reduce_mean(tf.cast(inside, tf.float32), axis=[1, 2])[:, tf.newaxis]
+    own, partner = tf.one_hot(labels, data_lib.NUM_CLASSES), tf.one_hot(tf.reverse(labels, [0]), data_lib.NUM_CLASSES)
+    return mixed, own * (1.0 - pasted) + partner * pasted
+
+
 def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor, flip=None) -> tf.Tensor:
     """Augments a float batch [B, H, W, 1]; deterministic for a given `seed` pair.
 
@@ -173,7 +214,8 @@ def train_dataset(
         augmented exactly as in an uninterrupted epoch.
 
     Returns:
-      Dataset of (float32 [B, 28, 28, 1], int64 [B]).
+      Dataset of (float32 [B, 28, 28, 1], int64 [B]); with CutMix the labels
+      are float32 targets [B, classes] (`cutmix`).
     """
     images, labels = _shard(images, labels, context)
     shard_id = context.input_pipeline_id if context else 0
@@ -214,11 +256,16 @@ def prepare_train(batch, augment: AugmentConfig, seed):
     """Normalises a gathered uint8 batch and, when enabled, augments it with the per-batch `seed`.
 
     `batch` is (images, labels) or, with alternating flips, (images, labels, flips).
+    Returns (images, labels), or with CutMix (images, float targets [B, classes]).
     """
     images, labels, *flip = batch
     images = normalize(images)
     if augment.enabled:
         images = augment_batch(images, augment, seed, flip[0] if flip else None)
+        if augment.cutmix_probability:
+            # A stream of its own: the other augmentations draw as without it.
+            mix_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            images, labels = cutmix(images, labels, augment.cutmix_probability, mix_seed)
     return images, labels
 
 

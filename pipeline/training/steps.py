@@ -18,13 +18,19 @@ from pipeline.cluster import strategies
 
 
 def per_example_loss(labels, logits, label_smoothing: float):
-    """Cross-entropy of integer `labels` against `logits`, with label smoothing."""
-    one_hot = tf.one_hot(labels, logits.shape[-1])
-    return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=label_smoothing)
+    """Cross-entropy of `labels` against `logits`, with label smoothing.
+
+    `labels` are integer classes [B] or float targets [B, classes] (CutMix's
+    mixed labels, `input_pipeline.cutmix`).
+    """
+    targets = labels if labels.dtype.is_floating else tf.one_hot(labels, logits.shape[-1])
+    return keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=label_smoothing)
 
 
 def _statistics(labels, logits, per_example_loss, weights):
-    correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
+    # Against float targets, the class with the larger share is the answer.
+    classes = tf.argmax(labels, -1) if labels.dtype.is_floating else labels
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1), classes), tf.float32)
     return tf.stack(
         [
             tf.reduce_sum(per_example_loss * weights),
