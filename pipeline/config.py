@@ -26,6 +26,7 @@ FlipMode = Literal["random", "alternating"]
 StemInit = Literal["default", "whitening"]
 ConvInit = Literal["default", "identity"]
 TestTimeAugmentation = Literal["none", "flip", "flip_and_shift"]
+Head = Literal["dense", "global_average"]
 AllReduceDtype = Literal["auto", "float32", "bfloat16"]
 InputDistribution = Literal["auto", "tf_distribute"]
 
@@ -115,6 +116,11 @@ class ModelConfig:
         parse=parse_number_or_off("dropout", "0.3", off=("off", "none", "0")),
     )
     dense_units: int = 256
+    # The classifier on the last block's map. "dense": flattened, a hidden
+    # layer of `dense_units` with ReLU (most of a small network's weights),
+    # then the logits. "global_average": each channel averaged over the map,
+    # then the logits; `dense_units` is unused.
+    head: Head = setting("dense", old="dense")
     # Views averaged at inference (evaluation, report, export, serving); never
     # in training. "flip": the image and its mirror (2 views); "flip_and_shift":
     # both, each also shifted one pixel up, down, left and right (10 views).

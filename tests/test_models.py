@@ -252,3 +252,21 @@ def test_the_loss_of_mixed_targets_is_the_mix_of_the_labels_losses():
             b, logits, smoothing
         )
         np.testing.assert_allclose(per_example_loss(targets, logits, smoothing), expected, rtol=1e-5)
+
+
+def test_a_global_average_head_classifies_the_channel_means():
+    # No hidden layer: the logits are one dense layer on the last block's channel means.
+    config = dataclasses.replace(presets.preset("best").model, head="global_average")
+    model = build_model(config)
+    names = {layer.name for layer in model.layers}
+    assert "global_average" in names and "dense" not in names and "flatten" not in names
+    dense_head = build_model(presets.preset("best").model)
+    channels = config.filters[-1]
+    hidden = dense_head.get_layer("dense")
+    assert model.count_params() == dense_head.count_params() - hidden.count_params() - 10 * (hidden.units - channels)
+    images = tf.random.uniform([4, 28, 28, 1])
+    assert model(images, training=True).shape == (4, 10) and model(images).shape == (4, 10)
+    logits = single_view(model)(images)
+    features = keras.Model(model.get_layer("test_time_views").output, model.get_layer("global_average").input)(images)
+    expected = model.get_layer("logits")(tf.reduce_mean(features, axis=[1, 2]))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)

@@ -195,7 +195,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
 
 
 def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bool = False) -> keras.Model:
-    """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), dense, logits.
+    """Builds the CNN: blocks of conv (+BN) + max-pool (+dropout), a head (`ModelConfig.head`), logits.
 
     Dropout follows every block without batch norm, only the last block with
     it (see `_block`), and always precedes the classifier. With
@@ -224,8 +224,11 @@ def build_model(config: ModelConfig, dtype: str = "float32", sync_batch_norm: bo
         x = TestTimeViews(tta, name="test_time_views", dtype=dtype)(x)
     for index, filters in enumerate(config.filters):
         x = _block(x, filters, config, index, dtype, sync_batch_norm)
-    x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
-    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense", dtype=dtype)(x)
+    if config.head == "global_average":
+        x = keras.layers.GlobalAveragePooling2D(name="global_average", dtype=dtype)(x)
+    else:
+        x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
+        x = keras.layers.Dense(config.dense_units, activation="relu", name="dense", dtype=dtype)(x)
     if config.dropout is not None:
         x = keras.layers.Dropout(config.dropout, name="head_dropout", dtype=dtype)(x)
     outputs = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)
