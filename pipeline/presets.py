@@ -74,9 +74,10 @@ def _best() -> Config:
     # cost about as much; the schedule is 56 epochs where 60 were validated,
     # to keep a margin inside the time budget on a noisy host. Half the
     # weight decay, no label smoothing, no dropout, batches of 256 (two
-    # seeds), a 16-channel first block for 70 epochs or four convolutions
-    # per block for 40 epochs in about the same time validated within the
-    # seeds' spread of it, none clearly higher than the preset itself (the
+    # seeds), a 16-channel first block for 70 epochs, four convolutions per
+    # block for 40 epochs in about the same time, or a global-average head
+    # validated within the seeds' spread of it, none clearly higher than the
+    # preset itself; CutMix on half the images validated lower (the
     # benchmark record's candidates section). No weight average: spanning
     # about ten epochs (momentum 0.999), the averaged weights no longer fit
     # batch norm's statistics, which are gathered with the trained weights,
