@@ -91,6 +91,15 @@ def _flip_and_shift(images: tf.Tensor, config: AugmentConfig, seeds: tf.Tensor, 
     return tf.matmul(tf.matmul(rows, images[..., 0]), cols, transpose_b=True)[..., tf.newaxis]
 
 
+def _inside_boxes(top_left: tf.Tensor, bottom_right: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """bool [B, H, W]: which pixels lie in each image's box, given its float corners [B, 2] (bottom right excluded)."""
+    y = tf.range(height, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
+    x = tf.range(width, dtype=tf.float32)[tf.newaxis, tf.newaxis, :]
+    top, left = top_left[:, 0, None, None], top_left[:, 1, None, None]
+    bottom, right = bottom_right[:, 0, None, None], bottom_right[:, 1, None, None]
+    return (y >= top) & (y < bottom) & (x >= left) & (x < right)
+
+
 def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
     """Random erasing: zero one random rectangle in a fraction of the images."""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
@@ -99,11 +108,7 @@ def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tens
     side = tf.sqrt(config.erase_max_fraction)
     size = tf.random.stateless_uniform([batch, 2], seeds[1], 0.1, side) * [height, width]
     corner = tf.random.stateless_uniform([batch, 2], seeds[2]) * ([height, width] - size)
-    y = tf.range(height, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
-    x = tf.range(width, dtype=tf.float32)[tf.newaxis, tf.newaxis, :]
-    top, left = corner[:, 0, None, None], corner[:, 1, None, None]
-    inside = (y >= top) & (y < top + size[:, 0, None, None]) & (x >= left) & (x < left + size[:, 1, None, None])
-    erase = (inside & apply[:, None, None])[..., tf.newaxis]
+    erase = (_inside_boxes(corner, corner + size, height, width) & apply[:, None, None])[..., tf.newaxis]
     return tf.where(erase, tf.zeros_like(images), images)
 
 
@@ -133,15 +138,7 @@ def cutmix(images: tf.Tensor, labels: tf.Tensor, probability: float, seed: tf.Te
     centre = tf.random.stateless_uniform([batch, 2], seeds[2]) * [height, width]
     top_left = tf.clip_by_value(tf.round(centre - side / 2), 0.0, [height, width])
     bottom_right = tf.clip_by_value(tf.round(centre + side / 2), 0.0, [height, width])
-    y = tf.range(height, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
-    x = tf.range(width, dtype=tf.float32)[tf.newaxis, tf.newaxis, :]
-    inside = (
-        (y >= top_left[:, 0, None, None])
-        & (y < bottom_right[:, 0, None, None])
-        & (x >= top_left[:, 1, None, None])
-        & (x < bottom_right[:, 1, None, None])
-        & apply[:, None, None]
-    )
+    inside = _inside_boxes(top_left, bottom_right, height, width) & apply[:, None, None]
     mixed = tf.where(inside[..., tf.newaxis], tf.reverse(images, [0]), images)
     pasted = tf.reduce_mean(tf.cast(inside, tf.float32), axis=[1, 2])[:, tf.newaxis]
     own, partner = tf.one_hot(labels, data_lib.NUM_CLASSES), tf.one_hot(tf.reverse(labels, [0]), data_lib.NUM_CLASSES)
