@@ -107,6 +107,14 @@ def validate(config: Config) -> Config:
         (0 <= m.batch_norm_momentum < 1, "model.batch_norm_momentum must be in [0, 1)"),
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
         (t.ema_momentum is None or 0 < t.ema_momentum < 1, "train.ema_momentum must be in (0, 1) or null"),
+        (
+            t.ema_overwrite_steps is None or t.ema_overwrite_steps >= 1,
+            "train.ema_overwrite_steps must be >= 1 or null",
+        ),
+        (
+            t.ema_overwrite_steps is None or t.ema_momentum is not None,
+            "train.ema_overwrite_steps needs train.ema_momentum (the average it restarts from); set both or neither",
+        ),
         (m.dense_units >= 1, "model.dense_units must be >= 1"),
         (d.validation_size >= 1, "data.validation_size must be >= 1"),
         (0 <= a.max_shift <= 8, "augment.max_shift must be in [0, 8]"),

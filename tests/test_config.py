@@ -36,6 +36,8 @@ def test_partial_file_keeps_defaults(tmp_path):
         ({"train": {"epochs": 0}}, "epochs must be >= 1"),
         ({"train": {"precision": "fp8"}}, "not one of"),
         ({"model": {"dropout": 1.5}}, "dropout"),
+        ({"train": {"ema_overwrite_steps": 5}}, "ema_overwrite_steps needs train.ema_momentum"),
+        ({"train": {"ema_momentum": 0.9, "ema_overwrite_steps": 0}}, "ema_overwrite_steps must be >= 1"),
     ],
 )
 def test_bad_configs_fail_loudly(tmp_path, content, message):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline.training.optimizer import WarmupCosine, build_optimizer, learning_rate_schedule
+from pipeline.training.optimizer import WarmupCosine, build_optimizer, learning_rate_schedule, restart_from_average
 
 
 def test_warmup_then_cosine_to_zero():
@@ -55,6 +55,36 @@ def test_resumed_optimizer_continues_the_schedule_mid_way(tmp_path):
     assert math.isclose(float(resumed.learning_rate), expected, rel_tol=1e-6)
     assert math.isclose(float(resumed.learning_rate), float(before.learning_rate), rel_tol=1e-6)
     assert 0 < expected < train.learning_rate
+
+
+def test_average_overwrites_the_weights_every_n_steps():
+    # Lookahead through Keras's EMA: the weights restart from the average every 3 steps.
+    train = dataclasses.replace(
+        config_lib.TrainConfig(),
+        optimizer="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        warmup_epochs=0.0,
+        learning_rate=0.1,
+        ema_momentum=0.5,
+        ema_overwrite_steps=3,
+    )
+    variable = keras.Variable(np.zeros(1, np.float32), name="w")
+    optimizer = build_optimizer(train, steps_per_epoch=10, policy="float32")
+    optimizer.build([variable])
+    restart = restart_from_average(optimizer, [variable], train.ema_overwrite_steps)
+    weight, average = 0.0, None
+    for step in range(7):
+        optimizer.apply_gradients([(tf.ones(1), variable)])
+        restart()
+        weight -= 0.1
+        average = weight if average is None else 0.5 * average + 0.5 * weight
+        if (step + 1) % 3 == 0:
+            weight = average
+        assert math.isclose(float(variable.numpy()[0]), weight, rel_tol=1e-5), step
+    assert weight != average  # Step 7 moved the weights off the average again.
+    assert restart_from_average(optimizer, [variable], None) is None
 
 
 def test_keras_cosine_decay_with_warmup_differs_from_the_schedule_by_more_than_1e_6():

@@ -234,12 +234,25 @@ def with_mixed_targets(config: config_lib.Config) -> config_lib.Config:
     return config.replace(augment=dataclasses.replace(config.augment, erase_probability=0.5, cutmix_probability=0.5))
 
 
-@pytest.mark.parametrize("techniques", ["none", "fast", "cutmix"], ids=lambda t: f"smoke_with_{t}_techniques")
+def with_lookahead(config: config_lib.Config) -> config_lib.Config:
+    """`config` with `fast`'s techniques, the weights restarting from their average every 3 steps."""
+    config = with_fast_techniques(config)
+    return config.replace(train=dataclasses.replace(config.train, ema_overwrite_steps=3))
+
+
+@pytest.mark.parametrize(
+    "techniques", ["none", "fast", "cutmix", "lookahead"], ids=lambda t: f"smoke_with_{t}_techniques"
+)
 def test_stopped_mid_epoch_and_resumed_equals_an_uninterrupted_run(tiny_data_dir, tmp_path, techniques):
     # 9 steps per epoch in calls of 2; the loop asks after each call but an epoch's last (the epoch's end
     # asks instead), so 5 asks per epoch: the stop lands after step 2 of epoch 2.
     config = tiny_config(tiny_data_dir, epochs=3, steps_per_execution=2, checkpoint_every_steps=4)
-    config = {"none": config, "fast": with_fast_techniques(config), "cutmix": with_mixed_targets(config)}[techniques]
+    config = {
+        "none": config,
+        "fast": with_fast_techniques(config),
+        "cutmix": with_mixed_targets(config),
+        "lookahead": with_lookahead(config),  # The stop lands between two restarts (step 11).
+    }[techniques]
     uninterrupted = _fit_to_fingerprint(config, tmp_path / "straight")
     assert _fit_to_fingerprint(config, tmp_path / "resumed", stop=_StopAfterCalls(5)) is None
     assert tf.train.latest_checkpoint(tmp_path / "resumed" / "checkpoints").endswith("ckpt-11")

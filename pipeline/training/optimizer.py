@@ -89,6 +89,7 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> k
     rate = learning_rate_schedule(config, steps_per_epoch)
     # The average lives in the optimiser (checkpointed with it); the model's
     # variables keep the trained weights until `averaged_weights` swaps them.
+    # `ema_overwrite_steps` is applied by the train step (`restart_from_average`).
     ema = dict(use_ema=config.ema_momentum is not None, ema_momentum=config.ema_momentum or 0.99)
     if config.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **ema)
@@ -108,6 +109,33 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> k
 def _averaging(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer | None:
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # Under loss scaling.
     return inner if inner.use_ema else None
+
+
+def restart_from_average(optimizer: keras.optimizers.Optimizer, variables, every: int | None):
+    """A per-replica function: every `every` optimiser steps, `variables` take the moving average's values.
+
+    The Lookahead scheme (`TrainConfig.ema_overwrite_steps`); call it after
+    each update. Hand-written instead of Keras's `ema_overwrite_frequency`,
+    which copies through a merge call inside a `cond`, and tf.distribute
+    refuses that inside a replica's step (`strategy.run`). Every replica
+    holds the same weights and average, so each copies its own.
+
+    Returns:
+      The function, or None without an average or without `every`.
+    """
+    averaging = _averaging(optimizer)
+    if every is None or averaging is None:
+        return None
+
+    def restart():
+        due = tf.equal(averaging.iterations % every, 0)
+        # The average's variables, in the order of the weights (Keras's own
+        # `SwapEMAWeights` reads the same attribute).
+        averages = averaging._model_variables_moving_average
+        for variable, average in zip(variables, averages, strict=True):
+            variable.assign(tf.where(due, average, variable))
+
+    return restart
 
 
 @contextlib.contextmanager

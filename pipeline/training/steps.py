@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline.cluster import strategies
+from pipeline.training import optimizer as optimizer_lib
 
 
 def per_example_loss(labels, logits, label_smoothing: float):
@@ -119,6 +120,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig,
     `config.all_reduce_dtype` decides the dtype gradients are summed in.
     """
     reduce_dtype = strategies.gradient_all_reduce_dtype(config.all_reduce_dtype, policy, strategy)
+    restart = optimizer_lib.restart_from_average(optimizer, model.trainable_variables, config.ema_overwrite_steps)
 
     def train_step(images, labels):
         with tf.GradientTape() as tape:
@@ -133,6 +135,8 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig,
             # and casts each to its variable's dtype before the update.
             grads = [tf.cast(g, reduce_dtype) for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
+        if restart is not None:
+            restart()
         return _statistics(labels, logits, per_example, tf.ones_like(per_example))
 
     if config.jit_compile:
