@@ -70,20 +70,20 @@ def _best() -> Config:
     # The highest accuracy within about eight times the reference recipe's
     # training time: twice `default`'s width, three convolutions per block,
     # random erasing, label smoothing and a long schedule. On validation the
-    # extra depth beat three times the width over 50 epochs, whose epochs
-    # cost about as much; the schedule is 56 epochs where 60 were validated,
-    # to keep a margin inside the time budget on a noisy host. Half the
-    # weight decay, no label smoothing, no dropout, batches of 256 (two
-    # seeds), a 16-channel first block for 70 epochs, four convolutions per
-    # block for 40 epochs in about the same time, or a global-average head
-    # validated within the seeds' spread of it, none clearly higher than the
-    # preset itself; CutMix on half the images validated lower (the
-    # benchmark record's candidates section). No weight average: spanning
+    # extra depth beat three times the width over 50 epochs, whose epochs cost
+    # about as much; the schedule is 56 epochs where 60 were validated, to keep
+    # a margin inside the time budget on a noisy host. Half the weight decay, no
+    # label smoothing, no dropout, batches of 256 (two seeds), a 16-channel
+    # first block for 70 epochs, four convolutions per block for 40 epochs in
+    # about the same time, a global-average head or Lookahead (restarts from the
+    # weight average every five steps) validated within the seeds' spread of it,
+    # none clearly higher than the preset itself; CutMix on half the images and
+    # half the peak learning rate validated lower (the benchmark record's
+    # candidates section). No weight average kept apart from training: spanning
     # about ten epochs (momentum 0.999), the averaged weights no longer fit
-    # batch norm's statistics, which are gathered with the trained weights,
-    # and even with the statistics recomputed for them the average
-    # validated no higher than the trained network. Channels stay
-    # multiples of 16.
+    # batch norm's statistics, which are gathered with the trained weights, and
+    # even with the statistics recomputed for them the average validated no
+    # higher than the trained network. Channels stay multiples of 16.
     base = Config()
     return Config(
         name="best",
