@@ -190,11 +190,10 @@ class TrainConfig:
         parse=parse_number_or_off("ema_momentum", "0.99"),
     )
     # With `ema_momentum`: every this many optimiser steps the trained weights
-    # restart from the moving average (Keras optimisers'
-    # `ema_overwrite_frequency`), the Lookahead scheme of slow weights that
-    # pull the fast ones back; batch norm's moving statistics are then
-    # gathered with weights near the average. None: the average only
-    # watches the training.
+    # restart from the moving average (`optimizer.restart_from_average`), the
+    # Lookahead scheme of slow weights that pull the fast ones back; batch
+    # norm's moving statistics are then gathered with weights near the
+    # average. None: the average only watches the training.
     ema_overwrite_steps: int | None = setting(None, old=None)
     # Stop after this many epochs without a better validation accuracy and
     # restore the best weights; None trains every epoch and keeps the last.
