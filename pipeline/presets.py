@@ -77,13 +77,14 @@ def _best() -> Config:
     # first block for 70 epochs, four convolutions per block for 40 epochs in
     # about the same time, a global-average head or Lookahead (restarts from the
     # weight average every five steps) validated within the seeds' spread of it,
-    # none clearly higher than the preset itself; CutMix on half the images and
-    # half the peak learning rate validated lower (the benchmark record's
-    # candidates section). No weight average kept apart from training: spanning
-    # about ten epochs (momentum 0.999), the averaged weights no longer fit
-    # batch norm's statistics, which are gathered with the trained weights, and
-    # even with the statistics recomputed for them the average validated no
-    # higher than the trained network. Channels stay multiples of 16.
+    # none clearly higher than the preset itself; CutMix on half the images,
+    # half the peak learning rate and twice the weight decay validated lower
+    # (the benchmark record's candidates section). No weight average kept apart
+    # from training: spanning about ten epochs (momentum 0.999), the averaged
+    # weights no longer fit batch norm's statistics, which are gathered with the
+    # trained weights, and even with the statistics recomputed for them the
+    # average validated no higher than the trained network. Channels stay
+    # multiples of 16.
     base = Config()
     return Config(
         name="best",
