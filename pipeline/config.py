@@ -27,6 +27,7 @@ StemInit = Literal["default", "whitening"]
 ConvInit = Literal["default", "identity"]
 TestTimeAugmentation = Literal["none", "flip", "flip_and_shift"]
 Head = Literal["dense", "global_average"]
+BlockLayout = Literal["pool_last", "pool_first"]
 AllReduceDtype = Literal["auto", "float32", "bfloat16"]
 InputDistribution = Literal["auto", "tf_distribute"]
 
@@ -107,6 +108,16 @@ class ModelConfig:
     # Chosen on validation over three seeds; the benchmark record's placement
     # section measures the speed and accuracy of both orders.
     batch_norm_after_pooling: bool = setting(True, old=False)
+    # "pool_last": a block's convolutions all run at its input's resolution,
+    # then it is max-pooled. "pool_first": its first convolution is max-pooled,
+    # normalised and activated, and the others run on the pooled map (a
+    # quarter of the pixels, so about a third of the arithmetic at the same
+    # widths; airbench's convolution group). A residual connection around the
+    # pooled convolutions (airbench96's) made training at this learning rate
+    # unstable: the sum of two normalised maps doubles the scale that reaches
+    # the next layer. `relu_after_pooling` and `batch_norm_after_pooling`
+    # apply to "pool_last" only.
+    block_layout: BlockLayout = setting("pool_last", old="pool_last")
     # Dropout rate after the blocks and before the classifier; None is off.
     # With batch norm only the last block gets it (models._block says why).
     dropout: float | None = setting(

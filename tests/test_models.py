@@ -270,3 +270,21 @@ def test_a_global_average_head_classifies_the_channel_means():
     features = keras.Model(model.get_layer("test_time_views").output, model.get_layer("global_average").input)(images)
     expected = model.get_layer("logits")(tf.reduce_mean(features, axis=[1, 2]))
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pool_first_groups_convolve_the_pooled_map():
+    # Each block pools its first convolution and runs the others on the pooled map.
+    config = dataclasses.replace(
+        presets.preset("best").model, block_layout="pool_first", test_time_augmentation="none", dropout=None
+    )
+    model = build_model(config)
+    for index, size in enumerate((28, 14, 7)):
+        assert model.get_layer(f"block{index}_conv0").input.shape[1] == size
+        assert model.get_layer(f"block{index}_conv0_bn").input.shape[1] == size // 2
+        for j in (1, 2):
+            assert model.get_layer(f"block{index}_conv{j}").input.shape[1] == size // 2
+            assert model.get_layer(f"block{index}_conv{j}").input is model.get_layer(f"block{index}_conv{j - 1}_relu").output
+    # The same weights as the pool-last layout (both end on a 3x3 map), wired differently.
+    pool_last = build_model(dataclasses.replace(config, block_layout="pool_last"))
+    assert [w.shape for w in model.weights] == [w.shape for w in pool_last.weights]
+    assert model(tf.random.uniform([4, 28, 28, 1]), training=True).shape == (4, 10)

@@ -153,25 +153,52 @@ def _batch_norm(x, config: ModelConfig, name: str, dtype: str, sync_bn: bool):
     )(x)
 
 
+def _conv(x, filters: int, config: ModelConfig, name: str, dtype: str):
+    # With batch norm the conv bias is redundant (BN's beta replaces it).
+    identity = config.conv_init == "identity" and name != STEM
+    return keras.layers.Conv2D(
+        filters,
+        config.kernel_size,
+        padding=config.padding,
+        kernel_initializer=PartialIdentity() if identity else "glorot_uniform",
+        use_bias=not config.batch_norm,
+        activation=None if config.batch_norm else "relu",
+        name=name,
+        dtype=dtype,
+    )(x)
+
+
+def _normalized_relu(x, config: ModelConfig, name: str, dtype: str, sync_bn: bool):
+    if not config.batch_norm:
+        return x  # The convolution applied its ReLU.
+    x = _batch_norm(x, config, name, dtype, sync_bn)
+    return keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
+
+
+def _pool_first_group(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
+    # `ModelConfig.block_layout` "pool_first": conv, pool, BN, ReLU, then the
+    # remaining convolutions on the pooled map.
+    name = f"block{index}_conv0"
+    x = _conv(x, filters, config, name, dtype)
+    x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
+    x = _normalized_relu(x, config, name, dtype, sync_bn)
+    for j in range(1, config.convs_per_block):
+        name = f"block{index}_conv{j}"
+        x = _normalized_relu(_conv(x, filters, config, name, dtype), config, name, dtype, sync_bn)
+    return x
+
+
 def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
+    if config.block_layout == "pool_first":
+        x = _pool_first_group(x, filters, config, index, dtype, sync_bn)
+        return _block_dropout(x, config, index, dtype)
     last = config.convs_per_block - 1
     # `ModelConfig.batch_norm_after_pooling`: the last convolution's batch norm
     # and ReLU run on the pooled map, a quarter of the values.
     pooled_batch_norm = config.batch_norm and config.batch_norm_after_pooling
     for j in range(config.convs_per_block):
         name = f"block{index}_conv{j}"
-        # With batch norm the conv bias is redundant (BN's beta replaces it).
-        identity = config.conv_init == "identity" and name != STEM
-        x = keras.layers.Conv2D(
-            filters,
-            config.kernel_size,
-            padding=config.padding,
-            kernel_initializer=PartialIdentity() if identity else "glorot_uniform",
-            use_bias=not config.batch_norm,
-            activation=None if config.batch_norm else "relu",
-            name=name,
-            dtype=dtype,
-        )(x)
+        x = _conv(x, filters, config, name, dtype)
         if config.batch_norm and not (j == last and pooled_batch_norm):
             x = _batch_norm(x, config, name, dtype, sync_bn)
             if j < last or not config.relu_after_pooling:
@@ -185,6 +212,10 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
         # textbook order's output, with ReLU and its gradient on a quarter of
         # the values (`ModelConfig.relu_after_pooling`).
         x = keras.layers.Activation("relu", name=f"{last_conv}_relu", dtype=dtype)(x)
+    return _block_dropout(x, config, index, dtype)
+
+
+def _block_dropout(x, config: ModelConfig, index: int, dtype: str):
     # Dropout never feeds a batch-norm layer: BN would learn moving statistics
     # of dropped-out activations and see different ones at inference (the
     # "variance shift"). With BN, only the last block is followed by dropout.
