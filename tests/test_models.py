@@ -282,8 +282,9 @@ def test_pool_first_groups_convolve_the_pooled_map():
         assert model.get_layer(f"block{index}_conv0").input.shape[1] == size
         assert model.get_layer(f"block{index}_conv0_bn").input.shape[1] == size // 2
         for j in (1, 2):
-            assert model.get_layer(f"block{index}_conv{j}").input.shape[1] == size // 2
-            assert model.get_layer(f"block{index}_conv{j}").input is model.get_layer(f"block{index}_conv{j - 1}_relu").output
+            conv = model.get_layer(f"block{index}_conv{j}")
+            assert conv.input.shape[1] == size // 2
+            assert conv.input is model.get_layer(f"block{index}_conv{j - 1}_relu").output
     # The same weights as the pool-last layout (both end on a 3x3 map), wired differently.
     pool_last = build_model(dataclasses.replace(config, block_layout="pool_last"))
     assert [w.shape for w in model.weights] == [w.shape for w in pool_last.weights]
