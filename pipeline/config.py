@@ -70,6 +70,12 @@ class ModelConfig:
     convs_per_block: int = 2
     kernel_size: int = setting(3, "Conv kernel size.", flag=True, lower=1)
     padding: Literal["same", "valid"] = "same"
+    # Max-pooling's padding. "valid" drops a map's last row and column when
+    # its size is odd: the last block's 7x7 map pools to 3x3 from its first
+    # 6x6, so a quarter of its units never reach the classifier. "same" pools
+    # them too (7x7 to 4x4); the classifier's input grows, the convolutions'
+    # arithmetic does not.
+    pool_padding: Literal["same", "valid"] = setting("valid", old="valid")
     batch_norm: bool = setting(True, "Batch normalisation after each convolution.", flag=True)
     # Weight of the old value in BN's moving statistics. Keras's 0.99 averages
     # over ~100 steps and lags far behind weights that change fast early in

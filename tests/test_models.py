@@ -289,3 +289,16 @@ def test_pool_first_groups_convolve_the_pooled_map():
     pool_last = build_model(dataclasses.replace(config, block_layout="pool_last"))
     assert [w.shape for w in model.weights] == [w.shape for w in pool_last.weights]
     assert model(tf.random.uniform([4, 28, 28, 1]), training=True).shape == (4, 10)
+
+
+def test_same_pool_padding_lets_every_unit_of_an_odd_map_reach_the_classifier():
+    # A 7x7 map pooled "valid" loses its last row and column; "same" keeps them.
+    config = dataclasses.replace(presets.preset("best").model, test_time_augmentation="none")
+    for padding, size in (("valid", 3), ("same", 4)):
+        model = build_model(dataclasses.replace(config, pool_padding=padding))
+        pool = model.get_layer("block2_pool")
+        assert pool.input.shape[1:3] == (7, 7) and pool.output.shape[1:3] == (size, size)
+        corner = np.zeros([1, 7, 7, 1], "float32")
+        corner[0, 6, 6, 0] = 1.0
+        assert float(tf.reduce_max(pool(corner))) == (1.0 if padding == "same" else 0.0)
+        assert model(tf.random.uniform([2, 28, 28, 1])).shape == (2, 10)

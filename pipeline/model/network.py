@@ -180,7 +180,7 @@ def _pool_first_group(x, filters: int, config: ModelConfig, index: int, dtype: s
     # remaining convolutions on the pooled map.
     name = f"block{index}_conv0"
     x = _conv(x, filters, config, name, dtype)
-    x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
+    x = keras.layers.MaxPooling2D(2, padding=config.pool_padding, name=f"block{index}_pool", dtype=dtype)(x)
     x = _normalized_relu(x, config, name, dtype, sync_bn)
     for j in range(1, config.convs_per_block):
         name = f"block{index}_conv{j}"
@@ -203,7 +203,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             x = _batch_norm(x, config, name, dtype, sync_bn)
             if j < last or not config.relu_after_pooling:
                 x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
-    x = keras.layers.MaxPooling2D(2, name=f"block{index}_pool", dtype=dtype)(x)
+    x = keras.layers.MaxPooling2D(2, padding=config.pool_padding, name=f"block{index}_pool", dtype=dtype)(x)
     last_conv = f"block{index}_conv{last}"
     if pooled_batch_norm:
         x = _batch_norm(x, config, last_conv, dtype, sync_bn)
