@@ -175,12 +175,16 @@ def _normalized_relu(x, config: ModelConfig, name: str, dtype: str, sync_bn: boo
     return keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
 
 
+def _pool(x, config: ModelConfig, index: int, dtype: str):
+    return keras.layers.MaxPooling2D(2, padding=config.pool_padding, name=f"block{index}_pool", dtype=dtype)(x)
+
+
 def _pool_first_group(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
     # `ModelConfig.block_layout` "pool_first": conv, pool, BN, ReLU, then the
     # remaining convolutions on the pooled map.
     name = f"block{index}_conv0"
     x = _conv(x, filters, config, name, dtype)
-    x = keras.layers.MaxPooling2D(2, padding=config.pool_padding, name=f"block{index}_pool", dtype=dtype)(x)
+    x = _pool(x, config, index, dtype)
     x = _normalized_relu(x, config, name, dtype, sync_bn)
     for j in range(1, config.convs_per_block):
         name = f"block{index}_conv{j}"
@@ -188,10 +192,7 @@ def _pool_first_group(x, filters: int, config: ModelConfig, index: int, dtype: s
     return x
 
 
-def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
-    if config.block_layout == "pool_first":
-        x = _pool_first_group(x, filters, config, index, dtype, sync_bn)
-        return _block_dropout(x, config, index, dtype)
+def _pool_last_group(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
     last = config.convs_per_block - 1
     # `ModelConfig.batch_norm_after_pooling`: the last convolution's batch norm
     # and ReLU run on the pooled map, a quarter of the values.
@@ -203,7 +204,7 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
             x = _batch_norm(x, config, name, dtype, sync_bn)
             if j < last or not config.relu_after_pooling:
                 x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
-    x = keras.layers.MaxPooling2D(2, padding=config.pool_padding, name=f"block{index}_pool", dtype=dtype)(x)
+    x = _pool(x, config, index, dtype)
     last_conv = f"block{index}_conv{last}"
     if pooled_batch_norm:
         x = _batch_norm(x, config, last_conv, dtype, sync_bn)
@@ -212,10 +213,12 @@ def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn
         # textbook order's output, with ReLU and its gradient on a quarter of
         # the values (`ModelConfig.relu_after_pooling`).
         x = keras.layers.Activation("relu", name=f"{last_conv}_relu", dtype=dtype)(x)
-    return _block_dropout(x, config, index, dtype)
+    return x
 
 
-def _block_dropout(x, config: ModelConfig, index: int, dtype: str):
+def _block(x, filters: int, config: ModelConfig, index: int, dtype: str, sync_bn: bool):
+    group = _pool_first_group if config.block_layout == "pool_first" else _pool_last_group
+    x = group(x, filters, config, index, dtype, sync_bn)
     # Dropout never feeds a batch-norm layer: BN would learn moving statistics
     # of dropped-out activations and see different ones at inference (the
     # "variance shift"). With BN, only the last block is followed by dropout.
