@@ -15,7 +15,7 @@ NOTES = {
         "The input pipeline alone, against the fastest model's consumption in the seed-model throughput "
         "section: headroom above 1 means "
         "the model, not the input, sets the pace. Ours shuffles indices and gathers whole batches, then augments "
-        "each batch with two small matmuls (`input_pipeline._flip_and_shift`). The other rows take one step away "
+        "each batch with two small matmuls (`augment._flip_and_shift`). The other rows take one step away "
         "at a time."
     ),
     "utilisation": (

@@ -12,6 +12,7 @@ import tensorflow as tf
 from benchmarks.common import alternate
 from pipeline import config as config_lib
 from pipeline import presets
+from pipeline.data import augment as augment_lib
 from pipeline.data import input_pipeline as ip
 from pipeline.model import network as models
 from pipeline.training import optimizer as optimizer_lib
@@ -115,7 +116,7 @@ def _example_pipeline(images, labels, batch: int, augment, cache: bool, per_exam
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
     ds = (ds.cache() if cache else ds).shuffle(len(labels), seed=0).repeat()
     if per_example:
-        one = lambda x, y: (ip.augment_batch(ip.normalize(x[None]), augment, seed)[0], y)  # noqa: E731
+        one = lambda x, y: (augment_lib.augment_batch(ip.normalize(x[None]), augment, seed)[0], y)  # noqa: E731
         return ds.map(one).batch(batch).prefetch(tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).enumerate()
     ds = ds.map(lambda i, b: ip.prepare_train(b, augment, tf.stack([0, i])), num_parallel_calls=tf.data.AUTOTUNE)

@@ -170,7 +170,7 @@ class AugmentConfig:
     erase_max_fraction: float = 0.25  # Largest erased area as image fraction.
     # CutMix: the fraction of training images that get a box pasted from
     # another image of their batch, their target mixing the two labels by
-    # area (`input_pipeline.cutmix`); 0 is off. Unlike erasing, every pixel
+    # area (`augment.cutmix`); 0 is off. Unlike erasing, every pixel
     # the network sees still belongs to a real garment, and the target says
     # how much of each it sees.
     cutmix_probability: float = setting(0.0, old=0.0)

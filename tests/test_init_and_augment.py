@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import presets
+from pipeline.data import augment as augment_lib
 from pipeline.data import input_pipeline as ip
 from pipeline.model import network as models
 from pipeline.model.batch_norm import FusedBatchNormalization
@@ -76,7 +77,7 @@ def test_frozen_batch_norm_scale_is_a_scale_of_one():
 
 
 def test_alternating_flips_show_every_image_both_ways_in_consecutive_epochs():
-    first, second, third = (ip.alternating_flips(1000, seed=3, epoch=e) for e in (1, 2, 3))
+    first, second, third = (augment_lib.alternating_flips(1000, seed=3, epoch=e) for e in (1, 2, 3))
     assert 400 < first.sum() < 600
     np.testing.assert_array_equal(second, ~first)
     np.testing.assert_array_equal(third, first)
@@ -87,7 +88,7 @@ def test_alternating_flip_mode_mirrors_the_chosen_images():
     augment = config_lib.AugmentConfig(max_shift=0, flip_mode="alternating")
     for epoch in (1, 2):
         batch_images, labels = next(iter(ip.train_dataset(images, np.arange(64), 64, 5, epoch, augment)))
-        flips = ip.alternating_flips(64, ip.epoch_seed(5, 0, 0), epoch)[labels.numpy()]
+        flips = augment_lib.alternating_flips(64, ip.epoch_seed(5, 0, 0), epoch)[labels.numpy()]
         originals = ip.normalize(images[labels.numpy()]).numpy()
         expected = np.where(flips[:, None, None, None], originals[:, :, ::-1], originals)
         np.testing.assert_array_equal(batch_images.numpy(), expected)

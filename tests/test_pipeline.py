@@ -8,6 +8,7 @@ import tensorflow as tf
 from conftest import make_images
 
 from pipeline.config import AugmentConfig
+from pipeline.data import augment as augment_lib
 from pipeline.data import input_pipeline as ip
 
 LABELS = np.arange(200) % 10
@@ -67,7 +68,7 @@ def test_shift_moves_content_without_losing_it():
     image = np.zeros((1, 28, 28, 1), np.float32)
     image[0, 10:14, 10:14] = 1.0
     config = AugmentConfig(flip=False, max_shift=2)
-    shifted = ip.augment_batch(tf.constant(image), config, tf.constant([1, 2], tf.int64)).numpy()
+    shifted = augment_lib.augment_batch(tf.constant(image), config, tf.constant([1, 2], tf.int64)).numpy()
     assert shifted.sum() == image.sum()
 
 
@@ -114,7 +115,7 @@ def _flips_and_shifts(image, max_shift):
 def test_each_augmented_image_is_exactly_a_flip_and_shift_and_all_occur():
     images = ip.normalize(IMAGES[:64])
     config = AugmentConfig(flip=True, max_shift=2)
-    augmented = ip.augment_batch(images, config, tf.constant([5, 6], tf.int64)).numpy()[..., 0]
+    augmented = augment_lib.augment_batch(images, config, tf.constant([5, 6], tf.int64)).numpy()[..., 0]
     seen = set()
     for original, result in zip(images.numpy()[..., 0], augmented, strict=True):
         matches = [how for how, candidate in _flips_and_shifts(original, 2) if np.array_equal(candidate, result)]
@@ -151,7 +152,7 @@ def _numbered(batch: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_targets_by_its_pixels():
     images, labels = _numbered(40)
-    mixed, targets = (t.numpy() for t in ip.cutmix(images, labels, 1.0, tf.constant([3, 4], tf.int64)))
+    mixed, targets = (t.numpy() for t in augment_lib.cutmix(images, labels, 1.0, tf.constant([3, 4], tf.int64)))
     assert targets.shape == (40, 10) and targets.dtype == np.float32
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
     boxed = 0
@@ -173,10 +174,10 @@ def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_targets_by_its_pixels
 def test_cutmix_is_off_at_probability_zero_and_repeats_for_a_seed():
     images, labels = _numbered(32)
     seed = tf.constant([1, 2], tf.int64)
-    mixed, targets = ip.cutmix(images, labels, 0.0, seed)
+    mixed, targets = augment_lib.cutmix(images, labels, 0.0, seed)
     np.testing.assert_array_equal(mixed, images)
     np.testing.assert_array_equal(targets, tf.one_hot(labels, 10))
-    first, again = ip.cutmix(images, labels, 0.5, seed), ip.cutmix(images, labels, 0.5, seed)
+    first, again = augment_lib.cutmix(images, labels, 0.5, seed), augment_lib.cutmix(images, labels, 0.5, seed)
     np.testing.assert_array_equal(first[0], again[0])
     changed = np.any(first[0].numpy() != images.numpy(), axis=(1, 2, 3)).mean()
     assert 0.25 < changed < 0.75

@@ -22,7 +22,7 @@ def per_example_loss(labels, logits, label_smoothing: float):
     """Cross-entropy of `labels` against `logits`, with label smoothing.
 
     `labels` are integer classes [B] or float targets [B, classes] (CutMix's
-    mixed labels, `input_pipeline.cutmix`).
+    mixed labels, `augment.cutmix`).
     """
     targets = labels if labels.dtype.is_floating else tf.one_hot(labels, logits.shape[-1])
     return keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=label_smoothing)
