@@ -117,8 +117,22 @@ def validate(config: Config) -> Config:
         ),
         (m.dense_units >= 1, "model.dense_units must be >= 1"),
         (d.validation_size >= 1, "data.validation_size must be >= 1"),
+        (
+            d.max_train_examples is None or d.max_train_examples >= 1,
+            "data.max_train_examples must be >= 1, or null for all",
+        ),
+        (
+            d.max_eval_examples is None or d.max_eval_examples >= 1,
+            "data.max_eval_examples must be >= 1, or null for all",
+        ),
         (0 <= a.max_shift <= 8, "augment.max_shift must be in [0, 8]"),
         (0 <= a.erase_probability <= 1, "augment.erase_probability must be in [0, 1]"),
+        (
+            # An erased box's sides are drawn between a tenth of the image's and
+            # the square root of this fraction (`augment._erase`).
+            0.01 <= a.erase_max_fraction <= 1,
+            "augment.erase_max_fraction must be in [0.01, 1] (the largest erased area as a fraction of the image)",
+        ),
         (0 <= a.cutmix_probability <= 1, "augment.cutmix_probability must be in [0, 1]"),
     ]
     for ok, message in checks:

@@ -38,6 +38,10 @@ def test_partial_file_keeps_defaults(tmp_path):
         ({"model": {"dropout": 1.5}}, "dropout"),
         ({"train": {"ema_overwrite_steps": 5}}, "ema_overwrite_steps needs train.ema_momentum"),
         ({"train": {"ema_momentum": 0.9, "ema_overwrite_steps": 0}}, "ema_overwrite_steps must be >= 1"),
+        ({"augment": {"erase_max_fraction": 0.0}}, "erase_max_fraction must be in"),
+        ({"augment": {"erase_max_fraction": 2.0}}, "erase_max_fraction must be in"),
+        ({"data": {"max_train_examples": 0}}, "max_train_examples must be >= 1"),
+        ({"data": {"max_eval_examples": -5}}, "max_eval_examples must be >= 1"),
     ],
 )
 def test_bad_configs_fail_loudly(tmp_path, content, message):
