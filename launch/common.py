@@ -84,6 +84,24 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def reject_arguments(argv: list[str]) -> None:
+    """Fails with usage exit code 2 when a command that takes only flags is given positional arguments."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; all options are --flags", 2)
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """The errors of a command's inputs (its config, data or workdir), each reported as its one-line message.
+
+    Imported when called, after `start_tensorflow`, like the rest of the pipeline.
+    """
+    from pipeline import config as config_lib
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import workdir
+
+    return (config_lib.ConfigError, data_lib.DataError, workdir.WorkdirError)
+
+
 # Our own loggers: shown at INFO. Everything else (TensorFlow, Keras,
 # matplotlib) shows warnings and errors only, unless --verbosity >= 1.
 OWN_LOGGERS = ("pipeline", "tuning", "launch", "benchmarks")

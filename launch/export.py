@@ -30,12 +30,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments {argv[1:]}", 2)
+    common.reject_arguments(argv)
     common.start_tensorflow()
-    from pipeline import config as config_lib
-    from pipeline.data import sources as data_lib
-    from pipeline.runs import workdir
     from pipeline.serving.export import ExportError, export_run
 
     try:
@@ -47,7 +43,7 @@ def main(argv: list[str]) -> None:
             FLAGS.test_time_augmentation,
             FLAGS.polarity,
         )
-    except (ExportError, workdir.WorkdirError, config_lib.ConfigError, data_lib.DataError, OSError) as e:
+    except (ExportError, OSError, *common.input_errors()) as e:
         common.fail(str(e))
     print(path)
 

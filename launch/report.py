@@ -14,17 +14,13 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments {argv[1:]}", 2)
+    common.reject_arguments(argv)
     common.start_tensorflow()
-    from pipeline import config as config_lib
-    from pipeline.data import sources as data_lib
-    from pipeline.runs import workdir
     from pipeline.runs.report import build_report
 
     try:
         out = build_report(FLAGS.workdir)
-    except (workdir.WorkdirError, config_lib.ConfigError, data_lib.DataError) as e:
+    except common.input_errors() as e:
         common.fail(str(e))
     print(f"report: {out}")
 

@@ -38,8 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments {argv[1:]}; all options are --flags", 2)
+    common.reject_arguments(argv)
     from pipeline import config as config_lib
     from pipeline.cluster import environment
 
@@ -54,8 +53,6 @@ def main(argv: list[str]) -> None:
         common.fail(str(e))
     common.start_tensorflow()
     from pipeline.cluster import strategies
-    from pipeline.data import sources as data_lib
-    from pipeline.runs import workdir
 
     if FLAGS.logical_cpus:
         strategies.use_logical_cpus(FLAGS.logical_cpus)
@@ -79,7 +76,7 @@ def main(argv: list[str]) -> None:
             )
     except TrainingStopped as e:
         common.fail(str(e), e.exit_code)
-    except (data_lib.DataError, workdir.WorkdirError, strategies.ClusterError, ExportError, ValueError) as e:
+    except (strategies.ClusterError, ExportError, ValueError, *common.input_errors()) as e:
         common.fail(str(e))
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
         common.fail(

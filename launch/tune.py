@@ -36,13 +36,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(f"unexpected arguments {argv[1:]}", 2)
+    common.reject_arguments(argv)
     common.start_tensorflow()
     from pipeline import config as config_lib
     from pipeline.cluster import strategies
-    from pipeline.data import sources as data_lib
-    from pipeline.runs import workdir
     from tuning import search_space
     from tuning.search import run_search
     from tuning.tuner import TuneConfig
@@ -70,7 +67,7 @@ def main(argv: list[str]) -> None:
             summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best, stop)
     except TrainingStopped as e:
         common.fail(f"search {e}", e.exit_code)
-    except (data_lib.DataError, workdir.WorkdirError, ValueError) as e:
+    except (ValueError, *common.input_errors()) as e:
         common.fail(str(e))
     if summary:
         print(json.dumps(summary, indent=2, default=str))
