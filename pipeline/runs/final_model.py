@@ -70,7 +70,14 @@ def load_final_model(workdir: Path, config: config_lib.Config) -> keras.Model:
     return model
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities [N, 10] for uint8 images, with the training preprocessing."""
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities [N, 10] for uint8 images, with the training preprocessing.
+
+    With test-time views the network sees `batch_size` times the view count
+    images in one call. The call is compiled and the batch moderate: run
+    eagerly, or on thousands of images at once, a call held several times
+    the memory and ran no faster on CPU.
+    """
+    forward = tf.function(lambda batch: models.probabilities(model(batch, training=False)), reduce_retracing=True)
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(ip.normalize)
-    return np.concatenate([models.probabilities(model(batch, training=False)).numpy() for batch in ds])
+    return np.concatenate([forward(batch).numpy() for batch in ds])
