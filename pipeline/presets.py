@@ -75,12 +75,13 @@ def _best() -> Config:
     # a margin inside the time budget on a noisy host. Half the weight decay, no
     # label smoothing, no dropout, batches of 256 (two seeds), a 16-channel
     # first block for 70 epochs, four convolutions per block for 40 epochs in
-    # about the same time, a global-average head, Lookahead (restarts from the
-    # weight average every five steps) or same-padded pooling validated within
-    # the seeds' spread of it, none clearly higher than the preset itself;
-    # CutMix on half the images, half the peak learning rate, twice the weight
-    # decay and pool-first blocks twice as wide for 45 epochs validated lower
-    # (the benchmark record's candidates section). No weight average kept apart
+    # about the same time, a global-average head (also with half the weight
+    # decay), Lookahead (restarts from the weight average every five steps) or
+    # same-padded pooling validated within the seeds' spread of it, none
+    # clearly higher than the preset itself; CutMix on half the images, half
+    # the peak learning rate, twice the weight decay, erased boxes of up to 40%
+    # of the image and pool-first blocks twice as wide for 45 epochs validated
+    # lower (the benchmark record's candidates section). No weight average kept apart
     # from training: spanning about ten epochs (momentum 0.999), the averaged
     # weights no longer fit batch norm's statistics, which are gathered with the
     # trained weights, and even with the statistics recomputed for them the
