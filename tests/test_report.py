@@ -53,3 +53,17 @@ def test_confusion_matrix_and_per_class_rows():
     assert counts[0, 0] == 1 and counts[0, 1] == 1 and counts[2, 0] == 1 and counts.sum() == 5
     rows = per_class_rows(counts)
     assert rows[1]["accuracy"] == 1.0 and rows[0]["accuracy"] == 0.5 and rows[0]["precision"] == 0.5
+
+
+def test_predicted_probabilities_do_not_depend_on_the_batch():
+    # The report predicts in compiled batches with a shorter last one; each
+    # image's probabilities are the model's, whatever batch it falls in.
+    from pipeline.data import input_pipeline as ip
+    from pipeline.model import network as models
+    from pipeline.runs.final_model import predict_probabilities
+
+    model = models.build_model(presets.preset("smoke").model)
+    images = np.random.default_rng(0).integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    direct = models.probabilities(model(ip.normalize(images), training=False)).numpy()
+    for batch_size in (5, 256):
+        np.testing.assert_allclose(predict_probabilities(model, images, batch_size), direct, rtol=1e-5, atol=1e-6)
