@@ -56,7 +56,7 @@ def test_confusion_matrix_and_per_class_rows():
 
 
 def test_predicted_probabilities_do_not_depend_on_the_batch():
-    # The report predicts in compiled batches with a shorter last one; each
+    # The report predicts in batches with a shorter last one; each
     # image's probabilities are the model's, whatever batch it falls in.
     from pipeline.data import input_pipeline as ip
     from pipeline.model import network as models
