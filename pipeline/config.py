@@ -168,6 +168,12 @@ class AugmentConfig:
     max_shift: int = 2  # Padded random crop: pixels of shift in each direction.
     erase_probability: float = 0.0  # Random erasing (cutout) per example.
     erase_max_fraction: float = 0.25  # Largest erased area as image fraction.
+    # The last this many epochs train without random erasing: the network
+    # learns from erased images, then ends on whole ones, the kind it is
+    # served (the "refined" augmentation of He et al., 2019, "Data
+    # augmentation revisited"). Counted back from `train.epochs`; 0 erases to
+    # the end.
+    erase_off_final_epochs: int = setting(0, old=0)
     # CutMix: the fraction of training images that get a box pasted from
     # another image of their batch, their target mixing the two labels by
     # area (`augment.cutmix`); 0 is off. Unlike erasing, every pixel

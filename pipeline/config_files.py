@@ -134,6 +134,10 @@ def validate(config: Config) -> Config:
             "augment.erase_max_fraction must be in [0.01, 1] (the largest erased area as a fraction of the image)",
         ),
         (0 <= a.cutmix_probability <= 1, "augment.cutmix_probability must be in [0, 1]"),
+        (
+            0 <= a.erase_off_final_epochs <= t.epochs,
+            "augment.erase_off_final_epochs must be in [0, train.epochs] (the final epochs trained without erasing)",
+        ),
     ]
     for ok, message in checks:
         if not ok:

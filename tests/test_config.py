@@ -40,6 +40,8 @@ def test_partial_file_keeps_defaults(tmp_path):
         ({"train": {"ema_momentum": 0.9, "ema_overwrite_steps": 0}}, "ema_overwrite_steps must be >= 1"),
         ({"augment": {"erase_max_fraction": 0.0}}, "erase_max_fraction must be in"),
         ({"augment": {"erase_max_fraction": 2.0}}, "erase_max_fraction must be in"),
+        ({"augment": {"erase_off_final_epochs": -1}}, "erase_off_final_epochs must be in"),
+        ({"train": {"epochs": 5}, "augment": {"erase_off_final_epochs": 6}}, "erase_off_final_epochs must be in"),
         ({"data": {"max_train_examples": 0}}, "max_train_examples must be >= 1"),
         ({"data": {"max_eval_examples": -5}}, "max_eval_examples must be >= 1"),
     ],

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_images
 
+from pipeline import presets
 from pipeline.config import AugmentConfig
 from pipeline.data import augment as augment_lib
 from pipeline.data import input_pipeline as ip
+from pipeline.data import sources as data_lib
 
 LABELS = np.arange(200) % 10
 IMAGES = make_images(LABELS, seed=1)
@@ -194,3 +198,22 @@ def test_cutmix_batches_carry_float_targets_and_leave_the_other_augmentations_as
     assert 0.25 < same.mean() < 0.9
     np.testing.assert_array_equal(mixed[1][same], np.eye(10, dtype=np.float32)[plain[1][same]])
     np.testing.assert_allclose(mixed[1].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_erasing_stops_for_the_final_epochs_and_nothing_else_changes(tiny_data_dir):
+    base = presets.preset("smoke")
+    erasing = base.replace(
+        data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir), validation_size=64),
+        augment=dataclasses.replace(base.augment, erase_probability=1.0, erase_off_final_epochs=1),
+        train=dataclasses.replace(base.train, epochs=3),
+    )
+    never = erasing.replace(augment=dataclasses.replace(erasing.augment, erase_probability=0.0))
+    dataset = data_lib.load(erasing.data)
+    strategy = tf.distribute.get_strategy()
+    with_erasing, without = (ip.distributed_datasets(c, strategy, dataset)[0] for c in (erasing, never))
+    for epoch, erased in ((1, True), (2, True), (3, False)):
+        (images, labels), (plain, plain_labels) = _first(with_erasing(epoch))[0], _first(without(epoch))[0]
+        np.testing.assert_array_equal(labels, plain_labels)
+        assert np.array_equal(images, plain) != erased, epoch
+    assert augment_lib.for_epoch(erasing.augment, 2, 3) is erasing.augment
+    assert augment_lib.for_epoch(erasing.augment, 3, 3).erase_probability == 0.0

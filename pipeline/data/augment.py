@@ -7,6 +7,8 @@ epoch's augmented batches are the same wherever and whenever it is replayed
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -115,3 +117,10 @@ def alternating_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     """
     first = np.random.default_rng(seed).random(num_examples) < 0.5
     return first ^ (epoch % 2 == 0)
+
+
+def for_epoch(config: AugmentConfig, epoch: int, epochs: int) -> AugmentConfig:
+    """The augmentation of epoch `epoch` (from 1) of `epochs`: no erasing in the final `erase_off_final_epochs`."""
+    if config.erase_off_final_epochs and epoch > epochs - config.erase_off_final_epochs:
+        return dataclasses.replace(config, erase_probability=0.0)
+    return config

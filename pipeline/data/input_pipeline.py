@@ -236,7 +236,7 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
                 per_replica,
                 config.train.seed,
                 epoch,
-                config.augment,
+                augment_lib.for_epoch(config.augment, epoch, config.train.epochs),
                 ctx,
                 start_batch=start_step * replicas_per_pipeline,
             )
