@@ -121,6 +121,6 @@ def alternating_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 def for_epoch(config: AugmentConfig, epoch: int, epochs: int) -> AugmentConfig:
     """The augmentation of epoch `epoch` (from 1) of `epochs`: no erasing in the final `erase_off_final_epochs`."""
-    if config.erase_off_final_epochs and epoch > epochs - config.erase_off_final_epochs:
+    if epoch > epochs - config.erase_off_final_epochs:
         return dataclasses.replace(config, erase_probability=0.0)
     return config
