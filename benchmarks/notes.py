@@ -38,9 +38,18 @@ NOTES = {
         "kernels, batch norm (the fused kernels and everything in the batch-norm layers), casts, the optimiser's "
         "update, and all other ops (pooling, ReLU, dropout, loss). Ops run on several threads at once, so the "
         "categories are thread time per step and shares of it; the input pipeline runs ahead on its own threads "
-        "and is left out. Where the processor has AMX, a second mixed_bfloat16 process runs with "
-        "`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, which keeps oneDNN off AMX. A processor without bf16 "
-        "instructions would only emulate mixed_bfloat16 (auto never picks it there), so it profiles float32 alone."
+        "and is left out. The processor also stands in for older kinds of CPU: oneDNN held to "
+        "`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` runs as on a CPU with AVX512_BF16 and no AMX, and held to "
+        "`AVX512_CORE` as on one without bf16 instructions (bf16 emulated). A processor that really lacks bf16 "
+        "instructions profiles float32 alone (auto never picks mixed_bfloat16 there)."
+    ),
+    "auto_precision": (
+        "The same processes as the section before, per kind of CPU: the default model's training step in each "
+        "precision (medians of the rounds), and what `--precision=auto` chose in each of those processes, as a "
+        "run would, from its own short measurement (a bf16 training step of a miniature of the model's blocks "
+        "against float32; it keeps mixed_bfloat16 at 1.1x or more). On a kind held with `ONEDNN_MAX_CPU_ISA`, "
+        "/proc/cpuinfo still lists bf16 instructions, so `auto` measures there; a processor that really lacks "
+        "them gets float32 without a measurement."
     ),
     "time_to_accuracy": (
         "Training seconds (`elapsed_seconds` in each run's history.json, validation included) until validation "

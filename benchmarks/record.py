@@ -32,6 +32,7 @@ ORDER = (
     "utilisation",
     "execution_settings",
     "step_profile",
+    "auto_precision",
     "time_to_accuracy",
     "seed_runs",
     "seed_runs_each",

@@ -100,8 +100,10 @@ def main(argv):
     if FLAGS.profile:
         from benchmarks.step_profile import step_profile
 
+        profile, auto = step_profile(FLAGS.data_dir, FLAGS.quick)
         title = "Where the default model's training step spends its time, per precision (TensorFlow's profiler)"
-        _save("step_profile", title, step_profile(FLAGS.data_dir, FLAGS.quick))
+        _save("step_profile", title, profile)
+        _save("auto_precision", "What --precision=auto picks on each kind of CPU, against the faster precision", auto)
     if FLAGS.runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
 

@@ -1,15 +1,19 @@
-"""Where a training step of the default model spends its time, from TensorFlow's profiler.
+"""Where a training step of the default model spends its time, and what `--precision=auto` picks, per kind of CPU.
 
 Each precision is profiled in its own child process: oneDNN reads
-`ONEDNN_MAX_CPU_ISA` once, at start-up, and where the processor has AMX a
-second mixed_bfloat16 process is held to AVX512_BF16 with it, so one run
-shows the step with and without AMX side by side (processors without bf16
-instructions would only emulate it, and profile float32 alone). A child times whole
-compiled calls without the profiler (examples per second), then traces one
-more call and adds up each op's own time (time inside it minus the ops
-nested in it) by category. Ops run on several threads at once, so the
-categories add up to thread time, shown per step and as shares of all op
-time; the input pipeline's threads run ahead of the step and are left out.
+`ONEDNN_MAX_CPU_ISA` once, at start-up, so a processor with newer
+instructions also stands in for the older kinds of CPU: an AMX processor held
+to AVX512_CORE_BF16 behaves as an AVX512_BF16 processor without AMX, and one
+held to AVX512_CORE as a processor without bf16 instructions (there bf16 is
+emulated). Each kind trains float32 and mixed_bfloat16 side by side, and each
+child also runs `auto`'s own measurement (`precision.measured_bf16_speedup`),
+so one run shows whether `auto` picks the faster precision on every kind of
+CPU this processor can stand in for. A child times whole compiled calls
+without the profiler (examples per second), then traces one more call and
+adds up each op's own time (time inside it minus the ops nested in it) by
+category. Ops run on several threads at once, so the categories add up to
+thread time, shown per step and as shares of all op time; the input
+pipeline's threads run ahead of the step and are left out.
 
   python -m benchmarks.step_profile --data_dir=../shared/data/fashion-mnist   # this comparison alone
 """
@@ -36,6 +40,7 @@ _KERNEL_TYPES = re.compile(r"Conv|MatMul|Einsum")
 _BATCH_NORM_SCOPE = re.compile(r"_bn(_\d+)?/")
 _OPTIMISER_SCOPE = re.compile(r"(^|/)(sgd|adam|adamw|loss_scale_optimizer|optimizer)(_\d+)?/", re.IGNORECASE)
 ISA_WITHOUT_AMX = "AVX512_CORE_BF16"
+ISA_WITHOUT_BF16 = "AVX512_CORE"
 
 
 def category(name: str, op_type: str) -> str:
@@ -88,7 +93,9 @@ def _child(precision: str, data_dir: str | None, num_steps: int, batch: int | No
     from benchmarks.throughput import our_trainer
     from pipeline import presets
     from pipeline.data import sources as data_lib
+    from pipeline.training import precision as precision_lib
 
+    speedup = precision_lib.measured_bf16_speedup()  # What `auto` measures, in this process as a run would.
     train, _, _ = data_lib.load_train_test(data_dir)
     config = presets.preset("default")
     changes = {"precision": precision, **({"global_batch_size": batch} if batch else {})}
@@ -104,7 +111,8 @@ def _child(precision: str, data_dir: str | None, num_steps: int, batch: int | No
         space = xplane_pb2.XSpace()
         space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
     per_step = {kind: value / num_steps for kind, value in op_self_times(space).items()}
-    print(json.dumps({"examples/s": examples / seconds, "step seconds": seconds / num_steps, "ops": per_step}))
+    auto = {"auto bf16 speedup": speedup, "auto picks": precision_lib.resolve_precision("auto")}
+    print(json.dumps({"examples/s": examples / seconds, "step seconds": seconds / num_steps, "ops": per_step, **auto}))
 
 
 def _measure(precision: str, isa: str | None, data_dir, num_steps: int, batch: int | None) -> dict:
@@ -118,22 +126,33 @@ def _measure(precision: str, isa: str | None, data_dir, num_steps: int, batch: i
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
 
 
-def variants(cpu: dict) -> dict[str, tuple[str, str | None]]:
-    """Row name -> (precision, ONEDNN_MAX_CPU_ISA) for this processor.
-
-    Without bf16 instructions mixed_bfloat16 is emulated, `--precision=auto`
-    never picks it, and it is not profiled.
-    """
-    rows = {"float32": ("float32", None)}
-    if cpu["amx_bf16"] or cpu["avx512_bf16"]:
-        rows[f"mixed_bfloat16 ({'AMX' if cpu['amx_bf16'] else 'AVX512_BF16'})"] = ("mixed_bfloat16", None)
+def kinds(cpu: dict) -> dict[str, str | None]:
+    """Kind of CPU -> the `ONEDNN_MAX_CPU_ISA` that makes this processor behave as one (None: as it is)."""
     if cpu["amx_bf16"]:
-        rows[f"mixed_bfloat16 (AMX off: ONEDNN_MAX_CPU_ISA={ISA_WITHOUT_AMX})"] = ("mixed_bfloat16", ISA_WITHOUT_AMX)
+        return {"AMX": None, "AVX512_BF16 without AMX": ISA_WITHOUT_AMX, "no bf16 instructions": ISA_WITHOUT_BF16}
+    if cpu["avx512_bf16"]:
+        return {"AVX512_BF16": None, "no bf16 instructions": ISA_WITHOUT_BF16}
+    return {"no bf16 instructions": None}
+
+
+def variants(cpu: dict) -> dict[str, tuple[str, str | None, str]]:
+    """Row name -> (precision, ONEDNN_MAX_CPU_ISA, kind of CPU) for this processor.
+
+    Each kind trains both precisions, except a processor that really lacks
+    bf16 instructions: there `--precision=auto` picks float32 without
+    measuring, and mixed_bfloat16 is not profiled.
+    """
+    rows = {}
+    for kind, isa in kinds(cpu).items():
+        held = f", ONEDNN_MAX_CPU_ISA={isa}" if isa else ""
+        for precision in ("float32", "mixed_bfloat16"):
+            if precision == "float32" or kind != "no bf16 instructions" or isa:
+                rows[f"{precision} ({kind}{held})"] = (precision, isa, kind)
     return rows
 
 
-def step_profile(data_dir: str | None, quick: bool) -> list[dict]:
-    """Per precision: examples/s and each category's thread time per step, medians of alternating rounds."""
+def measure(data_dir: str | None, quick: bool) -> dict[str, list[dict]]:
+    """Row name (`variants`) -> each round's child measurement, the rows taking turns."""
     from benchmarks.common import rounds
     from benchmarks.record import machine
 
@@ -143,23 +162,71 @@ def step_profile(data_dir: str | None, quick: bool) -> list[dict]:
     results: dict[str, list[dict]] = {name: [] for name in chosen}
     for order in rounds(list(chosen), repeats):
         for name in order:
-            precision, isa = chosen[name]
+            precision, isa, _ = chosen[name]
             results[name].append(_measure(precision, isa, data_dir, num_steps, batch))
+    return results
+
+
+def profile_rows(results: dict[str, list[dict]]) -> list[dict]:
+    """Per row: examples/s and each category's thread time per step, medians of the rounds."""
     rows = []
     for name, runs in results.items():
         ops = {kind: statistics.median(run["ops"][kind] for run in runs) for kind in CATEGORIES}
         total = sum(ops.values()) or 1.0
         row = {
-            "precision": name,
+            "precision (kind of CPU)": name,
             "examples/s": statistics.median(run["examples/s"] for run in runs),
             "step (ms)": 1000 * statistics.median(run["step seconds"] for run in runs),
             "op thread time per step (ms)": 1000 * total,
         }
         row.update({f"{kind} (%)": 100 * ops[kind] / total for kind in CATEGORIES})
         rows.append(row)
-    if len(chosen) == 1:
-        rows.append({"precision": "mixed_bfloat16: not profiled, no bf16 instructions (auto trains in float32)"})
     return rows
+
+
+def auto_rows(results: dict[str, list[dict]], cpu: dict) -> list[dict]:
+    """Per kind of CPU: the default model's step in each precision, and what `auto` picked in every child."""
+    chosen = variants(cpu)
+    rows = []
+    for kind, isa in kinds(cpu).items():
+        names = {chosen[name][0]: name for name in chosen if chosen[name][2] == kind}
+        rates = {p: statistics.median(run["examples/s"] for run in results[name]) for p, name in names.items()}
+        runs = [run for name in names.values() for run in results[name]]
+        picks = [run["auto picks"] for run in runs]
+        speedups = [run["auto bf16 speedup"] for run in runs if run["auto bf16 speedup"] is not None]
+        faster = max(rates, key=rates.get)
+        ratio = rates["mixed_bfloat16"] / rates["float32"] if "mixed_bfloat16" in rates else None
+        picked = ", ".join(f"{p} {picks.count(p)}/{len(picks)}" for p in sorted(set(picks)))
+        rows.append(
+            {
+                "kind of CPU": kind + (f" (ONEDNN_MAX_CPU_ISA={isa})" if isa else " (this processor)"),
+                "float32 examples/s": rates["float32"],
+                "mixed_bfloat16 examples/s": rates.get("mixed_bfloat16"),
+                "step, bf16 / float32": ratio,
+                "auto's probe, bf16 / float32": statistics.median(speedups) if speedups else "not measured",
+                "auto picks (of its processes)": picked,
+                "auto picks the faster": _verdict(set(picks), faster, ratio),
+            }
+        )
+    return rows
+
+
+def _verdict(picks: set[str], faster: str, ratio: float | None) -> str:
+    from pipeline.training.precision import BF16_MIN_SPEEDUP
+
+    if picks == {faster}:
+        return "yes"
+    if picks == {"float32"} and ratio is not None and ratio < BF16_MIN_SPEEDUP:
+        return f"within auto's margin (bf16 must be {BF16_MIN_SPEEDUP}x as fast)"
+    return "no"
+
+
+def step_profile(data_dir: str | None, quick: bool) -> tuple[list[dict], list[dict]]:
+    """The profile rows and the `auto` rows (`profile_rows`, `auto_rows`) of one measurement."""
+    from benchmarks.record import machine
+
+    results = measure(data_dir, quick)
+    return profile_rows(results), auto_rows(results, machine())
 
 
 if __name__ == "__main__":
@@ -178,6 +245,8 @@ if __name__ == "__main__":
             return
         from benchmarks.common import print_table
 
-        print_table(step_profile(f.data_dir, f.quick))
+        profile, auto = step_profile(f.data_dir, f.quick)
+        print_table(profile)
+        print_table(auto)
 
     app.run(_main)

@@ -44,6 +44,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "utilisation",
         "execution_settings",
         "step_profile",
+        "auto_precision",
         "time_to_accuracy",
         "seed_runs",
         "seed_runs_each",
@@ -66,8 +67,9 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     assert "XLA" in done.stdout and "unfused" in done.stdout and "one thread" in done.stdout
     assert "ReLU before max-pooling" in done.stdout
     profiled = [row for row in results["step_profile"] if "examples/s" in row]
-    assert profiled[0]["precision"] == "float32" and len(results["step_profile"]) >= 2
+    assert profiled[0]["precision (kind of CPU)"].startswith("float32 (")
     assert all(row["convolution and matmul kernels (%)"] > 0 for row in profiled)
+    assert all(row["auto picks (of its processes)"] for row in results["auto_precision"])
     assert [row["recipe"] for row in results["recipes"]] == ["reference", "fast", "default"]
     assert [(row["recipe"], row["seed"]) for row in results["recipe_seeds"]] == [
         ("reference", 0),
@@ -96,7 +98,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 10. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 11. Serving" in rendered
     from benchmarks import record
 
     assert record.render(record.read(out), {}).count("## ") == len(sections)

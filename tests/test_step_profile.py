@@ -57,10 +57,49 @@ def test_own_time_subtracts_nested_ops_and_skips_the_input_threads():
     }
 
 
-def test_amx_machines_also_profile_bf16_held_to_avx512_bf16():
+def test_each_processor_also_stands_in_for_the_older_kinds_of_cpu():
     amx = step_profile.variants({"amx_bf16": True, "avx512_bf16": True})
-    assert list(amx.values()) == [("float32", None), ("mixed_bfloat16", None), ("mixed_bfloat16", "AVX512_CORE_BF16")]
-    plain = step_profile.variants({"amx_bf16": False, "avx512_bf16": False})
-    assert list(plain) == ["float32"]
+    assert list(amx.values()) == [
+        ("float32", None, "AMX"),
+        ("mixed_bfloat16", None, "AMX"),
+        ("float32", "AVX512_CORE_BF16", "AVX512_BF16 without AMX"),
+        ("mixed_bfloat16", "AVX512_CORE_BF16", "AVX512_BF16 without AMX"),
+        ("float32", "AVX512_CORE", "no bf16 instructions"),
+        ("mixed_bfloat16", "AVX512_CORE", "no bf16 instructions"),
+    ]
     avx512 = step_profile.variants({"amx_bf16": False, "avx512_bf16": True})
-    assert list(avx512) == ["float32", "mixed_bfloat16 (AVX512_BF16)"]
+    assert list(avx512) == [
+        "float32 (AVX512_BF16)",
+        "mixed_bfloat16 (AVX512_BF16)",
+        "float32 (no bf16 instructions, ONEDNN_MAX_CPU_ISA=AVX512_CORE)",
+        "mixed_bfloat16 (no bf16 instructions, ONEDNN_MAX_CPU_ISA=AVX512_CORE)",
+    ]
+    # Without bf16 instructions auto picks float32 without measuring: bf16 is not profiled.
+    plain = step_profile.variants({"amx_bf16": False, "avx512_bf16": False})
+    assert list(plain) == ["float32 (no bf16 instructions)"]
+
+
+def _child(rate, picks, speedup=None):
+    ops = dict.fromkeys(step_profile.CATEGORIES, 0.01)
+    return {"examples/s": rate, "step seconds": 0.1, "ops": ops, "auto picks": picks, "auto bf16 speedup": speedup}
+
+
+def test_auto_rows_say_whether_auto_picked_the_faster_precision():
+    cpu = {"amx_bf16": True, "avx512_bf16": True}
+    names = list(step_profile.variants(cpu))
+    rates = [4000, 8400, 4000, 4200, 4000, 2000]  # AMX: bf16 faster; without AMX: about even; no bf16: slower.
+    picks = ["mixed_bfloat16", "mixed_bfloat16", "float32", "float32", "float32", "mixed_bfloat16"]
+    results = {name: [_child(rate, pick, 1.5)] for name, rate, pick in zip(names, rates, picks, strict=True)}
+    rows = step_profile.auto_rows(results, cpu)
+    assert [row["kind of CPU"] for row in rows] == [
+        "AMX (this processor)",
+        "AVX512_BF16 without AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16)",
+        "no bf16 instructions (ONEDNN_MAX_CPU_ISA=AVX512_CORE)",
+    ]
+    assert rows[0]["auto picks the faster"] == "yes" and rows[0]["step, bf16 / float32"] == 2.1
+    assert rows[1]["auto picks the faster"].startswith("within auto's margin")
+    assert rows[2]["auto picks (of its processes)"] == "float32 1/2, mixed_bfloat16 1/2"
+    assert rows[2]["auto picks the faster"] == "no"
+    plain = {"amx_bf16": False, "avx512_bf16": False}
+    only = step_profile.auto_rows({"float32 (no bf16 instructions)": [_child(3000, "float32")]}, plain)
+    assert only[0]["auto's probe, bf16 / float32"] == "not measured" and only[0]["auto picks the faster"] == "yes"
