@@ -5,7 +5,8 @@ the machine, the commit and the command that measured it. The record is
 rendered for one machine and one commit (those of most sections): sections
 measured elsewhere or on other code are kept apart under a heading that says
 so, predictions are labelled as such, and headings are numbered in the
-order the benchmark measures them.
+order the benchmark measures them. A comparison measured again on another
+kind of machine keeps the other machine's latest measurement beside it.
 
   python -m benchmarks.record     # re-render BENCHMARKS.md from results.json, measuring nothing
 """
@@ -57,6 +58,8 @@ ORDER = (
 )
 # Sections computed from other sections' measurements rather than measured.
 PREDICTIONS = {"scaling_model"}
+# Sections whose rows each new measurement adds to, rather than replaces.
+ACCUMULATED = {"candidates"}
 NOT_RECORDED = "not recorded"
 
 
@@ -116,7 +119,14 @@ def save_section(key: str, title: str, rows: list[dict], columns: list[str], qui
         "commit": commit(),
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
     }
-    record["sections"][key] = section
+    sections = record["sections"]
+    old = sections.get(key)
+    # The same comparison on another kind of machine is kept beside it (the record's other-machine part), so a
+    # claim can be checked on each machine measured; each machine keeps its latest.
+    if old is not None and key not in ACCUMULATED and processor(old["machine"]) != processor(section["machine"]):
+        sections[f"{key}@{processor(old['machine'])}"] = old
+    sections.pop(f"{key}@{processor(section['machine'])}", None)
+    sections[key] = section
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     tmp.replace(path)
@@ -148,13 +158,24 @@ def describe_machine(m: dict) -> str:
     )
 
 
+def processor(m: dict) -> str:
+    """The kind of machine: CPU model and its bf16 and AMX instructions (the same model name can differ in them)."""
+    yes = lambda flag: "yes" if m.get(flag) else "no"  # noqa: E731
+    return f"{m['cpu']}, AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}"
+
+
+def base_key(key: str) -> str:
+    """A section's comparison: its key without the machine a kept older measurement carries."""
+    return key.split("@", 1)[0]
+
+
 def _where(section: dict) -> tuple[str, str]:
     return describe_machine(section["machine"]), section.get("commit", NOT_RECORDED)
 
 
 def _ordered(sections: dict) -> list[tuple[str, dict]]:
     rank = {key: i for i, key in enumerate(ORDER)}
-    return sorted(sections.items(), key=lambda item: rank.get(item[0], len(ORDER)))
+    return sorted(sections.items(), key=lambda item: rank.get(base_key(item[0]), len(ORDER)))
 
 
 def render(record: dict, notes: dict[str, str]) -> str:
@@ -187,14 +208,15 @@ def render(record: dict, notes: dict[str, str]) -> str:
                 "## Measured on another machine or code version",
                 "",
                 "These sections were measured on another machine, on other code, or without a recorded commit; "
-                "they are kept for reference and are not comparable with the sections above. Rerun "
-                "`python -m benchmarks.run` to replace them.",
+                "they are kept for reference and are not comparable with the sections above. A comparison "
+                "measured on several kinds of machine appears once per machine; rerunning `python -m "
+                "benchmarks.run` on the machine above replaces its own.",
                 "",
             ]
         for key, section in group:
             number += 1
             title = re.sub(r"^\d+[a-z]?\.\s*", "", section["title"])
-            predicted = key in PREDICTIONS
+            predicted = base_key(key) in PREDICTIONS
             label = " (a prediction)" if predicted and not title.startswith("Predicted") else ""
             lines += [f"## {number}. {title}{label}", ""]
             quick = " (`--quick`: smoke-test sizes, not a measurement)" if section.get("quick") else ""
@@ -203,8 +225,8 @@ def render(record: dict, notes: dict[str, str]) -> str:
             lines += [f"{verb} {section['measured']} on {where}{quick}.", ""]
             if section.get("command"):
                 lines += [f"Command: `{section['command']}`.", ""]
-            if notes.get(key):
-                lines += [notes[key], ""]
+            if notes.get(base_key(key)):
+                lines += [notes[base_key(key)], ""]
             lines += [table(section)]
     return "\n".join(lines).rstrip() + "\n"
 

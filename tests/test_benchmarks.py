@@ -148,6 +148,38 @@ def test_record_numbers_headings_in_order_and_sets_apart_other_machines_commits_
     assert rendered.index("## Measured on another machine") < rendered.index("Title of training_throughput")
 
 
+def test_a_comparison_measured_on_another_kind_of_machine_keeps_the_earlier_machines(tmp_path, monkeypatch):
+    from benchmarks import record
+
+    path = tmp_path / "results.json"
+    rows, columns = [{"setting": "a", "examples/s": 1.0}], ["setting", "examples/s"]
+    for key in ("training_throughput", "candidates"):
+        record.save_section(key, f"Title of {key}", rows, columns, False, path)
+    saved = record.read(path)
+    for section in saved["sections"].values():  # As if measured on an AMD EPYC without AMX.
+        section["machine"] = dict(section["machine"], cpu="AMD EPYC", amx_bf16=False, avx512_bf16=True)
+    path.write_text(json.dumps(saved))
+    for key in ("training_throughput", "candidates"):
+        record.save_section(key, f"Title of {key}", [{"setting": "b", "examples/s": 2.0}], columns, False, path)
+    sections = record.read(path)["sections"]
+    # Candidates accumulate their rows, so they are replaced; the throughput of each machine is kept.
+    assert sorted(sections) == [
+        "candidates",
+        "training_throughput",
+        "training_throughput@AMD EPYC, AVX512_BF16 yes, AMX no",
+    ]
+    assert sections["training_throughput"]["rows"][0]["setting"] == "b"
+    rendered = record.render(record.read(path), {"training_throughput": "How to read it."})
+    assert rendered.count("Title of training_throughput") == 2 and rendered.count("How to read it.") == 2
+    # Measured again on the AMD machine: its kept section returns to the main key, this machine's is kept.
+    here = record.machine()
+    monkeypatch.setattr(record, "machine", lambda: dict(here, cpu="AMD EPYC", amx_bf16=False, avx512_bf16=True))
+    record.save_section("training_throughput", "Title of training_throughput", rows, columns, False, path)
+    sections = record.read(path)["sections"]
+    assert sorted(sections) == ["candidates", "training_throughput", f"training_throughput@{record.processor(here)}"]
+    assert sections["training_throughput"]["machine"]["cpu"] == "AMD EPYC"
+
+
 def test_time_to_accuracy_reads_history(tmp_path):
     from benchmarks.time_to_accuracy import time_to_accuracy
 
