@@ -149,19 +149,19 @@ def table(section: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bf16_flags(m: dict) -> str:
+    yes = lambda flag: "yes" if m.get(flag) else "no"  # noqa: E731
+    return f"AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}"
+
+
 def describe_machine(m: dict) -> str:
     """One line: CPU model, cores, bf16 instruction flags, TensorFlow version."""
-    yes = lambda flag: "yes" if m.get(flag) else "no"  # noqa: E731
-    return (
-        f"{m['cpu']}, {m['cores']} cores, AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}, "
-        f"TensorFlow {m['tensorflow']}"
-    )
+    return f"{m['cpu']}, {m['cores']} cores, {_bf16_flags(m)}, TensorFlow {m['tensorflow']}"
 
 
 def processor(m: dict) -> str:
     """The kind of machine: CPU model and its bf16 and AMX instructions (the same model name can differ in them)."""
-    yes = lambda flag: "yes" if m.get(flag) else "no"  # noqa: E731
-    return f"{m['cpu']}, AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}"
+    return f"{m['cpu']}, {_bf16_flags(m)}"
 
 
 def base_key(key: str) -> str:

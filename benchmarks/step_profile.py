@@ -145,20 +145,19 @@ def variants(cpu: dict) -> dict[str, tuple[str, str | None, str]]:
     rows = {}
     for kind, isa in kinds(cpu).items():
         held = f", ONEDNN_MAX_CPU_ISA={isa}" if isa else ""
-        for precision in ("float32", "mixed_bfloat16"):
-            if precision == "float32" or kind != "no bf16 instructions" or isa:
-                rows[f"{precision} ({kind}{held})"] = (precision, isa, kind)
+        really_without_bf16 = kind == "no bf16 instructions" and isa is None
+        for precision in ("float32",) if really_without_bf16 else ("float32", "mixed_bfloat16"):
+            rows[f"{precision} ({kind}{held})"] = (precision, isa, kind)
     return rows
 
 
-def measure(data_dir: str | None, quick: bool) -> dict[str, list[dict]]:
+def measure(data_dir: str | None, quick: bool, cpu: dict) -> dict[str, list[dict]]:
     """Row name (`variants`) -> each round's child measurement, the rows taking turns."""
     from benchmarks.common import rounds
-    from benchmarks.record import machine
 
     # --quick: a smoke test at a small batch, not a measurement.
     num_steps, repeats, batch = (2, 1, 64) if quick else (16, 3, None)
-    chosen = variants(machine())
+    chosen = variants(cpu)
     results: dict[str, list[dict]] = {name: [] for name in chosen}
     for order in rounds(list(chosen), repeats):
         for name in order:
@@ -225,8 +224,9 @@ def step_profile(data_dir: str | None, quick: bool) -> tuple[list[dict], list[di
     """The profile rows and the `auto` rows (`profile_rows`, `auto_rows`) of one measurement."""
     from benchmarks.record import machine
 
-    results = measure(data_dir, quick)
-    return profile_rows(results), auto_rows(results, machine())
+    cpu = machine()
+    results = measure(data_dir, quick, cpu)
+    return profile_rows(results), auto_rows(results, cpu)
 
 
 if __name__ == "__main__":
