@@ -36,6 +36,10 @@ TECHNIQUES = {
     "frozen batch-norm scale (vs trained)": {"model": {"batch_norm_scale": True}},
     "moving average of the weights (vs the trained weights)": {"train": {"ema_momentum": None}},
     "batch norm after max-pooling (vs before)": {"model": {"batch_norm_after_pooling": False}},
+    "wide second and third blocks for fewer epochs (vs 32 and 64 channels for 32 epochs)": {
+        "model": {"filters": [16, 32, 64]},
+        "train": {"epochs": 32},
+    },
 }
 # Techniques `fast` leaves out, and the config fields that add each back (the
 # ablation trains `fast` with one at a time).
