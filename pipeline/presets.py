@@ -51,19 +51,15 @@ def _fast() -> Config:
     # epochs than the trained weights do. The placement of batch norm, the
     # average and the frozen batch-norm scale were chosen on validation over
     # three seeds; one-pixel shifts and no dropout on validation against
-    # two-pixel shifts and dropout. Width buys more than length here: 64 and
-    # 128 channels in the second and third blocks for 20 epochs validated
-    # higher on every one of three seeds than 32 and 64 channels for 32 to 35
-    # epochs, in about the same time; 48 and 96 channels for 26 epochs took
-    # longer and validated no higher. On the narrow network no label smoothing
-    # (with or without random flips), a trained batch-norm scale, a dense
-    # layer of 512, a two-epoch average (momentum 0.995) and weight decay of
-    # 0.0035 or 0.007 validated within the seeds' spread or lower. The first
-    # block, at full resolution, stays at 16 channels: 32 there doubled the
-    # time of an epoch. Channel counts stay
-    # multiples of 16: in mixed_bfloat16, oneDNN ran a network with 24
-    # channels in its first block at a quarter of the speed of 16 or 32. The
-    # benchmark record's ablation of this preset measures each technique.
+    # two-pixel shifts and dropout. Width buys more than length: 64 and 128
+    # channels in the second and third blocks for 20 epochs validated higher
+    # on every seed than 32 and 64 channels for 32 to 35 epochs in about the
+    # same time (docs/design.md lists the other candidates). The first block,
+    # at full resolution, stays at 16 channels: 32 there doubled the time of
+    # an epoch. Channel counts stay multiples of 16: in mixed_bfloat16, oneDNN
+    # ran a network with 24 channels in its first block at a quarter of the
+    # speed of 16 or 32. The benchmark record's ablation of this preset
+    # measures each technique.
     base = Config()
     return Config(
         name="fast",
