@@ -17,6 +17,7 @@ from conftest import run, smoke_train_command, subprocess_env
 
 from pipeline import config as config_lib
 from pipeline import config_files, presets
+from pipeline.data import sources as data_lib
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import loop
 from pipeline.training.driver import train_and_evaluate
@@ -314,6 +315,13 @@ def test_mixed_bfloat16_trains_and_exports(tiny_data_dir, tmp_path):
     probabilities = served(images=tf.constant(images))["probabilities"]
     assert probabilities.dtype == tf.float32
     np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-3)
+    # The metrics called "as served" are the export's own, computed in float32,
+    # not those of the bfloat16 arithmetic the network trained in.
+    test = data_lib.load(config.data).test
+    served_test = served(images=tf.constant(test.images))["probabilities"].numpy().astype(np.float64)
+    assert metrics["test_accuracy"] == np.mean(served_test.argmax(axis=1) == test.labels)
+    served_loss = -np.mean(np.log(served_test[np.arange(len(test)), test.labels.astype(int)]))
+    np.testing.assert_allclose(metrics["test_loss"], served_loss, rtol=1e-6)
 
 
 def test_an_epochs_iterator_is_released_off_the_training_thread():

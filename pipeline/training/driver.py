@@ -22,6 +22,7 @@ from pipeline import config_files
 from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
+from pipeline.model import network as models
 from pipeline.runs import final_model, report
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
@@ -33,6 +34,22 @@ from pipeline.training import state as train_state
 log = logging.getLogger(__name__)
 
 
+def served_model(config, strategy, model, policy: str):
+    """The trained weights in the float32 network that the export serves.
+
+    Under a mixed policy the trained model computes in bfloat16 or float16,
+    while the export (`final_model.load_final_model`) computes in float32, the
+    precision every CPU and server runs. The final metrics are measured on
+    this copy, so "as served" is what a served request gets.
+    """
+    if policy == "float32":
+        return model
+    with strategy.scope():
+        served = models.build_model(config.model, dtype="float32")
+    served.set_weights(model.get_weights())
+    return served
+
+
 def final_metrics(
     config, strategy, state, dataset, history, policy: str, data_fingerprint: str, started: float, stop=None
 ) -> dict:
@@ -40,7 +57,8 @@ def final_metrics(
 
     A stop request ends it between splits (training is checkpointed by then).
     """
-    eval_steps = steps.make_eval_steps(strategy, state.model)
+    served = served_model(config, strategy, state.model, policy)
+    eval_steps = steps.make_eval_steps(strategy, served)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     metrics = {"preset": config.name}
     for name in ("train", "val", "test"):
@@ -51,7 +69,8 @@ def final_metrics(
         metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
     if config.model.test_time_augmentation != "none":
         # What the network alone scores, so the views' share stays visible.
-        single = loop.evaluate(strategy, steps.make_eval_steps(strategy, state.network), eval_fn, dataset.test)
+        network = models.single_view(served)
+        single = loop.evaluate(strategy, steps.make_eval_steps(strategy, network), eval_fn, dataset.test)
         metrics.update(test_accuracy_single_view=single["accuracy"], test_loss_single_view=single["loss"])
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],
