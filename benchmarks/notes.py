@@ -111,6 +111,13 @@ NOTES = {
         "epoch. Test accuracy is left out; the recipes sections measure it once per finished recipe. Training "
         "seconds are as each run recorded them: runs trained two at a time on two cores took about twice as long."
     ),
+    "views": (
+        "Finished runs named with `python -m benchmarks.run --view_runs=WORKDIR,...`: the validation accuracy of "
+        "their final weights when the probabilities of several views of each image are averaged (the float32 "
+        "network alone scores each view; `benchmarks/views.py` defines the sets: mirrored or not, shifted with "
+        "zero fill). `flip_and_shift (10)` is what the presets serve. The views are chosen on validation like the "
+        "rest of a recipe."
+    ),
     "ablation": (
         "`fast` without one technique at a time, replaced by what the row names; each value is the median of "
         "two seeds. A technique helps when removing it costs epochs or seconds to 93% or final validation "

@@ -38,6 +38,7 @@ ORDER = (
     "seed_runs",
     "seed_runs_each",
     "candidates",
+    "views",
     "serving",
     "two_workers_vs_one",
     "step_breakdown",

@@ -5,6 +5,7 @@ python -m benchmarks.run --data_dir=... --quick --out=/tmp/r.json --record=/tmp/
 python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/default --export=runs/default/export/1
 python -m benchmarks.run --data_dir=... --norecipes --ablation --nothroughput ...   # one section alone
 python -m benchmarks.run --candidate_runs=runs/c1,runs/c2 --norecipes --nothroughput ...   # candidates on validation
+python -m benchmarks.run --view_runs=runs/c1,runs/c2 --norecipes --nothroughput ...   # view sets on validation
 
 Writes benchmarks/results.json and BENCHMARKS.md (see benchmarks/record.py).
 """
@@ -60,6 +61,11 @@ flags.DEFINE_list(
     [],
     "WORKDIRs of finished runs of candidate recipes: each one's validation accuracy and what it changes from its "
     "preset.",
+)
+flags.DEFINE_list(
+    "view_runs",
+    [],
+    "WORKDIRs of finished runs: each one's validation accuracy under several sets of test-time views.",
 )
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
@@ -118,6 +124,10 @@ def main(argv):
 
         rows = merge(record.read(Path(FLAGS.out))["sections"].get("candidates"), candidates)
         _save("candidates", "Candidate recipes on validation, beside the preset each changes", rows)
+    if FLAGS.view_runs:
+        from benchmarks.views import view_rows
+
+        _save("views", "Test-time view sets on validation", view_rows(FLAGS.view_runs, FLAGS.data_dir))
     if FLAGS.export:
         _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:

@@ -30,6 +30,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         f"--runs=smoke={tmp_path / 'run'}",
         f"--seed_runs=smoke={tmp_path / 'run'}",
         f"--candidate_runs={tmp_path / 'run'}",
+        f"--view_runs={tmp_path / 'run'}",
         f"--export={tmp_path / 'run' / 'export' / '1'}",
         f"--out={out}",
         f"--record={tmp_path / 'BENCHMARKS.md'}",
@@ -49,6 +50,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "seed_runs",
         "seed_runs_each",
         "candidates",
+        "views",
         "serving",
         "recipes",
         "recipe_seeds",
@@ -85,6 +87,9 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     assert results["seed_runs"][0]["seeds"] == 1 and results["seed_runs_each"][0]["seed"] == 0
     changed = "data.validation_size=64, data.max_train_examples=None, data.max_eval_examples=None"
     assert results["candidates"][0]["changes from the preset"] == changed
+    # The views the run serves, rebuilt view by view, score exactly what its metrics say.
+    served = json.loads((tmp_path / "run" / "metrics.json").read_text())["val_accuracy"]
+    assert results["views"][0]["val, flip_and_shift (10) (%)"] == pytest.approx(100 * served, abs=1e-6)
     from benchmarks import recipes
 
     # fast itself, then one row per technique it has and per technique it leaves out.
@@ -98,7 +103,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 11. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 12. Serving" in rendered
     from benchmarks import record
 
     assert record.render(record.read(out), {}).count("## ") == len(sections)
