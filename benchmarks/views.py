@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-_PLUS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+from pipeline.model.network import SHIFTS as _PLUS  # The one-pixel shifts the presets serve.
+
 VIEW_SETS = {
     "none (1)": [(False, 0, 0)],
     "flip (2)": [(m, 0, 0) for m in (False, True)],

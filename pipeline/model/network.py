@@ -13,7 +13,7 @@ from pipeline.data.sources import NUM_CLASSES
 from pipeline.model.batch_norm import FusedBatchNormalization
 
 # One-pixel shifts (rows, columns) added to each of the image and its mirror.
-_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 def _views(images, mode: str) -> list:
@@ -22,7 +22,7 @@ def _views(images, mode: str) -> list:
         return [images, flipped]
     padded = [keras.ops.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]]) for v in (images, flipped)]
     height, width = images.shape[1], images.shape[2]
-    shifted = [p[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width, :] for p in padded for dy, dx in _SHIFTS]
+    shifted = [p[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width, :] for p in padded for dy, dx in SHIFTS]
     return [images, flipped, *shifted]
 
 
@@ -69,7 +69,7 @@ class AverageViews(keras.layers.Layer):
         return {**super().get_config(), "num_views": self.num_views}
 
 
-VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(_SHIFTS)}
+VIEW_COUNTS = {"flip": 2, "flip_and_shift": 2 + 2 * len(SHIFTS)}
 STEM = "block0_conv0"
 # Training images whose patches give the whitening stem its covariance (the first ones).
 WHITENING_SAMPLE = 5000
