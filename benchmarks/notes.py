@@ -118,6 +118,13 @@ NOTES = {
         "zero fill). `flip_and_shift (10)` is what the presets serve. The views are chosen on validation like the "
         "rest of a recipe."
     ),
+    "ensembles": (
+        "Groups of finished runs named with `python -m benchmarks.run --ensemble_runs=NAME=WORKDIR,...`, each run "
+        "scored as served (float32, its test-time views) on the same validation images, and the group scored with "
+        "the runs' probabilities averaged. Averaging can only fix images the runs disagree on: an error every run "
+        "makes stays, and an error only some make is fixed when the others outvote it. The gain of averaging is "
+        "what the recipe would buy with that many times its training compute spent on independent runs."
+    ),
     "ablation": (
         "`fast` without one technique at a time, replaced by what the row names; each value is the median of "
         "two seeds. A technique helps when removing it costs epochs or seconds to 93% or final validation "

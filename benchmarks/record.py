@@ -39,6 +39,7 @@ ORDER = (
     "seed_runs_each",
     "candidates",
     "views",
+    "ensembles",
     "serving",
     "two_workers_vs_one",
     "step_breakdown",

@@ -6,6 +6,7 @@ python -m benchmarks.run --data_dir=... --runs=seed=runs/seed,default=runs/defau
 python -m benchmarks.run --data_dir=... --norecipes --ablation --nothroughput ...   # one section alone
 python -m benchmarks.run --candidate_runs=runs/c1,runs/c2 --norecipes --nothroughput ...   # candidates on validation
 python -m benchmarks.run --view_runs=runs/c1,runs/c2 --norecipes --nothroughput ...   # view sets on validation
+python -m benchmarks.run --ensemble_runs=best=runs/b0,best=runs/b1 --norecipes ...   # runs averaged on validation
 
 Writes benchmarks/results.json and BENCHMARKS.md (see benchmarks/record.py).
 """
@@ -67,6 +68,12 @@ flags.DEFINE_list(
     [],
     "WORKDIRs of finished runs: each one's validation accuracy under several sets of test-time views.",
 )
+flags.DEFINE_list(
+    "ensemble_runs",
+    [],
+    "name=WORKDIR of finished runs (repeat the name per run, two or more): each group's validation accuracy with "
+    "its runs' predictions averaged, and the errors they share.",
+)
 flags.DEFINE_string("out", str(record.RESULTS), "The JSON record to add the sections to.")
 flags.DEFINE_string("record", str(record.RECORD), "The Markdown record rendered from --out.")
 FLAGS = flags.FLAGS
@@ -81,6 +88,7 @@ def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = No
 def main(argv):
     del argv
     seed_runs = _read_seed_runs(FLAGS.seed_runs)
+    ensemble_groups = _read_ensemble_groups(FLAGS.ensemble_runs)
     candidates = _read_candidate_runs(FLAGS.candidate_runs)
     if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
         common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
@@ -128,6 +136,14 @@ def main(argv):
         from benchmarks.views import view_rows
 
         _save("views", "Test-time view sets on validation", view_rows(FLAGS.view_runs, FLAGS.data_dir))
+    if ensemble_groups:
+        from benchmarks.ensembles import ensemble_rows
+
+        try:
+            rows = ensemble_rows(ensemble_groups, FLAGS.data_dir)
+        except (ValueError, RuntimeError) as error:  # ConfigError, WorkdirError, DataError: one line, no traceback.
+            common.fail(str(error))
+        _save("ensembles", "Finished runs averaged on validation, and the errors they share", rows)
     if FLAGS.export:
         _save("serving", "Serving", _serving(FLAGS.export, test.images))
     if FLAGS.scaling:
@@ -180,21 +196,43 @@ def main(argv):
         _save("tuning_rate", title, trials_per_hour(FLAGS.data_dir, FLAGS.quick))
 
 
-def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:
-    """Each seed's row and the summary of `--seed_runs`, read before anything is measured."""
-    from benchmarks import seeds
+def _named_groups(flag: str, items: list[str]) -> dict[str, list[str]]:
+    """NAME=WORKDIR items grouped by name, in order; a malformed item fails with the flag's usage."""
     from launch.common import fail
 
     groups: dict[str, list[str]] = {}
     for item in items:
         name, _, workdir = item.partition("=")
         if not (name and workdir):
-            fail(f"--seed_runs={item}: expected NAME=WORKDIR, e.g. --seed_runs=default=runs/d0,default=runs/d1")
+            fail(f"--{flag}={item}: expected NAME=WORKDIR, e.g. --{flag}=default=runs/d0,default=runs/d1")
         groups.setdefault(name, []).append(workdir)
+    return groups
+
+
+def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:
+    """Each seed's row and the summary of `--seed_runs`, read before anything is measured."""
+    from benchmarks import seeds
+    from launch.common import fail
+
+    groups = _named_groups("seed_runs", items)
     try:
         return seeds.from_workdirs(groups) if groups else None
     except ValueError as error:
         fail(f"--seed_runs: {error}")
+
+
+def _read_ensemble_groups(items: list[str]) -> dict[str, list[str]]:
+    """The groups of `--ensemble_runs`, checked before anything is measured."""
+    from launch.common import fail
+
+    groups = _named_groups("ensemble_runs", items)
+    for name, workdirs in groups.items():
+        if len(workdirs) < 2:
+            fail(f"--ensemble_runs: {name} names one run; name at least two runs of it to average")
+        for workdir in workdirs:
+            if not (Path(workdir) / "config.json").is_file():
+                fail(f"--ensemble_runs: {workdir} holds no config.json; name the workdir of a finished run")
+    return groups
 
 
 def _read_candidate_runs(workdirs: list[str]) -> list[dict] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -20,6 +21,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     base = presets.preset("smoke")
     config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
     train_and_evaluate(config, tmp_path / "run", tf.distribute.get_strategy(), progress=False, make_report=False)
+    other = config.replace(train=dataclasses.replace(config.train, seed=1))
+    train_and_evaluate(other, tmp_path / "run1", tf.distribute.get_strategy(), progress=False, make_report=False)
     out = tmp_path / "results.json"
     command = [
         sys.executable,
@@ -31,6 +34,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         f"--seed_runs=smoke={tmp_path / 'run'}",
         f"--candidate_runs={tmp_path / 'run'}",
         f"--view_runs={tmp_path / 'run'}",
+        f"--ensemble_runs=smoke={tmp_path / 'run'},smoke={tmp_path / 'run1'}",
         f"--export={tmp_path / 'run' / 'export' / '1'}",
         f"--out={out}",
         f"--record={tmp_path / 'BENCHMARKS.md'}",
@@ -51,6 +55,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "seed_runs_each",
         "candidates",
         "views",
+        "ensembles",
         "serving",
         "recipes",
         "recipe_seeds",
@@ -90,6 +95,11 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     # The views the run serves, rebuilt view by view, score exactly what its metrics say.
     served = json.loads((tmp_path / "run" / "metrics.json").read_text())["val_accuracy"]
     assert results["views"][0]["val, flip_and_shift (10) (%)"] == pytest.approx(100 * served, abs=1e-6)
+    # Each run scored as its metrics say; the errors all runs share are at most those of the best run.
+    (averaged,) = results["ensembles"]
+    assert averaged["val as served, each (%)"].split(", ")[0] == f"{100 * served:.2f}"
+    errors = [int(count) for count in averaged["errors, each"].split(", ")]
+    assert averaged["errors every run makes"] <= min(errors) <= max(errors) <= averaged["errors any run makes"]
     from benchmarks import recipes
 
     # fast itself, then one row per technique it has and per technique it leaves out.
@@ -103,7 +113,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
     ]
     # The record says where and when each section was measured, and re-renders without measuring.
     rendered = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 12. Serving" in rendered
+    assert "AVX512_BF16" in rendered and "AMX" in rendered and "TensorFlow" in rendered and "## 13. Serving" in rendered
     from benchmarks import record
 
     assert record.render(record.read(out), {}).count("## ") == len(sections)
