@@ -117,6 +117,17 @@ def run(command: list[str], timeout: float, env: dict | None = None) -> subproce
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def assert_benchmark_flag_fails(tmp_path: Path, flag: str, message: str) -> None:
+    """`python -m benchmarks.run FLAG` exits 1 with one `error:` line holding `message`, and writes no record."""
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "benchmarks.run", flag, f"--out={out}", f"--record={tmp_path / 'B.md'}"]
+    done = run(command, timeout=120)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert not out.exists()
+
+
 def start(command: list[str], env: dict | None = None, merge_stderr: bool = False) -> subprocess.Popen:
     """Starts a command from the repository root (env: `subprocess_env` unless given), piping its text output."""
     env = subprocess_env() if env is None else env

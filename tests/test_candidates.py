@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import assert_benchmark_flag_fails
 
 from benchmarks import candidates
 from pipeline import config_files, presets
@@ -73,21 +72,7 @@ def test_runs_that_cannot_be_weighed_are_refused_with_the_reason(tmp_path):
 
 
 def test_bad_candidate_runs_fail_in_one_line_before_measuring(tmp_path):
-    out = tmp_path / "results.json"
-    missing = tmp_path / "missing"
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.run",
-        f"--candidate_runs={missing}",
-        f"--out={out}",
-        f"--record={tmp_path / 'B.md'}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: --candidate_runs: ") and "holds no finished run" in line, line
-    assert not out.exists()
+    assert_benchmark_flag_fails(tmp_path, f"--candidate_runs={tmp_path / 'missing'}", "holds no finished run")
 
 
 def test_new_candidates_join_the_recorded_ones_and_a_run_named_again_replaces_its_row(tmp_path):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from conftest import assert_benchmark_flag_fails
 
 from benchmarks.ensembles import ensemble_row
 
@@ -38,10 +36,4 @@ def test_bad_ensemble_runs_fail_in_one_line_before_measuring(tmp_path):
         (f"--ensemble_runs=fast={tmp_path / 'a'}", "fast names one run; name at least two"),
         (f"--ensemble_runs=fast={tmp_path / 'a'},fast={tmp_path / 'missing'}", "holds no config.json"),
     ):
-        out = tmp_path / "results.json"
-        command = [sys.executable, "-m", "benchmarks.run", bad, f"--out={out}", f"--record={tmp_path / 'B.md'}"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 1, done.stderr
-        (line,) = done.stderr.strip().splitlines()
-        assert line.startswith("error: ") and message in line, line
-        assert not out.exists()
+        assert_benchmark_flag_fails(tmp_path, bad, message)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import assert_benchmark_flag_fails
 
 from benchmarks import seeds
 from pipeline import config_files, presets
@@ -70,10 +69,4 @@ def test_bad_seed_runs_fail_in_one_line_before_measuring(tmp_path):
         (f"--seed_runs=fast={tmp_path / 'missing'}", "holds no finished run"),
         ("--recipe_seeds=0,x", "expected whole numbers"),
     ):
-        out = tmp_path / "results.json"
-        command = [sys.executable, "-m", "benchmarks.run", bad, f"--out={out}", f"--record={tmp_path / 'B.md'}"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 1, done.stderr
-        (line,) = done.stderr.strip().splitlines()
-        assert line.startswith("error: ") and message in line, line
-        assert not out.exists()
+        assert_benchmark_flag_fails(tmp_path, bad, message)
