@@ -11,11 +11,14 @@ Each run is scored as it is served (float32, its test-time views).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import statistics
 from pathlib import Path
 
 import numpy as np
+
+_CONFUSIONS = 4  # The commonest (label, prediction) pairs among the errors every run makes.
 
 
 def _served_probabilities(workdir: Path, data_dir: str | None):
@@ -31,18 +34,24 @@ def _served_probabilities(workdir: Path, data_dir: str | None):
     return config, validation.labels.astype(np.int64), final_model.predict_probabilities(model, validation.images)
 
 
-def ensemble_row(name: str, probabilities: list[np.ndarray], labels: np.ndarray, seeds: list[int]) -> dict:
+def ensemble_row(
+    name: str, probabilities: list[np.ndarray], labels: np.ndarray, seeds: list[int], class_names: tuple[str, ...]
+) -> dict:
     """One group's row: each run's accuracy and errors, their average's, and the errors they share.
 
     Args:
       name: the group's name.
-      probabilities: one [N, 10] array per run, all on the same images.
+      probabilities: one [N, classes] array per run, all on the same images.
       labels: [N] class ids.
       seeds: each run's seed, in the order of `probabilities`.
+      class_names: the name of each class id.
     """
     wrong = [p.argmax(axis=1) != labels for p in probabilities]
     each = [100 * (1 - float(w.mean())) for w in wrong]
-    averaged = 100 * float(np.mean(np.mean(probabilities, axis=0).argmax(axis=1) == labels))
+    predicted = np.mean(probabilities, axis=0).argmax(axis=1)
+    averaged = 100 * float(np.mean(predicted == labels))
+    shared = np.logical_and.reduce(wrong)
+    confusions = collections.Counter(zip(labels[shared], predicted[shared], strict=True)).most_common(_CONFUSIONS)
     return {
         "runs": name,
         "seeds": ",".join(str(seed) for seed in seeds),
@@ -51,8 +60,11 @@ def ensemble_row(name: str, probabilities: list[np.ndarray], labels: np.ndarray,
         "val, runs averaged (%)": averaged,
         "averaged vs median (points)": averaged - statistics.median(each),
         "errors, each": ", ".join(str(int(w.sum())) for w in wrong),
-        "errors every run makes": int(np.logical_and.reduce(wrong).sum()),
+        "errors every run makes": int(shared.sum()),
         "errors any run makes": int(np.logical_or.reduce(wrong).sum()),
+        f"commonest errors every run makes (label as averaged prediction), top {_CONFUSIONS}": ", ".join(
+            f"{class_names[label]} as {class_names[guess]} {count}" for (label, guess), count in confusions
+        ),
         "validation images": len(labels),
     }
 
@@ -63,6 +75,8 @@ def ensemble_rows(groups: dict[str, list[str]], data_dir: str | None) -> list[di
     Raises:
       ValueError: a group's runs hold out different validation images.
     """
+    from pipeline.data import sources
+
     rows = []
     for name, workdirs in groups.items():
         runs = [_served_probabilities(Path(workdir), data_dir) for workdir in workdirs]
@@ -72,5 +86,6 @@ def ensemble_rows(groups: dict[str, list[str]], data_dir: str | None) -> list[di
                 f"--ensemble_runs: the runs of {name} hold out different validation images; "
                 "name runs with the same data settings"
             )
-        rows.append(ensemble_row(name, [r[2] for r in runs], runs[0][1], [r[0].train.seed for r in runs]))
+        seeds = [r[0].train.seed for r in runs]
+        rows.append(ensemble_row(name, [r[2] for r in runs], runs[0][1], seeds, sources.CLASS_NAMES))
     return rows

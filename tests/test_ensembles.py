@@ -18,12 +18,13 @@ def test_averaging_fixes_only_the_images_the_runs_disagree_on():
         np.array([[0.8, 0.2, 0.0], [0.7, 0.3, 0.0], [0.0, 0.9, 0.1], [0.45, 0.55, 0.0]]),
         np.array([[0.7, 0.3, 0.0], [0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [1.0, 0.0, 0.0]]),
     ]
-    row = ensemble_row("toy", runs, labels, seeds=[0, 1, 2])
+    row = ensemble_row("toy", runs, labels, seeds=[0, 1, 2], class_names=("a", "b", "c"))
     assert row["seeds"] == "0,1,2" and row["validation images"] == 4
     assert row["errors, each"] == "2, 3, 1"
     assert row["val as served, each (%)"] == "50.00, 25.00, 75.00"
     assert row["val as served, median (%)"] == 50.0
     assert row["errors every run makes"] == 1 and row["errors any run makes"] == 3
+    assert row["commonest errors every run makes (label as averaged prediction), top 4"] == "b as a 1"
     assert row["val, runs averaged (%)"] == 75.0  # Images 0, 2 and 3.
     assert row["averaged vs median (points)"] == pytest.approx(25.0)
 
