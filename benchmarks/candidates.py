@@ -75,15 +75,12 @@ def merge(recorded: dict | None, rows: list[dict]) -> list[dict]:
     Rows recorded before this column existed were compared with the preset
     of the commit their section names.
     """
-    if not recorded:
-        return rows
-    named = {row["workdir"] for row in rows}
-    kept = [
-        {**row, "preset as of commit": row.get("preset as of commit", recorded.get("commit", record.NOT_RECORDED))}
-        for row in recorded["rows"]
-        if row["workdir"] not in named
+    compared_at = (recorded or {}).get("commit", record.NOT_RECORDED)
+    earlier = [
+        {**row, "preset as of commit": row.get("preset as of commit", compared_at)}
+        for row in (recorded or {}).get("rows", [])
     ]
-    return kept + rows
+    return record.merge_rows({"rows": earlier}, rows, "workdir")
 
 
 def from_workdirs(workdirs: list[str]) -> list[dict]:

@@ -116,14 +116,17 @@ NOTES = {
         "their final weights when the probabilities of several views of each image are averaged (the float32 "
         "network alone scores each view; `benchmarks/views.py` defines the sets: mirrored or not, shifted with "
         "zero fill). `flip_and_shift (10)` is what the presets serve. The views are chosen on validation like the "
-        "rest of a recipe."
+        "rest of a recipe. Each command adds its runs to the rows recorded before and replaces the row of a run "
+        "named again; the section's date, machine, commit and command are those of the latest."
     ),
     "ensembles": (
         "Groups of finished runs named with `python -m benchmarks.run --ensemble_runs=NAME=WORKDIR,...`, each run "
         "scored as served (float32, its test-time views) on the same validation images, and the group scored with "
         "the runs' probabilities averaged. Averaging can only fix images the runs disagree on: an error every run "
         "makes stays, and an error only some make is fixed when the others outvote it. The gain of averaging is "
-        "what the recipe would buy with that many times its training compute spent on independent runs."
+        "what the recipe would buy with that many times its training compute spent on independent runs. Each "
+        "command adds its groups to the rows recorded before and replaces the row of a group named again; the "
+        "section's date, machine, commit and command are those of the latest."
     ),
     "ablation": (
         "`fast` without one technique at a time, replaced by what the row names; each value is the median of "

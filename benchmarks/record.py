@@ -61,7 +61,7 @@ ORDER = (
 # Sections computed from other sections' measurements rather than measured.
 PREDICTIONS = {"scaling_model"}
 # Sections whose rows each new measurement adds to, rather than replaces.
-ACCUMULATED = {"candidates"}
+ACCUMULATED = {"candidates", "views", "ensembles"}
 NOT_RECORDED = "not recorded"
 
 
@@ -106,6 +106,16 @@ def machine() -> dict:
 def read(path: Path = RESULTS) -> dict:
     """The record as {"sections": {key: section}}; empty when there is none yet."""
     return json.loads(path.read_text()) if path.exists() else {"sections": {}}
+
+
+def merge_rows(recorded: dict | None, rows: list[dict], key: str) -> list[dict]:
+    """The rows of the `recorded` section (if any) whose `key` no new row names, followed by `rows`.
+
+    For the ACCUMULATED sections: a measurement adds its rows to those
+    recorded before and replaces the row of whatever it measures again.
+    """
+    named = {row[key] for row in rows}
+    return [row for row in (recorded or {}).get("rows", []) if row.get(key) not in named] + rows
 
 
 def save_section(key: str, title: str, rows: list[dict], columns: list[str], quick: bool, path: Path = RESULTS) -> dict:

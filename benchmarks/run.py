@@ -80,9 +80,15 @@ FLAGS = flags.FLAGS
 
 
 def _save(key: str, title: str, rows: list[dict], columns: list[str] | None = None) -> None:
-    section = record.save_section(key, title, rows, columns or list(rows[0]), FLAGS.quick, Path(FLAGS.out))
+    columns = columns or list(dict.fromkeys(column for row in rows for column in row))
+    section = record.save_section(key, title, rows, columns, FLAGS.quick, Path(FLAGS.out))
     print(f"### {title}\n\n{record.table(section)}", flush=True)
     record.write(Path(FLAGS.record), Path(FLAGS.out))
+
+
+def _recorded(key: str) -> dict | None:
+    """The section `key` as recorded before this run, if any."""
+    return record.read(Path(FLAGS.out))["sections"].get(key)
 
 
 def main(argv):
@@ -130,12 +136,13 @@ def main(argv):
     if candidates:
         from benchmarks.candidates import merge
 
-        rows = merge(record.read(Path(FLAGS.out))["sections"].get("candidates"), candidates)
+        rows = merge(_recorded("candidates"), candidates)
         _save("candidates", "Candidate recipes on validation, beside the preset each changes", rows)
     if FLAGS.view_runs:
         from benchmarks.views import view_rows
 
-        _save("views", "Test-time view sets on validation", view_rows(FLAGS.view_runs, FLAGS.data_dir))
+        rows = record.merge_rows(_recorded("views"), view_rows(FLAGS.view_runs, FLAGS.data_dir), "workdir")
+        _save("views", "Test-time view sets on validation", rows)
     if ensemble_groups:
         from benchmarks.ensembles import ensemble_rows
 
@@ -143,6 +150,7 @@ def main(argv):
             rows = ensemble_rows(ensemble_groups, FLAGS.data_dir)
         except (ValueError, RuntimeError) as error:  # ConfigError, WorkdirError, DataError: one line, no traceback.
             common.fail(str(error))
+        rows = record.merge_rows(_recorded("ensembles"), rows, "runs")
         _save("ensembles", "Finished runs averaged on validation, and the errors they share", rows)
     if FLAGS.export:
         _save("serving", "Serving", _serving(FLAGS.export, test.images))

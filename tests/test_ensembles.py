@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import assert_benchmark_flag_fails
 
+from benchmarks import record
 from benchmarks.ensembles import ensemble_row
 
 
@@ -38,3 +39,13 @@ def test_bad_ensemble_runs_fail_in_one_line_before_measuring(tmp_path):
         (f"--ensemble_runs=fast={tmp_path / 'a'},fast={tmp_path / 'missing'}", "holds no config.json"),
     ):
         assert_benchmark_flag_fails(tmp_path, bad, message)
+
+
+def test_a_new_group_joins_the_recorded_ones_and_a_group_named_again_replaces_its_row():
+    averaged = "val, runs averaged (%)"
+    recorded = {"rows": [{"runs": "fast", averaged: 95.2}, {"runs": "best", averaged: 96.4}]}
+    rows = record.merge_rows(recorded, [{"runs": "best", averaged: 96.5}, {"runs": "wide"}], "runs")
+    assert [row["runs"] for row in rows] == ["fast", "best", "wide"]
+    assert rows[1][averaged] == 96.5
+    assert record.merge_rows(None, rows, "runs") == rows
+    assert {"views", "ensembles", "candidates"} <= record.ACCUMULATED
