@@ -218,6 +218,19 @@ class TrainConfig:
     # norm's moving statistics are then gathered with weights near the
     # average. None: the average only watches the training.
     ema_overwrite_steps: int | None = setting(None, old=None)
+    # Sharpness-aware minimisation (Foret et al., 2021): each step's gradient is
+    # taken at the weights moved this far (L2) up the loss, so training seeks
+    # flat minima; None is plain descent. The uphill direction comes from the
+    # first `sam_ascent_fraction` of each replica's batch (each replica its
+    # own, SAM's m-sharpness), one extra forward and backward pass that size.
+    sam_rho: float | None = setting(
+        None,
+        "Sharpness-aware minimisation radius (e.g. 0.05), or 'off'.",
+        flag=True,
+        old=None,
+        parse=parse_number_or_off("sam_rho", "0.05"),
+    )
+    sam_ascent_fraction: float = setting(0.25, old=0.25)
     # Stop after this many epochs without a better validation accuracy and
     # restore the best weights; None trains every epoch and keeps the last.
     early_stopping_patience: int | None = setting(

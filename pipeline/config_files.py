@@ -107,6 +107,8 @@ def validate(config: Config) -> Config:
         (0 <= m.batch_norm_momentum < 1, "model.batch_norm_momentum must be in [0, 1)"),
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
         (t.ema_momentum is None or 0 < t.ema_momentum < 1, "train.ema_momentum must be in (0, 1) or null"),
+        (t.sam_rho is None or t.sam_rho > 0, "train.sam_rho must be > 0 or null"),
+        (0 < t.sam_ascent_fraction <= 1, "train.sam_ascent_fraction must be in (0, 1]"),
         (
             t.ema_overwrite_steps is None or t.ema_overwrite_steps >= 1,
             "train.ema_overwrite_steps must be >= 1 or null",

@@ -110,6 +110,53 @@ def _average_moving_statistics(strategy, model):
     return average
 
 
+def _gradients_at(model, weights, images, labels, label_smoothing: float, to_loss):
+    """Gradients of `to_loss(per-example losses)` at `weights` (`model.trainable_variables` order), model untouched.
+
+    Returns (gradients, logits, per-example losses, the non-trainable values
+    the call would have assigned: batch norm's moving statistics, dropout's
+    seed state).
+    """
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        logits, updated = model.stateless_call(weights, non_trainable, images, training=True)
+        per_example = per_example_loss(labels, logits, label_smoothing)
+        loss = to_loss(per_example)
+    return tape.gradient(loss, weights), logits, per_example, updated
+
+
+def _sharpness_aware_gradients(model, optimizer, images, labels, config: config_lib.TrainConfig):
+    """SAM's gradients (`TrainConfig.sam_rho`): the batch's gradients at the weights moved uphill by `sam_rho`.
+
+    The uphill step is this replica's (SAM's m-sharpness), from the first
+    `sam_ascent_fraction` of its batch; that pass's batch-norm and dropout
+    state is discarded, so the moving statistics advance once per step, with
+    the whole batch, as without SAM. Returns (gradients, logits, per-example
+    losses) of the whole batch.
+    """
+    weights = [tf.identity(v.value) for v in model.trainable_variables]
+    size = tf.shape(images)[0]
+    ascent = tf.maximum(1, tf.cast(tf.math.ceil(config.sam_ascent_fraction * tf.cast(size, tf.float32)), tf.int32))
+
+    def mean_loss(per_example):
+        # Only the direction counts; loss scaling (mixed_float16) keeps it out of underflow.
+        return optimizer.scale_loss(tf.reduce_mean(per_example))
+
+    def batch_loss(per_example):
+        # Divided by the *global* batch, as without SAM: replicas' gradients are summed.
+        return optimizer.scale_loss(tf.reduce_sum(per_example) / config.global_batch_size)
+
+    smoothing = config.label_smoothing
+    uphill, *_ = _gradients_at(model, weights, images[:ascent], labels[:ascent], smoothing, mean_loss)
+    step = config.sam_rho / (tf.linalg.global_norm(uphill) + 1e-12)
+    moved = [w + tf.cast(step, w.dtype) * g for w, g in zip(weights, uphill, strict=True)]
+    grads, logits, per_example, updated = _gradients_at(model, moved, images, labels, smoothing, batch_loss)
+    for variable, value in zip(model.non_trainable_variables, updated, strict=True):
+        variable.assign(value)
+    return grads, logits, per_example
+
+
 def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig, policy: str):
     """Returns `train_steps(iterator, n, totals)`: n optimiser steps, their statistics added to `totals`.
 
@@ -123,13 +170,15 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig,
     restart = optimizer_lib.restart_from_average(optimizer, model.trainable_variables, config.ema_overwrite_steps)
 
     def train_step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = per_example_loss(labels, logits, config.label_smoothing)
-            # Divide by the *global* batch: replicas' gradients are summed.
-            loss = tf.reduce_sum(per_example) / config.global_batch_size
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
+        if config.sam_rho is None:
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                per_example = per_example_loss(labels, logits, config.label_smoothing)
+                # Divide by the *global* batch: replicas' gradients are summed.
+                scaled = optimizer.scale_loss(tf.reduce_sum(per_example) / config.global_batch_size)
+            grads = tape.gradient(scaled, model.trainable_variables)
+        else:
+            grads, logits, per_example = _sharpness_aware_gradients(model, optimizer, images, labels, config)
         if reduce_dtype is not None:
             # The optimiser all-reduces the gradients in the dtype it is given
             # and casts each to its variable's dtype before the update.
