@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import subprocess_env
+from conftest import run, smoke_train_command, subprocess_env
 
 from pipeline import config as config_lib
 from pipeline import config_files, presets
@@ -83,9 +83,10 @@ def test_bad_sam_settings_are_refused(changes, message):
         config_files.validate(config.replace(train=dataclasses.replace(config.train, **changes)))
 
 
-def test_mirrored_over_two_cpus_trains_with_sam(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "mixed_float16"])
+def test_mirrored_over_two_cpus_trains_with_sam(tiny_data_dir, tmp_path, precision):
     # Each replica moves uphill on its own batch (m-sharpness), so this is not
-    # one replica's run; it must train and keep the replicas identical.
+    # one replica's run. mixed_float16 scales the loss of both passes.
     script = f"""
 import dataclasses, json
 from pipeline.cluster import strategies
@@ -95,7 +96,7 @@ from pipeline import config as C, presets
 from pipeline.training.driver import train_and_evaluate
 base = presets.preset("smoke")
 config = base.replace(data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64),
-                      train=dataclasses.replace(base.train, epochs=2, sam_rho=0.05))
+                      train=dataclasses.replace(base.train, epochs=2, sam_rho=0.05, precision={precision!r}))
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 print(json.dumps(train_and_evaluate(config, {str(tmp_path / "run")!r}, strategy, progress=False)))
 """
@@ -105,5 +106,22 @@ print(json.dumps(train_and_evaluate(config, {str(tmp_path / "run")!r}, strategy,
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     assert metrics["replicas"] == 2 and np.isfinite(metrics["train_loss"]) and metrics["test_accuracy"] > 0.1
+    if precision != "auto":
+        assert metrics["precision"] == precision
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["sam_rho"] == 0.05
+
+
+@pytest.mark.slow
+def test_two_workers_train_with_sam(tiny_data_dir, tmp_path):
+    # The step is the same function in every strategy; between processes the
+    # uphill step stays each worker's own and only the gradients are summed.
+    workdir = tmp_path / "run"
+    command = [
+        *(sys.executable, "-m", "launch.launch", "--num_workers=2", "--"),
+        *smoke_train_command(workdir, tiny_data_dir, "--sam_rho=0.05", "--max_train_examples=256", "--noexport"),
+    ]
+    done = run(command, timeout=600, env=dict(subprocess_env(), TMPDIR=str(tmp_path)))
+    assert done.returncode == 0, done.stdout[-3000:]
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and np.isfinite(metrics["train_loss"])
