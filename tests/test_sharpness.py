@@ -125,3 +125,13 @@ def test_two_workers_train_with_sam(tiny_data_dir, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and np.isfinite(metrics["train_loss"])
+
+
+def test_sam_trains_in_an_xla_compiled_step(tiny_data_dir, tmp_path):
+    # `model.stateless_call` inside `jit_compile`, the setting GPU runs often use.
+    workdir = tmp_path / "run"
+    extra = ("--sam_rho=0.05", "--jit_compile", "--max_train_examples=256", "--noexport", "--noreport")
+    done = run(smoke_train_command(workdir, tiny_data_dir, *extra), timeout=600, env=subprocess_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert np.isfinite(metrics["train_loss"])
