@@ -88,14 +88,14 @@ def _best() -> Config:
     # it, none clearly higher than the preset itself; CutMix on half the images,
     # half the peak learning rate, twice the weight decay, label smoothing 0.2,
     # erased boxes of up to 40% of the image, pool-first blocks twice as wide
-    # for 45 epochs and the final ten epochs without erasing (the same run up to
-    # then, which then fits the training images more closely) validated lower
-    # (the benchmark record's candidates section). No weight average kept apart
-    # from training: spanning about ten epochs (momentum 0.999), the averaged
-    # weights no longer fit batch norm's statistics, which are gathered with the
-    # trained weights, and even with the statistics recomputed for them the
-    # average validated no higher than the trained network. Channels stay
-    # multiples of 16.
+    # for 45 epochs, SAM at radius 0.02 (two seeds) and the final ten epochs
+    # without erasing (the same run up to then, which then fits the training
+    # images more closely) validated lower (the benchmark record's candidates
+    # section). No weight average kept apart from training: spanning about ten
+    # epochs (momentum 0.999), the averaged weights no longer fit batch norm's
+    # statistics, which are gathered with the trained weights, and even with the
+    # statistics recomputed for them the average validated no higher than the
+    # trained network. Channels stay multiples of 16.
     base = Config()
     return Config(
         name="best",
