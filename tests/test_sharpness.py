@@ -20,7 +20,7 @@ from pipeline.training import steps
 
 
 def _by_hand(model, images, labels, train: config_lib.TrainConfig, ascent: int):
-    """SAM written out with variable assignments: uphill on the first `ascent` images, then the batch's gradients."""
+    """SAM's uphill step by hand: moves the weights along the first `ascent` images' gradient; returns it."""
     with tf.GradientTape() as tape:
         per_example = steps.per_example_loss(labels[:ascent], model(images[:ascent], training=True), 0.1)
         uphill = tape.gradient(tf.reduce_mean(per_example), model.trainable_variables)

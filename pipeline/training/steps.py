@@ -110,6 +110,11 @@ def _average_moving_statistics(strategy, model):
     return average
 
 
+def _batch_loss(optimizer, per_example, global_batch_size: int):
+    # Divided by the *global* batch: replicas' gradients are summed.
+    return optimizer.scale_loss(tf.reduce_sum(per_example) / global_batch_size)
+
+
 def _gradients_at(model, weights, images, labels, label_smoothing: float, to_loss):
     """Gradients of `to_loss(per-example losses)` at `weights` (`model.trainable_variables` order), model untouched.
 
@@ -143,14 +148,11 @@ def _sharpness_aware_gradients(model, optimizer, images, labels, config: config_
         # Only the direction counts; loss scaling (mixed_float16) keeps it out of underflow.
         return optimizer.scale_loss(tf.reduce_mean(per_example))
 
-    def batch_loss(per_example):
-        # Divided by the *global* batch, as without SAM: replicas' gradients are summed.
-        return optimizer.scale_loss(tf.reduce_sum(per_example) / config.global_batch_size)
-
     smoothing = config.label_smoothing
     uphill, *_ = _gradients_at(model, weights, images[:ascent], labels[:ascent], smoothing, mean_loss)
     step = config.sam_rho / (tf.linalg.global_norm(uphill) + 1e-12)
     moved = [w + tf.cast(step, w.dtype) * g for w, g in zip(weights, uphill, strict=True)]
+    batch_loss = lambda per_example: _batch_loss(optimizer, per_example, config.global_batch_size)  # noqa: E731
     grads, logits, per_example, updated = _gradients_at(model, moved, images, labels, smoothing, batch_loss)
     for variable, value in zip(model.non_trainable_variables, updated, strict=True):
         variable.assign(value)
@@ -174,8 +176,7 @@ def make_train_steps(strategy, model, optimizer, config: config_lib.TrainConfig,
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
                 per_example = per_example_loss(labels, logits, config.label_smoothing)
-                # Divide by the *global* batch: replicas' gradients are summed.
-                scaled = optimizer.scale_loss(tf.reduce_sum(per_example) / config.global_batch_size)
+                scaled = _batch_loss(optimizer, per_example, config.global_batch_size)
             grads = tape.gradient(scaled, model.trainable_variables)
         else:
             grads, logits, per_example = _sharpness_aware_gradients(model, optimizer, images, labels, config)
