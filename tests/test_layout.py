@@ -10,6 +10,8 @@ from conftest import REPO
 # The stages in the order a run passes through them; each may import only itself and those before it.
 STAGES = (
     "config_fields",
+    "config_model",
+    "config_train",
     "config",
     "config_files",
     "presets",
