@@ -1,12 +1,16 @@
-"""Helpers only the tests use: writing IDX files, and running a TFLite model."""
+"""Helpers only the tests use: writing IDX files, a tiny training config, and running a TFLite model."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import presets
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> None:
@@ -31,3 +35,12 @@ def tflite_probabilities(path: Path, images: np.ndarray, batch_size: int = 256) 
         interpreter.invoke()
         parts.append(interpreter.get_tensor(target))
     return np.concatenate(parts)
+
+
+def tiny_config(data_dir, **train) -> config_lib.Config:
+    """The `smoke` preset on the tiny data in `data_dir` (64 validation images), with `train` fields replaced."""
+    base = presets.preset("smoke")
+    return base.replace(
+        data=config_lib.DataConfig(data_dir=str(data_dir), validation_size=64),
+        train=dataclasses.replace(base.train, **train),
+    )

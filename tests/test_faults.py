@@ -203,7 +203,7 @@ def test_a_run_whose_lock_is_taken_stops_with_one_line(tmp_path, capfd):
 
 
 def _tiny_run(data_dir: Path, workdir: Path, epochs: int):
-    from test_train import tiny_config
+    from helpers import tiny_config
 
     from pipeline.training.driver import train_and_evaluate
 
