@@ -1,4 +1,4 @@
-"""Helpers only the tests use: writing IDX files, a tiny training config, and running a TFLite model."""
+"""Helpers only the tests use: IDX files, a tiny training config, malformed TF_CONFIGs, running a TFLite model."""
 
 from __future__ import annotations
 
@@ -44,3 +44,13 @@ def tiny_config(data_dir, **train) -> config_lib.Config:
         data=config_lib.DataConfig(data_dir=str(data_dir), validation_size=64),
         train=dataclasses.replace(base.train, **train),
     )
+
+
+# TF_CONFIG values a worker may be given by mistake, each with the words its one-line error must contain.
+MALFORMED_TF_CONFIG_CASES = [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'needs a "cluster" object'),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'needs a "task" object'),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
+    ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+]

@@ -13,20 +13,9 @@ import time
 import pytest
 import tensorflow as tf
 from conftest import LAUNCH, REPO, fmnist_train, run, scratch_env, start, subprocess_env, wait_for
+from helpers import MALFORMED_TF_CONFIG_CASES
 
-from pipeline.cluster import environment as cluster_env
-from pipeline.cluster import strategies
-
-MALFORMED_TF_CONFIGS = pytest.mark.parametrize(
-    "tf_config, message",
-    [
-        ("{not json", "TF_CONFIG is not valid JSON"),
-        ('{"task": {"type": "worker", "index": 0}}', 'needs a "cluster" object'),
-        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'needs a "task" object'),
-        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
-        ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
-    ],
-)
+MALFORMED_TF_CONFIGS = pytest.mark.parametrize("tf_config, message", MALFORMED_TF_CONFIG_CASES)
 
 
 @pytest.mark.slow
@@ -184,12 +173,6 @@ def _chief_fingerprint(output: str) -> str:
 
 
 @MALFORMED_TF_CONFIGS
-def test_malformed_tf_config_is_a_clear_error(tf_config, message):
-    with pytest.raises(strategies.ClusterError, match=message):
-        cluster_env.parse_tf_config(tf_config)
-
-
-@MALFORMED_TF_CONFIGS
 def test_fmnist_train_reports_a_malformed_tf_config_in_one_line(tf_config, message, tiny_data_dir, tmp_path):
     env = dict(subprocess_env(), TF_CONFIG=tf_config)
     done = subprocess.run(
@@ -211,25 +194,6 @@ def test_fmnist_train_reports_a_malformed_tf_config_in_one_line(tf_config, messa
     # One line, before TensorFlow starts (no TensorFlow log line precedes it).
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr[-2000:]
     assert message in done.stderr and done.stderr.startswith("error: TF_CONFIG")
-
-
-def test_chief_rule():
-    assert strategies.is_chief(tf.distribute.get_strategy())
-
-
-def test_only_a_multi_worker_process_with_one_cpu_replica_feeds_it_directly():
-    # One process: its datasets go through the strategy (a no-op for the default one).
-    assert strategies.direct_input_context(tf.distribute.get_strategy()) is None
-    assert strategies.direct_input_context(tf.distribute.MirroredStrategy(["/cpu:0"])) is None
-
-
-def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
-    implementation = tf.distribute.experimental.CommunicationImplementation
-    cpu, gpu = strategies.communication_options(0), strategies.communication_options(2)
-    assert cpu.implementation == implementation.RING and gpu.implementation == implementation.NCCL
-    assert cpu.bytes_per_pack == gpu.bytes_per_pack == strategies.BYTES_PER_PACK > 0
-    # No timeout: TensorFlow would keep a sleeping thread per collective for the whole timeout.
-    assert cpu.timeout_seconds is None and gpu.timeout_seconds is None
 
 
 PACKING_SCRIPT = """
