@@ -2,8 +2,8 @@
 
 `Config` holds one section of each kind: `DataConfig` and `AugmentConfig` here,
 `ModelConfig` in `pipeline.config_model`, `TrainConfig` in
-`pipeline.config_train`; this module hands all of them and their value types on,
-so callers import `pipeline.config` alone. Each field's `setting(...)` holds its
+`pipeline.config_train`; this module hands all of them on, with the value types
+other modules name, so callers import `pipeline.config` alone. Each field's `setting(...)` holds its
 help text, its flag, its value for runs recorded before it existed and whether a
 resume may change it; the flags, the old-run fill-in, the resume check and the
 README's flag list derive from it (`pipeline.config_fields`).
@@ -19,19 +19,9 @@ from typing import Literal
 from pipeline import config_fields
 from pipeline.config_fields import ConfigError as ConfigError  # Callers catch `config.ConfigError`.
 from pipeline.config_fields import setting
-from pipeline.config_model import BatchNormKernel as BatchNormKernel
-from pipeline.config_model import BlockLayout as BlockLayout
-from pipeline.config_model import ConvInit as ConvInit
-from pipeline.config_model import Head as Head
 from pipeline.config_model import ModelConfig as ModelConfig
-from pipeline.config_model import StemInit as StemInit
 from pipeline.config_model import TestTimeAugmentation as TestTimeAugmentation
-from pipeline.config_train import AllReduceDtype as AllReduceDtype
-from pipeline.config_train import BatchNormStatistics as BatchNormStatistics
-from pipeline.config_train import InputDistribution as InputDistribution
-from pipeline.config_train import Optimizer as Optimizer
 from pipeline.config_train import Precision as Precision
-from pipeline.config_train import Schedule as Schedule
 from pipeline.config_train import TrainConfig as TrainConfig
 
 FlipMode = Literal["random", "alternating"]

@@ -15,8 +15,6 @@ import tensorflow as tf
 from conftest import LAUNCH, REPO, fmnist_train, run, scratch_env, start, subprocess_env, wait_for
 from helpers import MALFORMED_TF_CONFIG_CASES
 
-MALFORMED_TF_CONFIGS = pytest.mark.parametrize("tf_config, message", MALFORMED_TF_CONFIG_CASES)
-
 
 @pytest.mark.slow
 def test_two_workers_agree_and_only_the_chief_writes(tiny_data_dir, tmp_path, machine_precision):
@@ -172,7 +170,7 @@ def _chief_fingerprint(output: str) -> str:
     return fingerprint
 
 
-@MALFORMED_TF_CONFIGS
+@pytest.mark.parametrize("tf_config, message", MALFORMED_TF_CONFIG_CASES)
 def test_fmnist_train_reports_a_malformed_tf_config_in_one_line(tf_config, message, tiny_data_dir, tmp_path):
     env = dict(subprocess_env(), TF_CONFIG=tf_config)
     done = subprocess.run(

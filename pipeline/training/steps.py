@@ -10,6 +10,8 @@ runs these steps epoch by epoch.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -152,7 +154,7 @@ def _sharpness_aware_gradients(model, optimizer, images, labels, config: config_
     uphill, *_ = _gradients_at(model, weights, images[:ascent], labels[:ascent], smoothing, mean_loss)
     step = config.sam_rho / (tf.linalg.global_norm(uphill) + 1e-12)
     moved = [w + tf.cast(step, w.dtype) * g for w, g in zip(weights, uphill, strict=True)]
-    batch_loss = lambda per_example: _batch_loss(optimizer, per_example, config.global_batch_size)  # noqa: E731
+    batch_loss = functools.partial(_batch_loss, optimizer, global_batch_size=config.global_batch_size)
     grads, logits, per_example, updated = _gradients_at(model, moved, images, labels, smoothing, batch_loss)
     for variable, value in zip(model.non_trainable_variables, updated, strict=True):
         variable.assign(value)
