@@ -1,4 +1,4 @@
-"""Training end to end on tiny data: metrics, the moving average, bad input, presets, determinism."""
+"""Training end to end on tiny data: metrics, the moving average, evaluation, bad input, presets, determinism."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from helpers import tiny_config
 
 from pipeline import config as config_lib
 from pipeline import config_files, presets
+from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
-from pipeline.training import loop
+from pipeline.model import network as models
+from pipeline.training import loop, steps
 from pipeline.training.driver import train_and_evaluate
 
 METRIC_KEYS = {
@@ -176,6 +178,19 @@ def test_an_epochs_iterator_is_released_off_the_training_thread():
     while reference() is not None and time.time() < deadline:
         time.sleep(0.01)
     assert reference() is None
+
+
+def test_an_evaluation_shown_in_steps_sums_as_one_call(tiny_data_dir):
+    config = tiny_config(tiny_data_dir)
+    strategy = tf.distribute.get_strategy()
+    dataset = data_lib.load(config.data)
+    eval_steps = steps.make_eval_steps(strategy, models.build_model(config.model))
+    _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
+    fractions = []
+    whole = loop.evaluate(strategy, eval_steps, eval_fn, dataset.train)
+    shown = loop.evaluate(strategy, eval_steps, eval_fn, dataset.train, on_progress=fractions.append)
+    assert shown == whole
+    assert len(fractions) > 1 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
 @pytest.mark.slow

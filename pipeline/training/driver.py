@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import typing
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from pipeline import config as config_lib
@@ -51,27 +53,48 @@ def served_model(config, strategy, model, policy: str):
 
 
 def final_metrics(
-    config, strategy, state, dataset, history, policy: str, data_fingerprint: str, started: float, stop=None
+    config,
+    strategy,
+    state,
+    dataset,
+    history,
+    policy: str,
+    data_fingerprint: str,
+    started: float,
+    stop=None,
+    progress: bool = False,
 ) -> dict:
     """Evaluates train, validation and test in inference mode; returns metrics.json content.
 
     A stop request ends it between splits (training is checkpointed by then).
+    With `progress`, one progress bar covers every split's evaluation.
     """
     served = served_model(config, strategy, state.model, policy)
-    eval_steps = steps.make_eval_steps(strategy, served)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
-    metrics = {"preset": config.name}
-    for name in ("train", "val", "test"):
-        if stop is not None:
-            stop.check(strategy, "training (every epoch is checkpointed)")
-        split = {"train": dataset.train, "val": dataset.validation, "test": dataset.test}[name]
-        result = loop.evaluate(strategy, eval_steps, eval_fn, split)
-        metrics[f"{name}_accuracy"], metrics[f"{name}_loss"] = result["accuracy"], result["loss"]
+    as_served = steps.make_eval_steps(strategy, served)
+    # (the metrics' names, the split, the compiled evaluation), in the order evaluated.
+    passes = [
+        (("train_accuracy", "train_loss"), dataset.train, as_served),
+        (("val_accuracy", "val_loss"), dataset.validation, as_served),
+        (("test_accuracy", "test_loss"), dataset.test, as_served),
+    ]
     if config.model.test_time_augmentation != "none":
         # What the network alone scores, so the views' share stays visible.
-        network = models.single_view(served)
-        single = loop.evaluate(strategy, steps.make_eval_steps(strategy, network), eval_fn, dataset.test)
-        metrics.update(test_accuracy_single_view=single["accuracy"], test_loss_single_view=single["loss"])
+        single = steps.make_eval_steps(strategy, models.single_view(served))
+        passes.append((("test_accuracy_single_view", "test_loss_single_view"), dataset.test, single))
+    bar = None
+    if progress:
+        views = models.VIEW_COUNTS.get(config.model.test_time_augmentation, 1)
+        print(f"Final evaluation in float32, {views} view(s) per image as served", flush=True)
+        bar = keras.utils.Progbar(sum(len(split) for _, split, _ in passes), unit_name="image")
+    metrics, evaluated = {"preset": config.name}, 0
+    for (accuracy, loss), split, eval_steps in passes:
+        if stop is not None:
+            stop.check(strategy, "training (every epoch is checkpointed)")
+        shown = functools.partial(_show_progress, bar, evaluated, len(split)) if bar else None
+        result = loop.evaluate(strategy, eval_steps, eval_fn, split, shown)
+        evaluated += len(split)
+        metrics[accuracy], metrics[loss] = result["accuracy"], result["loss"]
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],
         epochs_completed=int(state.epoch.numpy()),
@@ -90,6 +113,11 @@ def final_metrics(
         examples={"train": len(dataset.train), "val": len(dataset.validation), "test": len(dataset.test)},
     )
     return metrics
+
+
+def _show_progress(bar, before: int, images: int, fraction: float) -> None:
+    """Moves `bar` (counting images over every pass) to `fraction` of a pass of `images` after `before`."""
+    bar.update(before + round(fraction * images))
 
 
 def _agreed_precision(strategy, policy: str) -> str:
@@ -211,7 +239,9 @@ def train_and_evaluate(
             optimizer_lib.keep_averaged_weights(state.optimizer, state.model.trainable_variables)
             if config.train.early_stopping_patience:
                 state.best_manager.checkpoint.restore(tf.train.latest_checkpoint(workdir / "best")).expect_partial()
-            metrics = final_metrics(config, strategy, state, dataset, history, policy, data_fingerprint, started, stop)
+            metrics = final_metrics(
+                config, strategy, state, dataset, history, policy, data_fingerprint, started, stop, progress and chief
+            )
             with workdir_lib.writing("the final weights", out_dir / final_model.FINAL_DIR):
                 final_model.save_final_model(state.model, out_dir)
             # Every worker logs this; equal fingerprints prove the replicas agree.

@@ -42,11 +42,28 @@ def release_in_background(holder: list) -> None:
     threading.Thread(target=holder.clear, name="release-iterator").start()
 
 
-def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split) -> dict[str, float]:
-    """Loss and accuracy over a whole split, inference mode, each example once."""
+def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, on_progress=None) -> dict[str, float]:
+    """Loss and accuracy over a whole split, inference mode, each example once.
+
+    Args:
+      strategy: the distribution strategy.
+      eval_steps_fn: from `steps.make_eval_steps`.
+      eval_fn: from `input_pipeline.distributed_datasets`.
+      split: the images and labels.
+      on_progress: optional `fn(fraction of the split done)`. The split then
+        runs in about twenty compiled calls instead of one, so a long
+        evaluation can show progress; every worker makes the same calls, and
+        the sums come out the same.
+    """
     ds, num_steps = eval_fn(split)
     iterator = [iter(ds)]
-    totals = eval_steps_fn(iterator[0], tf.constant(num_steps), tf.zeros([3], tf.float64))
+    chunk = max(-(-num_steps // 20) if on_progress else num_steps, 1)
+    totals = tf.zeros([3], tf.float64)
+    for done in range(0, num_steps, chunk):
+        n = min(chunk, num_steps - done)
+        totals = eval_steps_fn(iterator[0], tf.constant(n), totals)
+        if on_progress:
+            on_progress((done + n) / num_steps)
     release_in_background(iterator)
     return steps.summarize(totals)
 
