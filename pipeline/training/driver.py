@@ -92,7 +92,8 @@ def final_metrics(
         if stop is not None:
             stop.check(strategy, "training (every epoch is checkpointed)")
         shown = functools.partial(_show_progress, bar, evaluated, len(split)) if bar else None
-        result = loop.evaluate(strategy, eval_steps, eval_fn, split, shown)
+        # In parts on every worker, whether or not this one shows them (see `loop.evaluate`).
+        result = loop.evaluate(strategy, eval_steps, eval_fn, split, calls=20, on_progress=shown)
         evaluated += len(split)
         metrics[accuracy], metrics[loss] = result["accuracy"], result["loss"]
     metrics.update(

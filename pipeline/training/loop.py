@@ -42,7 +42,7 @@ def release_in_background(holder: list) -> None:
     threading.Thread(target=holder.clear, name="release-iterator").start()
 
 
-def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, on_progress=None) -> dict[str, float]:
+def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, calls: int = 1, on_progress=None) -> dict:
     """Loss and accuracy over a whole split, inference mode, each example once.
 
     Args:
@@ -50,14 +50,14 @@ def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, on_progres
       eval_steps_fn: from `steps.make_eval_steps`.
       eval_fn: from `input_pipeline.distributed_datasets`.
       split: the images and labels.
-      on_progress: optional `fn(fraction of the split done)`. The split then
-        runs in about twenty compiled calls instead of one, so a long
-        evaluation can show progress; every worker makes the same calls, and
-        the sums come out the same.
+      calls: how many compiled calls the split's steps are divided into (at
+        most one a step). Each call ends in an all-reduce, so every worker
+        must pass the same; the sums come out the same for any number.
+      on_progress: optional `fn(fraction of the split done)`, after each call.
     """
     ds, num_steps = eval_fn(split)
     iterator = [iter(ds)]
-    chunk = max(-(-num_steps // 20) if on_progress else num_steps, 1)
+    chunk = max(-(-num_steps // calls), 1)
     totals = tf.zeros([3], tf.float64)
     for done in range(0, num_steps, chunk):
         n = min(chunk, num_steps - done)
