@@ -164,6 +164,17 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
     assert "damaged" in results[4]["error"] and "No such file" in results[5]["error"]
 
 
+def test_a_training_workdir_given_as_the_model_names_its_export(trained, tmp_path):
+    from pipeline.serving import predict
+
+    workdir, _ = trained
+    with pytest.raises(predict.ModelNotFoundError, match=f"the export of this run is {workdir / 'export'}$"):
+        predict.resolve_model_dir(workdir)
+    with pytest.raises(predict.ModelNotFoundError, match="nor a base of numeric versions$"):
+        predict.resolve_model_dir(tmp_path)
+    assert predict.resolve_model_dir(workdir / "export") == workdir / "export" / "1"
+
+
 def test_bytes_decoding_matches_dataset_pixels():
     from pipeline.serving.images import decode_to_grayscale_28
 

@@ -30,7 +30,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path
     numbered = [p for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
     if not numbered:
-        raise ModelNotFoundError(f"{path} is neither a SavedModel version directory nor a base of numeric versions")
+        # A training run's workdir holds its exports under export/.
+        hint = f"; the export of this run is {path / 'export'}" if (path / "export").is_dir() else ""
+        raise ModelNotFoundError(
+            f"{path} is neither a SavedModel version directory nor a base of numeric versions{hint}"
+        )
     return max(numbered, key=lambda p: int(p.name))
 
 

@@ -85,7 +85,7 @@ def final_metrics(
     bar = None
     if progress:
         views = models.VIEW_COUNTS.get(config.model.test_time_augmentation, 1)
-        print(f"Final evaluation in float32, {views} view(s) per image as served", flush=True)
+        print(f"Final evaluation in float32, as served: {views} view{'s' * (views > 1)} of each image", flush=True)
         bar = keras.utils.Progbar(sum(len(split) for _, split, _ in passes), unit_name="image")
     metrics, evaluated = {"preset": config.name}, 0
     for (accuracy, loss), split, eval_steps in passes:
