@@ -127,6 +127,8 @@ def test_failure_midway_leaves_no_numbered_directory(trained, tmp_path, monkeypa
 def test_export_of_unfinished_run_is_refused(tmp_path):
     done = run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}"], timeout=120)
     assert done.returncode != 0 and "finish the run" in done.stderr and "Traceback" not in done.stderr
+    missing = run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path / 'typo'}"], timeout=120)
+    assert missing.returncode != 0 and "typo does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:

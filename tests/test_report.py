@@ -44,6 +44,11 @@ def test_tiny_run_writes_every_report_file_and_fmnist_report_rebuilds_them(tiny_
 def test_report_of_unfinished_run_is_refused(tmp_path):
     done = run([sys.executable, "-m", "launch.report", f"--workdir={tmp_path}"], timeout=120)
     assert done.returncode != 0 and "no metrics.json" in done.stderr and "Traceback" not in done.stderr
+    # A mistyped path is named as missing, not as an unfinished run.
+    missing = run([sys.executable, "-m", "launch.report", f"--workdir={tmp_path / 'typo'}"], timeout=120)
+    assert missing.returncode != 0 and missing.stderr.strip().splitlines()[-1].endswith(
+        f"{tmp_path / 'typo'} does not exist: give the --workdir a finished fmnist-train run wrote"
+    )
 
 
 def test_confusion_matrix_and_per_class_rows():

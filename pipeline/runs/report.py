@@ -118,8 +118,7 @@ def plot_misclassified(split: data_lib.Split, predictions: np.ndarray, path: Pat
 def build_report(workdir: str | Path) -> Path:
     """Writes WORKDIR/report/ from a finished run and returns that directory."""
     workdir = Path(workdir)
-    if not (workdir / "metrics.json").exists():
-        raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish (or resume) the run first")
+    workdir_lib.require_finished(workdir, "finish (or resume) the run first")
     config = config_files.load_run_config(workdir / "config.json")
     model = load_final_model(workdir, config)
     test = data_lib.load(config.data).test

@@ -83,6 +83,20 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def require_finished(workdir: Path, fix: str) -> None:
+    """Raises WorkdirError naming what is missing unless `workdir` holds a finished run's metrics.json.
+
+    Args:
+      workdir: the run directory.
+      fix: what the user should do when the run is unfinished, e.g.
+        "finish the run with fmnist-train first".
+    """
+    if not workdir.is_dir():
+        raise WorkdirError(f"{workdir} does not exist: give the --workdir a finished fmnist-train run wrote")
+    if not (workdir / "metrics.json").exists():
+        raise WorkdirError(f"{workdir} has no metrics.json: {fix}")
+
+
 def ensure_writable(workdir: Path) -> None:
     """Creates the workdir if needed and fails early when it cannot be written."""
     try:

@@ -178,8 +178,7 @@ def export_run(
     """
     workdir = Path(workdir)
     base = Path(export_base) if export_base else workdir / "export"
-    if not (workdir / "metrics.json").exists():
-        raise workdir_lib.WorkdirError(f"{workdir} has no metrics.json: finish the run with fmnist-train first")
+    workdir_lib.require_finished(workdir, "finish the run with fmnist-train first")
     config = config_files.load_run_config(workdir / "config.json")
     if test_time_augmentation is not None:
         model_config = dataclasses.replace(config.model, test_time_augmentation=test_time_augmentation)
