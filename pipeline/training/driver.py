@@ -72,29 +72,30 @@ def final_metrics(
     served = served_model(config, strategy, state.model, policy)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     as_served = steps.make_eval_steps(strategy, served)
-    # (the metrics' names, the split, the compiled evaluation), in the order evaluated.
+    views = models.VIEW_COUNTS.get(config.model.test_time_augmentation, 1)
+    # (the metrics' names, the split, the compiled evaluation, views of each image), in the order evaluated.
     passes = [
-        (("train_accuracy", "train_loss"), dataset.train, as_served),
-        (("val_accuracy", "val_loss"), dataset.validation, as_served),
-        (("test_accuracy", "test_loss"), dataset.test, as_served),
+        (("train_accuracy", "train_loss"), dataset.train, as_served, views),
+        (("val_accuracy", "val_loss"), dataset.validation, as_served, views),
+        (("test_accuracy", "test_loss"), dataset.test, as_served, views),
     ]
-    if config.model.test_time_augmentation != "none":
+    if views > 1:
         # What the network alone scores, so the views' share stays visible.
         single = steps.make_eval_steps(strategy, models.single_view(served))
-        passes.append((("test_accuracy_single_view", "test_loss_single_view"), dataset.test, single))
+        passes.append((("test_accuracy_single_view", "test_loss_single_view"), dataset.test, single, 1))
     bar = None
     if progress:
-        views = models.VIEW_COUNTS.get(config.model.test_time_augmentation, 1)
         print(f"Final evaluation in float32, as served: {views} view{'s' * (views > 1)} of each image", flush=True)
-        bar = keras.utils.Progbar(sum(len(split) for _, split, _ in passes), unit_name="image")
+        # Counted in views, the network's unit of work, so the time left is right.
+        bar = keras.utils.Progbar(sum(len(split) * n for _, split, _, n in passes), unit_name="view")
     metrics, evaluated = {"preset": config.name}, 0
-    for (accuracy, loss), split, eval_steps in passes:
+    for (accuracy, loss), split, eval_steps, n in passes:
         if stop is not None:
             stop.check(strategy, "training (every epoch is checkpointed)")
-        shown = functools.partial(_show_progress, bar, evaluated, len(split)) if bar else None
+        shown = functools.partial(_show_progress, bar, evaluated, len(split) * n) if bar else None
         # In parts on every worker, whether or not this one shows them (see `loop.evaluate`).
         result = loop.evaluate(strategy, eval_steps, eval_fn, split, calls=20, on_progress=shown)
-        evaluated += len(split)
+        evaluated += len(split) * n
         metrics[accuracy], metrics[loss] = result["accuracy"], result["loss"]
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],
@@ -116,9 +117,9 @@ def final_metrics(
     return metrics
 
 
-def _show_progress(bar, before: int, images: int, fraction: float) -> None:
-    """Moves `bar` (counting images over every pass) to `fraction` of a pass of `images` after `before`."""
-    bar.update(before + round(fraction * images))
+def _show_progress(bar, before: int, work: int, fraction: float) -> None:
+    """Moves `bar` to `fraction` of a pass of `work` units that starts after `before` units."""
+    bar.update(before + round(fraction * work))
 
 
 def _agreed_precision(strategy, policy: str) -> str:
