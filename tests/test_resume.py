@@ -1,4 +1,4 @@
-"""Resuming after kill -9, a stop mid-epoch or a periodic checkpoint ends with an uninterrupted run's weights."""
+"""Resuming after kill -9, a stop mid-epoch, a periodic checkpoint or a stop in the final evaluation."""
 
 from __future__ import annotations
 
@@ -181,3 +181,36 @@ def test_killed_after_a_periodic_checkpoint_resumes_from_it_exactly(tiny_data_di
         _fit_to_fingerprint(config, tmp_path / "killed", stop=_KillAfterCalls(9 + 6))
     assert tf.train.latest_checkpoint(tmp_path / "killed" / "checkpoints").endswith(f"ckpt-{9 + 4}")
     assert _fit_to_fingerprint(config, tmp_path / "killed") == uninterrupted
+
+
+def test_a_stop_during_the_final_evaluation_ends_it_within_one_call_and_the_rerun_finishes(
+    tiny_data_dir, tmp_path, monkeypatch
+):
+    from pipeline.training import preemption
+    from pipeline.training.driver import train_and_evaluate
+
+    config = tiny_config(tiny_data_dir)
+    stop = preemption.StopSignal()  # Not installed: the test raises its flag.
+    final_calls = []
+    per_epoch_evaluate = loop.evaluate
+
+    def evaluate(strategy, eval_steps_fn, eval_fn, split, calls=1, on_progress=None):
+        def signalled_during(*args):
+            final_calls.append(args[1])
+            stop.received = signal.SIGTERM
+            return eval_steps_fn(*args)
+
+        # The final evaluation runs in parts (`calls` > 1); a request arrives during its first call.
+        inner = signalled_during if calls > 1 else eval_steps_fn
+        return per_epoch_evaluate(strategy, inner, eval_fn, split, calls, on_progress)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    strategy = tf.distribute.get_strategy()
+    with pytest.raises(preemption.TrainingStopped, match="stopped by SIGTERM after training") as stopped:
+        train_and_evaluate(config, tmp_path, strategy, progress=False, make_report=False, export=False, stop=stop)
+    assert stopped.value.exit_code == 143
+    assert len(final_calls) == 1 and int(final_calls[0]) < 9  # One call of the train split's 9 steps.
+    assert not (tmp_path / "metrics.json").exists()
+    monkeypatch.undo()
+    metrics = train_and_evaluate(config, tmp_path, strategy, progress=False, make_report=False, export=False)
+    assert metrics["epochs_completed"] == 1 and (tmp_path / "metrics.json").exists()

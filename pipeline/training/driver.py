@@ -66,8 +66,9 @@ def final_metrics(
 ) -> dict:
     """Evaluates train, validation and test in inference mode; returns metrics.json content.
 
-    A stop request ends it between splits (training is checkpointed by then).
-    With `progress`, one progress bar covers every split's evaluation.
+    A stop request ends it after the compiled call under way (training is
+    checkpointed by then). With `progress`, one progress bar covers every
+    split's evaluation.
     """
     served = served_model(config, strategy, state.model, policy)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
@@ -92,9 +93,9 @@ def final_metrics(
     for (accuracy, loss), split, eval_steps, n in passes:
         if stop is not None:
             stop.check(strategy, "training (every epoch is checkpointed)")
-        shown = functools.partial(_show_progress, bar, evaluated, len(split) * n) if bar else None
+        after_call = functools.partial(_after_evaluation_call, strategy, stop, bar, evaluated, len(split) * n)
         # In parts on every worker, whether or not this one shows them (see `loop.evaluate`).
-        result = loop.evaluate(strategy, eval_steps, eval_fn, split, calls=20, on_progress=shown)
+        result = loop.evaluate(strategy, eval_steps, eval_fn, split, calls=20, on_progress=after_call)
         evaluated += len(split) * n
         metrics[accuracy], metrics[loss] = result["accuracy"], result["loss"]
     metrics.update(
@@ -117,9 +118,17 @@ def final_metrics(
     return metrics
 
 
-def _show_progress(bar, before: int, work: int, fraction: float) -> None:
-    """Moves `bar` to `fraction` of a pass of `work` units that starts after `before` units."""
-    bar.update(before + round(fraction * work))
+def _after_evaluation_call(strategy, stop, bar, before: int, work: int, fraction: float) -> None:
+    """Shows `fraction` of a pass of `work` units that starts after `before` on `bar`, if any; honours a stop.
+
+    A stop request ends the final evaluation within one call, not one split:
+    the trained weights are checkpointed by then, and a scheduler's grace
+    period (Slurm's KillWait: 30 s by default) is shorter than a split.
+    """
+    if bar is not None:
+        bar.update(before + round(fraction * work))
+    if stop is not None:
+        stop.check(strategy, "training (every epoch is checkpointed)")
 
 
 def _agreed_precision(strategy, policy: str) -> str:
