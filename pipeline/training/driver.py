@@ -89,10 +89,10 @@ def final_metrics(
         print(f"Final evaluation in float32, as served: {views} view{'s' * (views > 1)} of each image", flush=True)
         # Counted in views, the network's unit of work, so the time left is right.
         bar = keras.utils.Progbar(sum(len(split) * n for _, split, _, n in passes), unit_name="view")
+    if stop is not None:
+        stop.check(strategy, "training (every epoch is checkpointed)")
     metrics, evaluated = {"preset": config.name}, 0
     for (accuracy, loss), split, eval_steps, n in passes:
-        if stop is not None:
-            stop.check(strategy, "training (every epoch is checkpointed)")
         after_call = functools.partial(_after_evaluation_call, strategy, stop, bar, evaluated, len(split) * n)
         # In parts on every worker, whether or not this one shows them (see `loop.evaluate`).
         result = loop.evaluate(strategy, eval_steps, eval_fn, split, calls=20, on_progress=after_call)
@@ -123,7 +123,8 @@ def _after_evaluation_call(strategy, stop, bar, before: int, work: int, fraction
 
     A stop request ends the final evaluation within one call, not one split:
     the trained weights are checkpointed by then, and a scheduler's grace
-    period (Slurm's KillWait: 30 s by default) is shorter than a split.
+    period (Slurm's KillWait: 30 s by default, at a time limit) is shorter
+    than a split of `best`.
     """
     if bar is not None:
         bar.update(before + round(fraction * work))
