@@ -6,6 +6,10 @@ change is read from the run's own config.json (fields it predates take the
 value the run used, `config_files.run_config_from_dict`) against the preset of
 its name as the code of the checkout defines it.
 
+A run that holds out other validation images than its preset (to measure
+what more training images buy, say) is also scored on the preset's, when it
+never trained on them, so its row compares with the others on the same images.
+
 Test accuracy stays out of this table: choices are made on the validation
 split, and the test set speaks once per finished recipe, in the recipes
 sections.
@@ -20,11 +24,20 @@ compared with, and naming a run again replaces its row.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks import record, seeds
 from pipeline import config_files, presets
 from pipeline.config import ConfigError
+
+# A run that holds out other validation images than its preset (another
+# `data.validation_size` or `data.split_seed`) is also scored on the preset's,
+# so that every row is compared on the same images.
+ON_PRESET_IMAGES = "val as served, the preset's validation images (%)"
+_SPLIT_FIELDS = ("data.validation_size=", "data.split_seed=")
 
 
 def changes(config, base) -> str:
@@ -60,6 +73,7 @@ def candidate_row(workdir: str | Path) -> dict:
         "changes from the preset": changes(config, base),
         "seed": config.train.seed,
         "val as served, final weights (%)": 100 * metrics["val_accuracy"],
+        ON_PRESET_IMAGES: _on_preset_images(workdir, config, base, metrics),
         "val single view, last epoch (%)": 100 * history[-1]["val_accuracy"],
         "best val, single view (%)": 100 * max(h["val_accuracy"] for h in history),
         "epochs": len(history),
@@ -67,6 +81,38 @@ def candidate_row(workdir: str | Path) -> dict:
         "precision": metrics["precision"],
         "workdir": str(workdir),
     }
+
+
+def _on_preset_images(workdir, config, base, metrics: dict) -> float | None:
+    """Accuracy as served on the validation images `base` holds out; None if the run trained on any of them."""
+    split = ("validation_size", "split_seed")
+    if all(getattr(config.data, field) == getattr(base.data, field) for field in split):
+        return 100 * metrics["val_accuracy"]
+    from pipeline.data import sources as data_lib
+    from pipeline.runs import final_model
+
+    theirs = dataclasses.replace(config.data, **{field: getattr(base.data, field) for field in split})
+    images = data_lib.load(theirs).validation
+    trained_on = {image.tobytes() for image in data_lib.load(config.data).train.images}
+    if any(image.tobytes() in trained_on for image in images.images):
+        return None
+    model = final_model.load_final_model(Path(workdir), config)
+    predictions = final_model.predict_probabilities(model, images.images).argmax(-1)
+    return 100 * float(np.mean(predictions == images.labels))
+
+
+def _with_preset_images_column(row: dict) -> dict:
+    """A row recorded before the column existed, given it: its own validation images were the preset's."""
+    if ON_PRESET_IMAGES in row:
+        return row
+    own_split = not any(field in row["changes from the preset"] for field in _SPLIT_FIELDS)
+    value = row["val as served, final weights (%)"] if own_split else None
+    ordered = {}
+    for key, cell in row.items():
+        ordered[key] = cell
+        if key == "val as served, final weights (%)":
+            ordered[ON_PRESET_IMAGES] = value
+    return ordered
 
 
 def merge(recorded: dict | None, rows: list[dict]) -> list[dict]:
@@ -77,7 +123,7 @@ def merge(recorded: dict | None, rows: list[dict]) -> list[dict]:
     """
     compared_at = (recorded or {}).get("commit", record.NOT_RECORDED)
     earlier = [
-        {**row, "preset as of commit": row.get("preset as of commit", compared_at)}
+        _with_preset_images_column({**row, "preset as of commit": row.get("preset as of commit", compared_at)})
         for row in (recorded or {}).get("rows", [])
     ]
     return record.merge_rows({"rows": earlier}, rows, "workdir")

@@ -88,3 +88,30 @@ def test_new_candidates_join_the_recorded_ones_and_a_run_named_again_replaces_it
     assert [row["workdir"] for row in replaced] == [second["workdir"], first["workdir"]]
     assert replaced[-1]["val as served, final weights (%)"] == 97.0
     assert candidates.merge(None, [second]) == [second]
+
+
+def test_a_run_holding_out_other_images_is_also_scored_on_the_presets_unless_it_trained_on_them(
+    tiny_data_dir, tmp_path
+):
+    import dataclasses
+
+    import tensorflow as tf
+    from helpers import tiny_config
+
+    from pipeline.training.driver import train_and_evaluate
+
+    smoke = presets.preset("smoke")  # It holds out 200 images; the tiny data has 640 for training.
+    more = smoke.replace(data=dataclasses.replace(smoke.data, data_dir=str(tiny_data_dir), validation_size=300))
+    fewer = tiny_config(tiny_data_dir)  # 64 held out: the preset's other 136 are in its training split.
+    for name, config in (("more", more), ("fewer", fewer)):
+        train_and_evaluate(config, tmp_path / name, tf.distribute.get_strategy(), False, False, False)
+    superset = candidates.candidate_row(tmp_path / "more")
+    assert 0 <= superset[candidates.ON_PRESET_IMAGES] <= 100
+    assert candidates.candidate_row(tmp_path / "fewer")[candidates.ON_PRESET_IMAGES] is None
+    # A row recorded before the column existed: its own images were the preset's unless it changed the split.
+    own = {k: v for k, v in superset.items() if k != candidates.ON_PRESET_IMAGES}
+    plain = {**own, "changes from the preset": "none", "workdir": "other"}
+    merged = candidates.merge({"commit": "x", "rows": [own, plain]}, [])
+    assert merged[0][candidates.ON_PRESET_IMAGES] is None
+    assert merged[1][candidates.ON_PRESET_IMAGES] == plain["val as served, final weights (%)"]
+    assert list(merged[1])[4] == candidates.ON_PRESET_IMAGES  # Beside the run's own validation accuracy.
