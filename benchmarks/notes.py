@@ -108,7 +108,10 @@ NOTES = {
         "the rows recorded before and replaces the row of a run named again; the section's date, machine, commit "
         "and command are those of the latest. Validation is what a preset is chosen on: the final "
         "weights as served (the preset's test-time views) and single-view accuracy at the last and the best "
-        "epoch. Test accuracy is left out; the recipes sections measure it once per finished recipe. Training "
+        "epoch. A run that held out other validation images than its preset (another `data.validation_size` "
+        "or `data.split_seed`) is also scored as served on the preset's validation images, when it never trained "
+        "on any of them (blank when it did), so every row compares on the same images. "
+        "Test accuracy is left out; the recipes sections measure it once per finished recipe. Training "
         "seconds are as each run recorded them: runs trained two at a time on two cores took about twice as long."
     ),
     "views": (
