@@ -89,13 +89,14 @@ def _on_preset_images(workdir, config, base, metrics: dict) -> float | None:
     if all(getattr(config.data, field) == getattr(base.data, field) for field in split):
         return 100 * metrics["val_accuracy"]
     from pipeline.data import sources as data_lib
-    from pipeline.runs import final_model
 
     theirs = dataclasses.replace(config.data, **{field: getattr(base.data, field) for field in split})
     images = data_lib.load(theirs).validation
     trained_on = {image.tobytes() for image in data_lib.load(config.data).train.images}
     if any(image.tobytes() in trained_on for image in images.images):
         return None
+    from pipeline.runs import final_model  # TensorFlow: only for a run to score.
+
     model = final_model.load_final_model(Path(workdir), config)
     predictions = final_model.predict_probabilities(model, images.images).argmax(-1)
     return 100 * float(np.mean(predictions == images.labels))

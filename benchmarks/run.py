@@ -93,13 +93,14 @@ def _recorded(key: str) -> dict | None:
 
 def main(argv):
     del argv
+    # Quietly, and first: reading a candidate run may score its model (`benchmarks.candidates`).
+    common.start_tensorflow()
     seed_runs = _read_seed_runs(FLAGS.seed_runs)
     ensemble_groups = _read_ensemble_groups(FLAGS.ensemble_runs)
     candidates = _read_candidate_runs(FLAGS.candidate_runs)
     if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
         common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
 
-    common.start_tensorflow()  # Quietly: the console shows the comparisons, not TensorFlow's start-up.
     from benchmarks import throughput
     from pipeline.data import sources as data_lib
 
