@@ -37,7 +37,7 @@ from pipeline.config import ConfigError
 # `data.validation_size` or `data.split_seed`) is also scored on the preset's,
 # so that every row is compared on the same images.
 ON_PRESET_IMAGES = "val as served, the preset's validation images (%)"
-_SPLIT_FIELDS = ("data.validation_size=", "data.split_seed=")
+_SPLIT_FIELDS = ("validation_size", "split_seed")
 
 
 def changes(config, base) -> str:
@@ -85,14 +85,15 @@ def candidate_row(workdir: str | Path) -> dict:
 
 def _on_preset_images(workdir, config, base, metrics: dict) -> float | None:
     """Accuracy as served on the validation images `base` holds out; None if the run trained on any of them."""
-    split = ("validation_size", "split_seed")
-    if all(getattr(config.data, field) == getattr(base.data, field) for field in split):
+    if all(getattr(config.data, field) == getattr(base.data, field) for field in _SPLIT_FIELDS):
         return 100 * metrics["val_accuracy"]
     from pipeline.data import sources as data_lib
 
-    theirs = dataclasses.replace(config.data, **{field: getattr(base.data, field) for field in split})
-    images = data_lib.load(theirs).validation
-    trained_on = {image.tobytes() for image in data_lib.load(config.data).train.images}
+    # The files are read once and split both ways.
+    train, test, source = data_lib.load_train_test(config.data.data_dir)
+    theirs = dataclasses.replace(config.data, **{field: getattr(base.data, field) for field in _SPLIT_FIELDS})
+    images = data_lib.split_dataset(train, test, source, theirs).validation
+    trained_on = {image.tobytes() for image in data_lib.split_dataset(train, test, source, config.data).train.images}
     if any(image.tobytes() in trained_on for image in images.images):
         return None
     from pipeline.runs import final_model  # TensorFlow: only for a run to score.
@@ -106,7 +107,7 @@ def _with_preset_images_column(row: dict) -> dict:
     """A row recorded before the column existed, given it: its own validation images were the preset's."""
     if ON_PRESET_IMAGES in row:
         return row
-    own_split = not any(field in row["changes from the preset"] for field in _SPLIT_FIELDS)
+    own_split = not any(f"data.{field}=" in row["changes from the preset"] for field in _SPLIT_FIELDS)
     value = row["val as served, final weights (%)"] if own_split else None
     ordered = {}
     for key, cell in row.items():

@@ -3,10 +3,11 @@
 `Config` holds one section of each kind: `DataConfig` and `AugmentConfig` here,
 `ModelConfig` in `pipeline.config_model`, `TrainConfig` in
 `pipeline.config_train`; this module hands all of them on, with the value types
-other modules name, so callers import `pipeline.config` alone. Each field's `setting(...)` holds its
-help text, its flag, its value for runs recorded before it existed and whether a
-resume may change it; the flags, the old-run fill-in, the resume check and the
-README's flag list derive from it (`pipeline.config_fields`).
+other modules name, so callers import `pipeline.config` alone. Each field's
+`setting(...)` holds its help text, its flag, its value for runs recorded
+before it existed and whether a resume may change it; the flags, the old-run
+fill-in, the resume check and the README's flag list derive from it
+(`pipeline.config_fields`).
 Reading, checking and writing configs is `pipeline.config_files`; named
 presets are `pipeline.presets`.
 """
