@@ -4,7 +4,9 @@ A preset changes only when a candidate validates higher, so the record keeps
 every candidate's validation accuracy next to exactly what it changes. The
 change is read from the run's own config.json (fields it predates take the
 value the run used, `config_files.run_config_from_dict`) against the preset of
-its name as the code of the checkout defines it.
+its name as the code of the checkout defines it, in the form its choices were
+made in (`presets.validated`: `best` with its validation split, not its final
+fit on every training image).
 
 A run that holds out other validation images than its preset (to measure
 what more training images buy, say) is also scored on the preset's, when it
@@ -64,10 +66,15 @@ def candidate_row(workdir: str | Path) -> dict:
     run = seeds.read_run(workdir)
     config = config_files.run_config_from_dict(run["config"], where=str(Path(workdir) / "config.json"))
     try:
-        base = presets.preset(config.name)
+        base = presets.validated(config.name)
     except ConfigError as error:
         raise ValueError(f"{workdir}: {error}") from None
     history, metrics = run["history"], run["metrics"]
+    if not seeds.validated(history):
+        raise ValueError(
+            f"{workdir} is a final fit (data.validation_size 0): it holds out no images to weigh it on; "
+            "name runs that hold out a validation split"
+        )
     return {
         "preset": config.name,
         "changes from the preset": changes(config, base),

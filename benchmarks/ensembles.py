@@ -12,11 +12,12 @@ Each run is scored as it is served (float32, its test-time views).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import statistics
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import seeds as seeds_lib
 
 _CONFUSIONS = 4  # The commonest (label, prediction) pairs among the errors every run makes.
 
@@ -24,12 +25,10 @@ _CONFUSIONS = 4  # The commonest (label, prediction) pairs among the errors ever
 def _served_probabilities(workdir: Path, data_dir: str | None):
     """(run config, validation labels, [N, 10] served probabilities) of one finished run."""
     from pipeline import config_files
-    from pipeline.data import sources
     from pipeline.runs import final_model
 
     config = config_files.load_run_config(workdir / "config.json")
-    data_config = dataclasses.replace(config.data, data_dir=data_dir) if data_dir else config.data
-    validation = sources.load(data_config).validation
+    validation = seeds_lib.validation_split(workdir, config, data_dir)
     model = final_model.load_final_model(workdir, config)
     return config, validation.labels.astype(np.int64), final_model.predict_probabilities(model, validation.images)
 

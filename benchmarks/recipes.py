@@ -97,7 +97,9 @@ def train(config: dict, data_dir: str, quick: bool, *flags: str, changes: dict |
         raise RuntimeError(f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
     run = seeds_lib.read_run(workdir)
     shutil.rmtree(directory)  # Checkpoints of every run would fill /tmp over a full benchmark.
-    print(f" {run['metrics']['train_seconds']:.0f} s, last val {run['history'][-1]['val_accuracy']:.2%}", flush=True)
+    last = run["history"][-1]
+    shown = f"last val {last['val_accuracy']:.2%}" if "val_accuracy" in last else "final fit, no validation"
+    print(f" {run['metrics']['train_seconds']:.0f} s, {shown}", flush=True)
     return run
 
 
@@ -107,7 +109,8 @@ def _against_reference(turn: list[dict], target: float) -> list[dict]:
     column = f"seconds to {target:.0%} val"
     for row in turn if reference else ():
         seconds, base = row[column], reference[column]
-        row["time to target vs reference"] = seconds / base if "never" not in (seconds, base) else "n/a"
+        timed = all(isinstance(value, float | int) for value in (seconds, base))
+        row["time to target vs reference"] = seconds / base if timed else "n/a"
         row["train seconds vs reference"] = row["train seconds"] / reference["train seconds"]
     return turn
 

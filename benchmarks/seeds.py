@@ -17,6 +17,8 @@ import statistics
 from pathlib import Path
 
 TARGET = 0.93
+# A final fit (`data.validation_size` 0) has no validation accuracy to time or rank by.
+NO_VALIDATION = "n/a (final fit)"
 
 
 def read_run(workdir: str | Path) -> dict:
@@ -60,6 +62,30 @@ def check_same_recipe(name: str, runs: list[dict]) -> None:
             raise ValueError(f"the runs of {name!r} differ in {', '.join(differ)}, not only the seed; name them apart")
 
 
+def validated(history: list[dict]) -> bool:
+    """Whether every epoch of a run was validated (a final fit holds out no validation images)."""
+    return all("val_accuracy" in h for h in history)
+
+
+def validation_split(workdir: str | Path, config, data_dir: str | None):
+    """The validation images a finished run held out, read from `data_dir` if given, else where it read them.
+
+    Raises:
+        ValueError: the run is a final fit, which holds out none.
+    """
+    import dataclasses
+
+    from pipeline.data import sources
+
+    if config.data.validation_size == 0:
+        raise ValueError(
+            f"{workdir} is a final fit (data.validation_size 0): it holds out no images to weigh it on; "
+            "name runs that hold out a validation split"
+        )
+    data_config = dataclasses.replace(config.data, data_dir=data_dir) if data_dir else config.data
+    return sources.load(data_config).validation
+
+
 def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
     """(epoch, cumulative seconds) of the first epoch whose validation accuracy reaches `target`."""
     hit = next((h for h in history if h["val_accuracy"] >= target), None)
@@ -68,13 +94,17 @@ def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
 
 def run_row(name: str, run: dict, target: float = TARGET) -> dict:
     """One finished run's row: its seed, time to `target` validation accuracy, and its test accuracy."""
-    reached, metrics = time_to(run["history"], target), run["metrics"]
+    history, metrics = run["history"], run["metrics"]
+    reached = time_to(history, target) if validated(history) else None
+    unreached = "never" if validated(history) else NO_VALIDATION
     return {
         "recipe": name,
         "seed": run["config"]["train"]["seed"],
-        f"epochs to {target:.0%} val": reached[0] if reached else "never",
-        f"seconds to {target:.0%} val": reached[1] if reached else "never",
-        "best val, single view (%)": 100 * max(h["val_accuracy"] for h in run["history"]),
+        f"epochs to {target:.0%} val": reached[0] if reached else unreached,
+        f"seconds to {target:.0%} val": reached[1] if reached else unreached,
+        "best val, single view (%)": (
+            100 * max(h["val_accuracy"] for h in history) if validated(history) else NO_VALIDATION
+        ),
         "test as served (%)": 100 * metrics["test_accuracy"],
         "test single view (%)": 100 * metrics.get("test_accuracy_single_view", metrics["test_accuracy"]),
         "test loss": metrics["test_loss"],
@@ -89,6 +119,17 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
+def _median_or_none(values) -> float | str:
+    """The median of the numbers among `values`; `NO_VALIDATION` when none is one (final fits)."""
+    numbers = [value for value in values if isinstance(value, float | int)]
+    return statistics.median(numbers) if numbers else NO_VALIDATION
+
+
+def _unreached(validating: list) -> str:
+    """What a median time to the target shows when no run reached it: "never", or no validation at all."""
+    return "never" if validating else NO_VALIDATION
+
+
 def summary(rows: list[dict]) -> list[dict]:
     """One row per recipe: medians over its seeds' rows, accuracies with [min, max]."""
     # The rows name their target ("seconds to 93% val"; smoke tests use a lower one).
@@ -101,13 +142,16 @@ def summary(rows: list[dict]) -> list[dict]:
             "seeds": len(mine),
             "test as served, median [min, max] (%)": spread([r["test as served (%)"] for r in mine]),
             "test single view, median [min, max] (%)": spread([r["test single view (%)"] for r in mine]),
-            "best val, median (%)": statistics.median(r["best val, single view (%)"] for r in mine),
+            "best val, median (%)": _median_or_none(r["best val, single view (%)"] for r in mine),
             "train seconds, median": statistics.median(r["train seconds"] for r in mine),
             "precision": ", ".join(sorted({r["precision"] for r in mine})),
         }
-        reached = [r[seconds_to] for r in mine if r[seconds_to] != "never"]
-        entry[f"seeds reaching {seconds_to[len('seconds to ') :]}"] = f"{len(reached)}/{len(mine)}"
-        entry[f"{seconds_to}, median"] = statistics.median(reached) if reached else "never"
+        reached = [r[seconds_to] for r in mine if isinstance(r[seconds_to], float | int)]
+        validating = [r for r in mine if r[seconds_to] != NO_VALIDATION]
+        entry[f"seeds reaching {seconds_to[len('seconds to ') :]}"] = (
+            f"{len(reached)}/{len(validating)}" if validating else NO_VALIDATION
+        )
+        entry[f"{seconds_to}, median"] = statistics.median(reached) if reached else _unreached(validating)
         for column in ("time to target vs reference", "train seconds vs reference"):
             ratios = [r[column] for r in mine if isinstance(r.get(column), float)]
             if ratios:

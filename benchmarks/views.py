@@ -11,11 +11,11 @@ view once and the sets average their probabilities.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import seeds as seeds_lib
 from pipeline.model.network import SHIFTS as _PLUS  # The one-pixel shifts the presets serve.
 
 VIEW_SETS = {
@@ -67,15 +67,13 @@ def view_rows(workdirs: list[str], data_dir: str | None) -> list[dict]:
     """One row per finished run: its validation accuracy (%) under each view set."""
     from pipeline import config_files
     from pipeline.data import input_pipeline as ip
-    from pipeline.data import sources
     from pipeline.model import network as models
     from pipeline.runs import final_model
 
     rows = []
     for workdir in workdirs:
         config = config_files.load_run_config(Path(workdir) / "config.json")
-        data_config = dataclasses.replace(config.data, data_dir=data_dir) if data_dir else config.data
-        validation = sources.load(data_config).validation
+        validation = seeds_lib.validation_split(workdir, config, data_dir)
         network = models.single_view(final_model.load_final_model(Path(workdir), config))
         images = ip.normalize(validation.images).numpy()
         accuracies = view_set_accuracies(network, images, validation.labels.astype(np.int64))

@@ -85,6 +85,7 @@ def main(argv: list[str]) -> None:
             3,
         )
     if strategies.is_chief(strategy):
+        # A final fit (no validation split) has no val_accuracy.
         summary = {
             k: metrics[k]
             for k in (
@@ -96,6 +97,7 @@ def main(argv: list[str]) -> None:
                 "epochs_completed",
                 "wall_seconds",
             )
+            if k in metrics
         }
         print(json.dumps(summary, indent=2))
         print(f"results in {FLAGS.workdir}: {', '.join(_outputs())}", flush=True)

@@ -41,13 +41,14 @@ def main(argv: list[str]) -> None:
     from pipeline import config as config_lib
     from pipeline.cluster import strategies
     from tuning import search_space
-    from tuning.search import run_search
+    from tuning.search import check_base, run_search
     from tuning.tuner import TuneConfig
 
     try:
         base = common.config_from_flags()
         search = tuple(FLAGS.search_space) if FLAGS.search_space else search_space.GROUPS
         search_space.config_from_hp(search_space.kt.HyperParameters(), base, search)  # Validates the groups.
+        check_base(base)
     except config_lib.ConfigError as e:
         common.fail(str(e), 2)
     tune = TuneConfig(

@@ -37,7 +37,11 @@ class DataConfig:
         None, "Directory with the four Fashion-MNIST IDX files (gzipped or not).", flag=True, resumable=True
     )
     validation_size: int = setting(
-        5000, "Training images held out (class-balanced) as the validation split; default 5000.", flag=True, lower=1
+        5000,
+        "Training images held out (class-balanced) as the validation split; default 5000. 0 trains on all of "
+        "them: a final fit of a recipe chosen on validation, with no per-epoch validation or early stopping.",
+        flag=True,
+        lower=0,
     )
     split_seed: int = 0
     # Cap on training examples (after the validation split); None uses all.

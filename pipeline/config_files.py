@@ -118,7 +118,12 @@ def validate(config: Config) -> Config:
             "train.ema_overwrite_steps needs train.ema_momentum (the average it restarts from); set both or neither",
         ),
         (m.dense_units >= 1, "model.dense_units must be >= 1"),
-        (d.validation_size >= 1, "data.validation_size must be >= 1"),
+        (d.validation_size >= 0, "data.validation_size must be >= 0"),
+        (
+            t.early_stopping_patience is None or d.validation_size >= 1,
+            "train.early_stopping_patience needs validation images: set data.validation_size >= 1 "
+            "(--validation_size) or early_stopping_patience to null",
+        ),
         (
             d.max_train_examples is None or d.max_train_examples >= 1,
             "data.max_train_examples must be >= 1, or null for all",

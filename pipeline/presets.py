@@ -69,9 +69,9 @@ def _fast() -> Config:
     )
 
 
-def _best() -> Config:
-    # The highest accuracy within about eight times the reference recipe's
-    # training time: twice `default`'s width, three convolutions per block,
+def _best_validated() -> Config:
+    # `best` as its choices were made: on 55,000 training images, validated on
+    # the 5,000 held out. Twice `default`'s width, three convolutions per block,
     # random erasing, label smoothing and a long schedule. On validation the
     # extra depth beat three times the width over 50 epochs, whose epochs cost
     # about as much; the schedule is 56 epochs where 60 were validated, to keep
@@ -94,8 +94,7 @@ def _best() -> Config:
     # images more closely) validated lower (the benchmark record's candidates
     # section). Trained on 50,000 images instead of 55,000 (two seeds), it
     # validated lower on the preset's own validation images: more images still
-    # buy accuracy, so a final fit on all 60,000 (which leaves no validation
-    # split) is the lever left untried. No weight average kept apart from
+    # buy accuracy, hence `best`'s final fit on all 60,000. No weight average kept apart from
     # training: spanning about ten epochs (momentum 0.999), the averaged
     # weights no longer fit batch norm's statistics, which are gathered with
     # the trained weights, and even with the statistics recomputed for them the
@@ -107,6 +106,22 @@ def _best() -> Config:
         model=dataclasses.replace(base.model, filters=(32, 64, 128), convs_per_block=3),
         augment=dataclasses.replace(base.augment, erase_probability=0.5),
         train=dataclasses.replace(base.train, epochs=56, warmup_epochs=2.0, label_smoothing=0.1),
+    )
+
+
+def _best() -> Config:
+    # The highest accuracy within about eight times the reference recipe's
+    # training time: the validated recipe (`_best_validated`) refitted on all
+    # 60,000 training images, the usual last step once every choice is made.
+    # 52 epochs of 60,000 images make about as many steps as the 56 epochs of
+    # 55,000 that were validated, so the time stays inside the budget. With
+    # nothing held out there is no per-epoch validation; `--validation_size=5000`
+    # trains the recipe with its validation split again.
+    validated = _best_validated()
+    return validated.replace(
+        name="best",
+        data=dataclasses.replace(validated.data, validation_size=0),
+        train=dataclasses.replace(validated.train, epochs=52),
     )
 
 
@@ -129,8 +144,18 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
 }
 
 
+# Presets that train a final fit (no validation split), and the recipe each
+# was chosen as on validation.
+VALIDATED_AS: dict[str, typing.Callable[[], Config]] = {"best": _best_validated}
+
+
 def preset(name: str) -> Config:
     """Returns the named preset, or raises ConfigError listing valid names."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def validated(name: str) -> Config:
+    """The named preset as its choices were made on validation: the preset itself unless it is a final fit."""
+    return VALIDATED_AS[name]() if name in VALIDATED_AS else preset(name)

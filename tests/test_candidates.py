@@ -12,7 +12,7 @@ from pipeline import config_files, presets
 
 
 def _finished_run(workdir, preset: str = "best", seed: int = 0, drop=(), **changes) -> str:
-    config = config_files.to_dict(presets.preset(preset))
+    config = config_files.to_dict(presets.validated(preset))  # Candidates hold out a validation split.
     config["train"]["seed"] = seed
     config["data"]["data_dir"] = "/somewhere/fashion-mnist"
     for key, value in changes.items():

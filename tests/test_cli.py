@@ -174,5 +174,5 @@ def test_impossible_validation_size_names_the_flag_and_the_largest_size(tiny_dat
     done = run(command, timeout=300)
     assert done.returncode != 0
     error = done.stderr.strip().splitlines()[-1]
-    assert "--validation_size" in error and "from 1 to 639" in error, error
+    assert "--validation_size" in error and "from 0 to 639" in error, error
     assert "Traceback" not in done.stderr

@@ -69,6 +69,18 @@ def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneCon
     return best
 
 
+def check_base(base: config_lib.Config) -> None:
+    """Raises ConfigError when `base` cannot be searched: trials are scored on validation images.
+
+    A final fit (`data.validation_size` 0) holds out none, so there is nothing to choose on.
+    """
+    if base.data.validation_size == 0:
+        raise config_lib.ConfigError(
+            f"a search scores its trials on validation images and {base.name!r} holds out none "
+            "(data.validation_size 0, a final fit): pass --validation_size=5000"
+        )
+
+
 def run_search(
     directory: str | Path,
     base: config_lib.Config,
@@ -87,6 +99,7 @@ def run_search(
       {"best_config": path, "best_val_accuracy": float, "trials": n} and, with
       `retrain_best`, the retrained run's metrics under "retrained".
     """
+    check_base(base)
     directory = Path(directory)
     chief = is_tuning_chief()
     if chief:

@@ -225,11 +225,11 @@ def load_train_test(data_dir: str | None = None) -> tuple[Split, Split, str]:
 
 
 def stratified_split(labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (keep, held_out) index arrays; held_out has `size` class-balanced picks."""
-    if not 0 < size < len(labels):
+    """Returns (keep, held_out) index arrays; held_out has `size` class-balanced picks (none for 0)."""
+    if not 0 <= size < len(labels):
         raise DataError(
             f"validation size {size} (--validation_size, data.validation_size) does not fit the "
-            f"{len(labels)} training images: give a size from 1 to {len(labels) - 1}"
+            f"{len(labels)} training images: give a size from 0 to {len(labels) - 1}"
         )
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)

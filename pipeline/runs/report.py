@@ -27,13 +27,19 @@ log = logging.getLogger(__name__)
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> None:
-    """Train vs validation accuracy and loss per epoch: the overfitting picture."""
+    """Train vs validation accuracy and loss per epoch: the overfitting picture.
+
+    A final fit holds out no validation images: its curves are training only.
+    """
     epochs = [h["epoch"] for h in history]
+    validated = all("val_accuracy" in h for h in history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train (running, augmented)")
-        ax.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation (single view)")
-        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+        if validated:
+            ax.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation (single view)")
+        title = f"{metric} per epoch" + ("" if validated else " (final fit: no validation split)")
+        ax.set(xlabel="epoch", ylabel=metric, title=title)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -64,9 +64,10 @@ def final_metrics(
     stop=None,
     progress: bool = False,
 ) -> dict:
-    """Evaluates train, validation and test in inference mode; returns metrics.json content.
+    """Evaluates train, validation (if any) and test in inference mode; returns metrics.json content.
 
-    A stop request ends it after the compiled call under way (training is
+    A final fit (`data.validation_size` 0) has no validation metrics and no
+    best epoch. A stop request ends it after the compiled call under way (training is
     checkpointed by then). With `progress`, one progress bar covers every
     split's evaluation.
     """
@@ -80,6 +81,7 @@ def final_metrics(
         (("val_accuracy", "val_loss"), dataset.validation, as_served, views),
         (("test_accuracy", "test_loss"), dataset.test, as_served, views),
     ]
+    passes = [entry for entry in passes if len(entry[1])]
     if views > 1:
         # What the network alone scores, so the views' share stays visible.
         single = steps.make_eval_steps(strategy, models.single_view(served))
@@ -101,7 +103,7 @@ def final_metrics(
     metrics.update(
         generalization_gap=metrics["train_accuracy"] - metrics["test_accuracy"],
         epochs_completed=int(state.epoch.numpy()),
-        best_epoch=int(state.best_epoch.numpy()),
+        best_epoch=int(state.best_epoch.numpy()) if len(dataset.validation) else None,
         weights="best" if config.train.early_stopping_patience else "last",
         train_seconds=history[-1]["elapsed_seconds"] if history else 0.0,
         wall_seconds=time.perf_counter() - started,

@@ -69,7 +69,7 @@ def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, calls: int
 
 
 def write_summaries(writers: dict, epoch: int, record: dict) -> None:
-    """TensorBoard scalars for one epoch."""
+    """TensorBoard scalars for one epoch, of each split `writers` names."""
     for split, writer in writers.items():
         with writer.as_default(step=epoch):
             tf.summary.scalar("loss", record[f"{split}_loss"])
@@ -180,7 +180,10 @@ def fit(
     train_steps = steps.make_train_steps(strategy, state.model, state.optimizer, config.train, state.policy)
     eval_steps = steps.make_eval_steps(strategy, state.network)
     train_fn, eval_fn = ip.distributed_datasets(config, strategy, dataset)
-    writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in ("train", "val")}
+    # A final fit (`data.validation_size` 0) holds out no images to validate on.
+    validating = len(dataset.validation) > 0
+    splits = ("train", "val") if validating else ("train",)
+    writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in splits}
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0
     for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
         start_step = int(state.epoch_step.numpy())
@@ -204,30 +207,30 @@ def fit(
             stop,
             seconds_before,
         )
-        with optimizer_lib.averaged_weights(state.optimizer):
-            val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
-            if record_if_best(state, {"epoch": epoch, "val_accuracy": val["accuracy"]}):
-                with workdir_lib.writing("the best weights", out_dir / "best"):
-                    state.best_manager.save(checkpoint_number=epoch)
+        val = {}
+        if validating:
+            with optimizer_lib.averaged_weights(state.optimizer):
+                val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
+                if record_if_best(state, {"epoch": epoch, "val_accuracy": val["accuracy"]}):
+                    with workdir_lib.writing("the best weights", out_dir / "best"):
+                        state.best_manager.save(checkpoint_number=epoch)
         seconds = seconds_before + time.perf_counter() - start
         elapsed += seconds
         record = {
             "epoch": epoch,
             "train_loss": running["loss"],
             "train_accuracy": running["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
+            **({"val_loss": val["loss"], "val_accuracy": val["accuracy"]} if validating else {}),
             "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
             "seconds": seconds,
             "elapsed_seconds": elapsed,
         }
         log.info(
-            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
+            "epoch %d: train loss %.4f acc %.4f | %s | %.1fs",
             epoch,
             record["train_loss"],
             record["train_accuracy"],
-            val["loss"],
-            val["accuracy"],
+            f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if validating else "no validation split",
             seconds,
         )
         history.append(record)
