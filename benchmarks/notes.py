@@ -92,7 +92,11 @@ NOTES = {
     "recipe_seeds_fast": _EACH_RUN,
     "recipes_default": "`default` and the reference recipe, trained as in the recipes section.",
     "recipe_seeds_default": _EACH_RUN,
-    "recipes_best": "`best` and the reference recipe, trained as in the recipes section.",
+    "recipes_best": (
+        "`best` and the reference recipe, trained as in the recipes section. `best` is a final fit on all 60,000 "
+        "training images, with no validation split, so its validation columns read n/a; a section kept from "
+        "another machine may come from a commit whose `best` still held out 5,000 (its commit says which)."
+    ),
     "recipe_seeds_best": _EACH_RUN,
     "seed_runs": (
         "Finished `fmnist-train` runs of one recipe that differ only in `--seed` (checked from their "

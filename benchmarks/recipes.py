@@ -2,7 +2,9 @@
 
 Every run is a whole `fmnist-train` in a child process started with the
 running interpreter, one after another with nothing else running, on the
-full training split (55,000 images, 5,000 held out for validation). Time
+preset's own split: 55,000 training images and 5,000 held out for
+validation, or all 60,000 for a final fit (`best`), which has no time to
+a validation accuracy. Time
 to accuracy is read from each run's history.json: the cumulative seconds of
 training and per-epoch validation until the epoch whose validation accuracy
 (single view) first reaches the target. The test set is evaluated once, at
