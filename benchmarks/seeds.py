@@ -156,6 +156,8 @@ def summary(rows: list[dict]) -> list[dict]:
             ratios = [r[column] for r in mine if isinstance(r.get(column), float)]
             if ratios:
                 entry[f"{column}, median"] = statistics.median(ratios)
+            elif any(column in r for r in mine):  # Compared with a reference, but with nothing to time.
+                entry[f"{column}, median"] = "n/a"
         out.append(entry)
     return out
 

@@ -105,6 +105,7 @@ def test_the_record_shows_a_final_fit_beside_a_validated_reference_without_inven
     reference, best = seeds.summary(turn)
     assert reference["seeds reaching 93% val"] == "1/1" and best["seeds reaching 93% val"] == seeds.NO_VALIDATION
     assert best["best val, median (%)"] == best["seconds to 93% val, median"] == seeds.NO_VALIDATION
+    assert best["time to target vs reference, median"] == "n/a" and best["train seconds vs reference, median"] == 7.0
     assert best["test as served, median [min, max] (%)"] == "95.00 [95.00, 95.00]"
 
 
