@@ -69,12 +69,8 @@ def candidate_row(workdir: str | Path) -> dict:
         base = presets.validated(config.name)
     except ConfigError as error:
         raise ValueError(f"{workdir}: {error}") from None
+    seeds.require_held_out(workdir, config)
     history, metrics = run["history"], run["metrics"]
-    if not seeds.validated(history):
-        raise ValueError(
-            f"{workdir} is a final fit (data.validation_size 0): it holds out no images to weigh it on; "
-            "name runs that hold out a validation split"
-        )
     return {
         "preset": config.name,
         "changes from the preset": changes(config, base),

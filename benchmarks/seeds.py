@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from pipeline.runs.workdir import validated
+
 TARGET = 0.93
 # A final fit (`data.validation_size` 0) has no validation accuracy to time or rank by.
 NO_VALIDATION = "n/a (final fit)"
@@ -62,9 +64,13 @@ def check_same_recipe(name: str, runs: list[dict]) -> None:
             raise ValueError(f"the runs of {name!r} differ in {', '.join(differ)}, not only the seed; name them apart")
 
 
-def validated(history: list[dict]) -> bool:
-    """Whether every epoch of a run was validated (a final fit holds out no validation images)."""
-    return all("val_accuracy" in h for h in history)
+def require_held_out(workdir: str | Path, config) -> None:
+    """Raises ValueError when the run is a final fit: it holds out no validation images to weigh it on."""
+    if config.data.validation_size == 0:
+        raise ValueError(
+            f"{workdir} is a final fit (data.validation_size 0): it holds out no images to weigh it on; "
+            "name runs that hold out a validation split"
+        )
 
 
 def validation_split(workdir: str | Path, config, data_dir: str | None):
@@ -77,11 +83,7 @@ def validation_split(workdir: str | Path, config, data_dir: str | None):
 
     from pipeline.data import sources
 
-    if config.data.validation_size == 0:
-        raise ValueError(
-            f"{workdir} is a final fit (data.validation_size 0): it holds out no images to weigh it on; "
-            "name runs that hold out a validation split"
-        )
+    require_held_out(workdir, config)
     data_config = dataclasses.replace(config.data, data_dir=data_dir) if data_dir else config.data
     return sources.load(data_config).validation
 
@@ -95,16 +97,15 @@ def time_to(history: list[dict], target: float) -> tuple[int, float] | None:
 def run_row(name: str, run: dict, target: float = TARGET) -> dict:
     """One finished run's row: its seed, time to `target` validation accuracy, and its test accuracy."""
     history, metrics = run["history"], run["metrics"]
-    reached = time_to(history, target) if validated(history) else None
-    unreached = "never" if validated(history) else NO_VALIDATION
+    held_out = validated(history)
+    reached = time_to(history, target) if held_out else None
+    unreached = "never" if held_out else NO_VALIDATION
     return {
         "recipe": name,
         "seed": run["config"]["train"]["seed"],
         f"epochs to {target:.0%} val": reached[0] if reached else unreached,
         f"seconds to {target:.0%} val": reached[1] if reached else unreached,
-        "best val, single view (%)": (
-            100 * max(h["val_accuracy"] for h in history) if validated(history) else NO_VALIDATION
-        ),
+        "best val, single view (%)": (100 * max(h["val_accuracy"] for h in history) if held_out else NO_VALIDATION),
         "test as served (%)": 100 * metrics["test_accuracy"],
         "test single view (%)": 100 * metrics.get("test_accuracy_single_view", metrics["test_accuracy"]),
         "test loss": metrics["test_loss"],

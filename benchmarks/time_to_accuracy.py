@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks import seeds
+from pipeline.runs.workdir import validated
 
 THRESHOLDS = (0.906, 0.92, 0.93)
 
@@ -15,12 +16,10 @@ def time_to_accuracy(workdirs: dict[str, Path]) -> list[dict]:
     rows = []
     for name, workdir in workdirs.items():
         history = json.loads((Path(workdir) / "history.json").read_text())
-        row = {"run": name}
+        held_out, row = validated(history), {"run": name}
+        unreached = "never" if held_out else seeds.NO_VALIDATION
         for threshold in THRESHOLDS:
-            if not seeds.validated(history):
-                row[f"to {threshold:.1%}"] = seeds.NO_VALIDATION
-                continue
-            hit = next((h for h in history if h["val_accuracy"] >= threshold), None)
-            row[f"to {threshold:.1%}"] = f"{hit['elapsed_seconds']:.0f}s (epoch {hit['epoch']})" if hit else "never"
+            hit = next((h for h in history if h["val_accuracy"] >= threshold), None) if held_out else None
+            row[f"to {threshold:.1%}"] = f"{hit['elapsed_seconds']:.0f}s (epoch {hit['epoch']})" if hit else unreached
         rows.append(row)
     return rows

@@ -32,7 +32,7 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     A final fit holds out no validation images: its curves are training only.
     """
     epochs = [h["epoch"] for h in history]
-    validated = all("val_accuracy" in h for h in history)
+    validated = workdir_lib.validated(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train (running, augmented)")

@@ -203,6 +203,11 @@ def load_history(workdir: Path, epochs_done: int) -> list[dict]:
     return read_json(path)[:epochs_done]
 
 
+def validated(history: list[dict]) -> bool:
+    """Whether every epoch of a run was validated (a final fit, `data.validation_size` 0, holds out no images)."""
+    return all("val_accuracy" in record for record in history)
+
+
 def write_dir(workdir: Path, strategy) -> Path:
     """Where this process writes: the workdir for the chief, a temp dir otherwise.
 
