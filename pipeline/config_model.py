@@ -81,11 +81,18 @@ class ModelConfig:
     # normalised and activated, and the others run on the pooled map (a
     # quarter of the pixels, so about a third of the arithmetic at the same
     # widths; airbench's convolution group). A residual connection around the
-    # pooled convolutions (airbench96's) made training at this learning rate
-    # unstable: the sum of two normalised maps doubles the scale that reaches
-    # the next layer. `relu_after_pooling` and `batch_norm_after_pooling`
+    # pooled convolutions (airbench96's) is `residual`. `relu_after_pooling` and `batch_norm_after_pooling`
     # apply to "pool_last" only.
     block_layout: BlockLayout = setting("pool_last", old="pool_last")
+    # Identity connections around each of a block's convolutions after its
+    # first (those keep the block's width and resolution): the convolution's
+    # normalised output is added to its input, scaled by a learned scalar that
+    # starts at 0 (ReZero, Bachlechner et al. 2020), so a new network is the
+    # plain one with its later convolutions bypassed and each residual grows
+    # in as training finds it useful. The scalar keeps the sum's scale: an
+    # ungated sum of two normalised maps doubles what reaches the next layer,
+    # which made the loss rise during warm-up at the presets' learning rate.
+    residual: bool = setting(False, old=False)
     # Dropout rate after the blocks and before the classifier; None is off.
     # With batch norm only the last block gets it (models._block says why).
     dropout: float | None = setting(

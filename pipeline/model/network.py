@@ -98,6 +98,22 @@ class PartialIdentity(keras.initializers.Initializer):
         return {"seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="pipeline")
+class ResidualGate(keras.layers.Layer):
+    """`inputs + scale * branch`, with one learned scalar `scale` that starts at 0 (ReZero).
+
+    Called on `[inputs, branch]` (`ModelConfig.residual`). The scalar is
+    excluded from weight decay by its name (`optimizer.build_optimizer`).
+    """
+
+    def build(self, input_shape):
+        self.residual_scale = self.add_weight(shape=(), initializer="zeros", name="residual_scale")
+
+    def call(self, inputs):
+        skip, branch = inputs
+        return skip + keras.ops.cast(self.residual_scale, branch.dtype) * branch
+
+
 def whitening_kernel(images: np.ndarray, kernel_size: int, filters: int) -> np.ndarray:
     """Conv filters that whiten the images' kernel_size x kernel_size patches.
 
@@ -188,7 +204,15 @@ def _pool_first_group(x, filters: int, config: ModelConfig, index: int, dtype: s
     x = _normalized_relu(x, config, name, dtype, sync_bn)
     for j in range(1, config.convs_per_block):
         name = f"block{index}_conv{j}"
-        x = _normalized_relu(_conv(x, filters, config, name, dtype), config, name, dtype, sync_bn)
+        if not config.residual:
+            x = _normalized_relu(_conv(x, filters, config, name, dtype), config, name, dtype, sync_bn)
+            continue
+        branch = _conv(x, filters, config, name, dtype)
+        if config.batch_norm:
+            branch = _batch_norm(branch, config, name, dtype, sync_bn)
+        x = ResidualGate(name=f"{name}_residual", dtype=dtype)([x, branch])
+        if config.batch_norm:
+            x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     return x
 
 
@@ -199,11 +223,17 @@ def _pool_last_group(x, filters: int, config: ModelConfig, index: int, dtype: st
     pooled_batch_norm = config.batch_norm and config.batch_norm_after_pooling
     for j in range(config.convs_per_block):
         name = f"block{index}_conv{j}"
+        # `ModelConfig.residual`: every convolution after the first keeps the
+        # block's width, so its input can be added to its output.
+        skip = x if config.residual and j > 0 else None
         x = _conv(x, filters, config, name, dtype)
-        if config.batch_norm and not (j == last and pooled_batch_norm):
+        normalized = config.batch_norm and not (j == last and pooled_batch_norm)
+        if normalized:
             x = _batch_norm(x, config, name, dtype, sync_bn)
-            if j < last or not config.relu_after_pooling:
-                x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
+        if skip is not None:
+            x = ResidualGate(name=f"{name}_residual", dtype=dtype)([skip, x])
+        if normalized and (j < last or not config.relu_after_pooling):
+            x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     x = _pool(x, config, index, dtype)
     last_conv = f"block{index}_conv{last}"
     if pooled_batch_norm:

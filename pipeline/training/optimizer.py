@@ -100,7 +100,8 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> k
     else:
         optimizer = keras.optimizers.Adam(rate, **ema)
     if config.optimizer != "adam":
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        # Shifts, scales and residual gates (`network.ResidualGate`) are not decayed.
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "residual_scale"])
     if policy == "mixed_float16":
         optimizer = AllReplicasLossScaleOptimizer(optimizer)
     return optimizer
