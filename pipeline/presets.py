@@ -43,7 +43,7 @@ def _seed() -> Config:
 
 
 def _fast() -> Config:
-    # Accuracy for a third to two fifths of the reference recipe's time on a CPU: one
+    # Accuracy for about a third of the reference recipe's time on a CPU: one
     # convolution per block, each block's batch norm after its max-pooling
     # (a quarter of the values to normalise), no dropout, one-pixel shifts,
     # label smoothing, and validation on a moving average of the weights
