@@ -84,8 +84,9 @@ def _best_validated() -> Config:
     # not in a single view, for about 1.2 times the time), four convolutions per
     # block for 40 epochs in about the same time, a global-average head (also
     # with half the weight decay, or with batches of 256), Lookahead (restarts
-    # from the weight average every five steps), same-padded pooling or
-    # sharpness-aware minimisation (radius 0.05, two seeds) for 45 epochs, which
+    # from the weight average every five steps), same-padded pooling, gated
+    # residual connections (`ModelConfig.residual`, about 1.15 times the time)
+    # or sharpness-aware minimisation (radius 0.05, two seeds) for 45 epochs, which
     # take about 56 plain epochs' time, validated within the seeds' spread of
     # it, none clearly higher than the preset itself; CutMix on half the images,
     # half the peak learning rate, twice the weight decay, label smoothing 0.2,
