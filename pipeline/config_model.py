@@ -81,8 +81,8 @@ class ModelConfig:
     # normalised and activated, and the others run on the pooled map (a
     # quarter of the pixels, so about a third of the arithmetic at the same
     # widths; airbench's convolution group). A residual connection around the
-    # pooled convolutions (airbench96's) is `residual`. `relu_after_pooling` and `batch_norm_after_pooling`
-    # apply to "pool_last" only.
+    # pooled convolutions (airbench96's) is `residual`. `relu_after_pooling`
+    # and `batch_norm_after_pooling` apply to "pool_last" only.
     block_layout: BlockLayout = setting("pool_last", old="pool_last")
     # Identity connections around each of a block's convolutions after its
     # first (those keep the block's width and resolution): the convolution's

@@ -1,13 +1,19 @@
-"""Helpers only the tests use: IDX files, a tiny training config, malformed TF_CONFIGs, running a TFLite model."""
+"""Helpers only the tests use: IDX files, a tiny training config, malformed TF_CONFIGs, running a TFLite model,
+serving an export in a process that imports only TensorFlow."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from pipeline import config as config_lib
 from pipeline import presets
@@ -54,3 +60,51 @@ MALFORMED_TF_CONFIG_CASES = [
     ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
     ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
 ]
+
+
+ROUND_TRIP = """
+import json, sys
+import numpy as np, tensorflow as tf
+assert not any(m.split(".")[0] in ("pipeline", "tuning", "launch") for m in sys.modules)
+model = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out = model.signatures["serving_default"](images=tf.constant(images))
+as_4d = model.signatures["serving_default"](images=tf.constant(images[..., None]))
+encoded = [open(p, "rb").read() for p in sys.argv[3:]]
+from_bytes = model.signatures["serving_image_bytes"](image_bytes=tf.constant(encoded))
+print(json.dumps({
+    "probabilities": out["probabilities"].numpy().tolist(),
+    "dtype": out["probabilities"].dtype.name,
+    "class_id": out["class_id"].numpy().tolist(),
+    "class_name": [s.decode() for s in out["class_name"].numpy()],
+    "same_4d": bool(np.array_equal(out["class_id"].numpy(), as_4d["class_id"].numpy())),
+    "bytes_class_id": from_bytes["class_id"].numpy().tolist(),
+}))
+"""
+
+
+def serve_without_our_packages(export: Path, images: np.ndarray, scratch: Path) -> dict:
+    """Serves uint8 images [N, 28, 28] from an export in a child process that imports only TensorFlow.
+
+    The first five images also go in as PNG bytes. Returns the child's
+    `serving_default` outputs, whether 4-D input agreed, and the bytes
+    signature's classes.
+    """
+    np.save(scratch / "images.npy", images)
+    pngs = []
+    for i, image in enumerate(images[:5]):
+        pngs.append(str(scratch / f"{i}.png"))
+        Image.fromarray(image).save(pngs[-1])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    for name in ("PYTHONPATH", "FASHION_MNIST_DIR"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP, str(export), str(scratch / "images.npy"), *pngs],
+        env=env,
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

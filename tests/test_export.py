@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run, subprocess_env
+from conftest import run
+from helpers import serve_without_our_packages
 from PIL import Image
 
 from pipeline import config as config_lib
@@ -49,27 +49,6 @@ def test_train_exports_version_1_with_warmup_and_metadata(trained):
         assert tf.make_ndarray(request.inputs["images"]).shape[1:] == (28, 28)
 
 
-ROUND_TRIP = """
-import json, sys
-import numpy as np, tensorflow as tf
-assert not any(m.split(".")[0] in ("pipeline", "tuning", "launch") for m in sys.modules)
-model = tf.saved_model.load(sys.argv[1])
-images = np.load(sys.argv[2])
-out = model.signatures["serving_default"](images=tf.constant(images))
-as_4d = model.signatures["serving_default"](images=tf.constant(images[..., None]))
-encoded = [open(p, "rb").read() for p in sys.argv[3:]]
-from_bytes = model.signatures["serving_image_bytes"](image_bytes=tf.constant(encoded))
-print(json.dumps({
-    "probabilities": out["probabilities"].numpy().tolist(),
-    "dtype": out["probabilities"].dtype.name,
-    "class_id": out["class_id"].numpy().tolist(),
-    "class_name": [s.decode() for s in out["class_name"].numpy()],
-    "same_4d": bool(np.array_equal(out["class_id"].numpy(), as_4d["class_id"].numpy())),
-    "bytes_class_id": from_bytes["class_id"].numpy().tolist(),
-}))
-"""
-
-
 def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tmp_path):
     from pipeline.data import sources as data_lib
     from pipeline.runs.final_model import load_final_model, predict_probabilities
@@ -77,22 +56,7 @@ def test_round_trip_in_a_process_without_our_packages(trained, tiny_data_dir, tm
     workdir, _ = trained
     test = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test
     images = test.images[:40]
-    np.save(tmp_path / "images.npy", images)
-    pngs = []
-    for i, image in enumerate(images[:5]):
-        pngs.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(image).save(pngs[-1])
-    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-c", ROUND_TRIP, str(workdir / "export" / "1"), str(tmp_path / "images.npy"), *pngs],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = serve_without_our_packages(workdir / "export" / "1", images, tmp_path)
     expected = predict_probabilities(load_final_model(workdir, config_files.load_file(workdir / "config.json")), images)
     np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
     assert out["dtype"] == "float32" and out["same_4d"]

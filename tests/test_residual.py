@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import subprocess_env
+from helpers import serve_without_our_packages
 
 from pipeline import config_files, presets
 from pipeline.config import DataConfig, TrainConfig
@@ -70,15 +67,6 @@ def test_a_run_recorded_before_the_field_keeps_its_plain_blocks():
     assert config_files.run_config_from_dict(recorded).model.residual is False
 
 
-SERVE = """
-import json, sys
-import numpy as np, tensorflow as tf
-assert not any(m.split(".")[0] in ("pipeline", "tuning", "launch") for m in sys.modules)
-out = tf.saved_model.load(sys.argv[1]).signatures["serving_default"](images=tf.constant(np.load(sys.argv[2])))
-print(json.dumps(out["probabilities"].numpy().tolist()))
-"""
-
-
 def test_a_residual_run_exports_a_model_tensorflow_alone_serves(tiny_data_dir, tmp_path):
     from pipeline.data import sources as data_lib
     from pipeline.runs.final_model import load_final_model, predict_probabilities
@@ -90,10 +78,6 @@ def test_a_residual_run_exports_a_model_tensorflow_alone_serves(tiny_data_dir, t
     workdir = tmp_path / "run"
     train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, make_report=False)
     images = data_lib.load(data).test.images[:16]
-    np.save(tmp_path / "images.npy", images)
-    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    command = [sys.executable, "-c", SERVE, str(workdir / "export" / "1"), str(tmp_path / "images.npy")]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = serve_without_our_packages(workdir / "export" / "1", images, tmp_path)
     expected = predict_probabilities(load_final_model(workdir, config_files.load_file(workdir / "config.json")), images)
-    np.testing.assert_allclose(json.loads(done.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)

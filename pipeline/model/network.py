@@ -111,7 +111,8 @@ class ResidualGate(keras.layers.Layer):
 
     def call(self, inputs):
         skip, branch = inputs
-        return skip + keras.ops.cast(self.residual_scale, branch.dtype) * branch
+        # Under a mixed policy Keras reads the float32 scale in the compute dtype.
+        return skip + self.residual_scale * branch
 
 
 def whitening_kernel(images: np.ndarray, kernel_size: int, filters: int) -> np.ndarray:
@@ -204,14 +205,13 @@ def _pool_first_group(x, filters: int, config: ModelConfig, index: int, dtype: s
     x = _normalized_relu(x, config, name, dtype, sync_bn)
     for j in range(1, config.convs_per_block):
         name = f"block{index}_conv{j}"
-        if not config.residual:
-            x = _normalized_relu(_conv(x, filters, config, name, dtype), config, name, dtype, sync_bn)
-            continue
-        branch = _conv(x, filters, config, name, dtype)
+        skip = x if config.residual else None  # `ModelConfig.residual`
+        x = _conv(x, filters, config, name, dtype)
         if config.batch_norm:
-            branch = _batch_norm(branch, config, name, dtype, sync_bn)
-        x = ResidualGate(name=f"{name}_residual", dtype=dtype)([x, branch])
-        if config.batch_norm:
+            x = _batch_norm(x, config, name, dtype, sync_bn)
+        if skip is not None:
+            x = ResidualGate(name=f"{name}_residual", dtype=dtype)([skip, x])
+        if config.batch_norm:  # Without it the convolution applied its ReLU.
             x = keras.layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     return x
 
