@@ -11,12 +11,13 @@ view once and the sets average their probabilities.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import seeds as seeds_lib
-from pipeline.model.network import SHIFTS as _PLUS  # The one-pixel shifts the presets serve.
+from pipeline.model.views import SHIFTS as _PLUS  # The one-pixel shifts the presets serve.
 
 VIEW_SETS = {
     "none (1)": [(False, 0, 0)],
@@ -51,12 +52,11 @@ def view_set_accuracies(network, images: np.ndarray, labels: np.ndarray, sets: d
       labels: [N] class ids.
       sets: name to a list of (mirrored, rows, columns) views.
     """
-    from pipeline.model import network as models
+    from pipeline.model import views as model_views
 
     views = {v for chosen in sets.values() for v in chosen}
-    probabilities = {
-        v: models.probabilities(network.predict(view(images, *v), batch_size=500, verbose=0)).numpy() for v in views
-    }
+    predict = functools.partial(network.predict, batch_size=500, verbose=0)
+    probabilities = {v: model_views.probabilities(predict(view(images, *v))).numpy() for v in views}
     return {
         name: 100 * float(np.mean(np.mean([probabilities[v] for v in chosen], axis=0).argmax(axis=1) == labels))
         for name, chosen in sets.items()
@@ -67,14 +67,14 @@ def view_rows(workdirs: list[str], data_dir: str | None) -> list[dict]:
     """One row per finished run: its validation accuracy (%) under each view set."""
     from pipeline import config_files
     from pipeline.data import input_pipeline as ip
-    from pipeline.model import network as models
+    from pipeline.model import views as model_views
     from pipeline.runs import final_model
 
     rows = []
     for workdir in workdirs:
         config = config_files.load_run_config(Path(workdir) / "config.json")
         validation = seeds_lib.validation_split(workdir, config, data_dir)
-        network = models.single_view(final_model.load_final_model(Path(workdir), config))
+        network = model_views.single_view(final_model.load_final_model(Path(workdir), config))
         images = ip.normalize(validation.images).numpy()
         accuracies = view_set_accuracies(network, images, validation.labels.astype(np.int64))
         rows.append(

@@ -11,7 +11,8 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline import presets
 from pipeline.model.batch_norm import FusedBatchNormalization
-from pipeline.model.network import TestTimeViews, build_model, probabilities, single_view
+from pipeline.model.network import build_model
+from pipeline.model.views import TestTimeViews, probabilities, single_view
 
 # Two convs per block, no conv bias (BN follows), BN with a frozen scale (beta and
 # the two moving statistics: 3 per channel): block 0 conv 1->16 144 + 16->16 2,304,

@@ -65,10 +65,11 @@ def test_predicted_probabilities_do_not_depend_on_the_batch():
     # image's probabilities are the model's, whatever batch it falls in.
     from pipeline.data import input_pipeline as ip
     from pipeline.model import network as models
+    from pipeline.model import views
     from pipeline.runs.final_model import predict_probabilities
 
     model = models.build_model(presets.preset("smoke").model)
     images = np.random.default_rng(0).integers(0, 256, (37, 28, 28), dtype=np.uint8)
-    direct = models.probabilities(model(ip.normalize(images), training=False)).numpy()
+    direct = views.probabilities(model(ip.normalize(images), training=False)).numpy()
     for batch_size in (5, 256):
         np.testing.assert_allclose(predict_probabilities(model, images, batch_size), direct, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ import tensorflow as tf
 from pipeline import config as config_lib
 from pipeline.data import input_pipeline as ip
 from pipeline.model import network as models
+from pipeline.model import views
 from pipeline.runs import workdir as workdir_lib
 
 FINAL_DIR = "final"
@@ -27,7 +28,7 @@ def weights_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
     It tracks the single-view network (the same variables), so checkpoints do
     not depend on the test-time views, which stay an inference choice.
     """
-    return tf.train.Checkpoint(model=models.single_view(model))
+    return tf.train.Checkpoint(model=views.single_view(model))
 
 
 def save_final_model(model: keras.Model, out_dir: Path) -> None:
@@ -79,4 +80,4 @@ def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: in
     times the memory and ran no faster on CPU.
     """
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(ip.normalize)
-    return models.probabilities(model.predict(ds, verbose=0)).numpy()
+    return views.probabilities(model.predict(ds, verbose=0)).numpy()

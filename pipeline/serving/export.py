@@ -24,7 +24,7 @@ from pipeline import config as config_lib
 from pipeline import config_files
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
-from pipeline.model import network as models
+from pipeline.model import views
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.final_model import load_final_model
 from pipeline.runs.lock import pid_alive
@@ -48,7 +48,7 @@ class ServingModule(tf.Module):
         self.class_names = tf.constant(data_lib.CLASS_NAMES)
 
     def _outputs(self, images_uint8):
-        probabilities = models.probabilities(self.model(ip.normalize(images_uint8), training=False))
+        probabilities = views.probabilities(self.model(ip.normalize(images_uint8), training=False))
         class_id = tf.argmax(probabilities, axis=-1)
         return {
             "probabilities": tf.cast(probabilities, tf.float32),

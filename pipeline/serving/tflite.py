@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from pipeline.data import input_pipeline as ip
-from pipeline.model import network as models
+from pipeline.model import views
 
 VARIANTS = {"float": [], "dynamic_range": [tf.lite.Optimize.DEFAULT]}
 
@@ -18,7 +18,7 @@ def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
     def serve(images):
-        return {"probabilities": models.probabilities(model(ip.normalize(images), training=False))}
+        return {"probabilities": views.probabilities(model(ip.normalize(images), training=False))}
 
     # Freeze first: converting Keras 3 variables as-is leaves READ_VARIABLE ops
     # that TFLite never initialises (NaN or zero outputs).

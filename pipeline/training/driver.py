@@ -25,6 +25,7 @@ from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
 from pipeline.model import network as models
+from pipeline.model import views
 from pipeline.runs import final_model, report
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
@@ -74,21 +75,22 @@ def final_metrics(
     served = served_model(config, strategy, state.model, policy)
     _, eval_fn = ip.distributed_datasets(config, strategy, dataset)
     as_served = steps.make_eval_steps(strategy, served)
-    views = models.VIEW_COUNTS.get(config.model.test_time_augmentation, 1)
+    view_count = views.VIEW_COUNTS.get(config.model.test_time_augmentation, 1)
     # (the metrics' names, the split, the compiled evaluation, views of each image), in the order evaluated.
     passes = [
-        (("train_accuracy", "train_loss"), dataset.train, as_served, views),
-        (("val_accuracy", "val_loss"), dataset.validation, as_served, views),
-        (("test_accuracy", "test_loss"), dataset.test, as_served, views),
+        (("train_accuracy", "train_loss"), dataset.train, as_served, view_count),
+        (("val_accuracy", "val_loss"), dataset.validation, as_served, view_count),
+        (("test_accuracy", "test_loss"), dataset.test, as_served, view_count),
     ]
     passes = [entry for entry in passes if len(entry[1])]
-    if views > 1:
+    if view_count > 1:
         # What the network alone scores, so the views' share stays visible.
-        single = steps.make_eval_steps(strategy, models.single_view(served))
+        single = steps.make_eval_steps(strategy, views.single_view(served))
         passes.append((("test_accuracy_single_view", "test_loss_single_view"), dataset.test, single, 1))
     bar = None
     if progress:
-        print(f"Final evaluation in float32, as served: {views} view{'s' * (views > 1)} of each image", flush=True)
+        plural = "s" * (view_count > 1)
+        print(f"Final evaluation in float32, as served: {view_count} view{plural} of each image", flush=True)
         # Counted in views, the network's unit of work, so the time left is right.
         bar = keras.utils.Progbar(sum(len(split) * n for _, split, _, n in passes), unit_name="view")
     if stop is not None:

@@ -23,6 +23,7 @@ from pipeline import config as config_lib
 from pipeline.cluster import strategies
 from pipeline.data import input_pipeline as ip
 from pipeline.model import network as models
+from pipeline.model import views
 from pipeline.runs import final_model
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import optimizer as optimizer_lib
@@ -107,7 +108,7 @@ def build_state(
         manager=None,
         best_manager=None,
         policy=policy,
-        network=models.single_view(model),
+        network=views.single_view(model),
         checkpoint_every_steps=config.train.checkpoint_every_steps,
     )
     # The model is tracked single-view (as in `final_model.weights_checkpoint`),
