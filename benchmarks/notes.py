@@ -98,6 +98,12 @@ NOTES = {
         "another machine may come from a commit whose `best` still held out 5,000 (its commit says which)."
     ),
     "recipe_seeds_best": _EACH_RUN,
+    "recipes_seed": (
+        "`seed`, the tutorial's recipe the project started from (float32, Adam at 1e-3, batches of 32, 50 "
+        "epochs, no augmentation, batch norm or test-time views), trained as in the recipes section: the baseline "
+        "every other preset is measured against. The gap column is training minus test accuracy, in points."
+    ),
+    "recipe_seeds_seed": _EACH_RUN,
     "seed_runs": (
         "Finished `fmnist-train` runs of one recipe that differ only in `--seed` (checked from their "
         "config.json), named with `python -m benchmarks.run --seed_runs=NAME=WORKDIR,...`: the median over seeds "

@@ -56,6 +56,8 @@ ORDER = (
     "recipe_seeds_default",
     "recipes_best",
     "recipe_seeds_best",
+    "recipes_seed",
+    "recipe_seeds_seed",
     "tuning_rate",
 )
 # Sections computed from other sections' measurements rather than measured.
