@@ -110,7 +110,7 @@ NOTES = {
         "with the lowest and highest in brackets. Their training seconds are as each run recorded them, so they "
         "compare only with runs made in the same conditions."
     ),
-    "seed_runs_each": "Each run behind the medians of the section before, with its workdir.",
+    "seed_runs_each": "Each run behind the medians over seeds of the same runs (same title above), with its workdir.",
     "candidates": (
         "Finished `fmnist-train` runs of candidate recipes, named with `python -m benchmarks.run "
         "--candidate_runs=WORKDIR,...`, each beside what its config.json changes from the preset of its name as "

@@ -179,8 +179,12 @@ def processor(m: dict) -> str:
 
 
 def base_key(key: str) -> str:
-    """A section's comparison: its key without the machine a kept older measurement carries."""
-    return key.split("@", 1)[0]
+    """A section's kind: its key without the machine a kept older measurement carries, nor the runs it names.
+
+    `seed_runs:NAMES` is the `seed_runs` section of the runs named NAMES: each group of finished runs keeps its
+    own section, so recording one group leaves the others in place.
+    """
+    return key.split("@", 1)[0].split(":", 1)[0]
 
 
 def _where(section: dict) -> tuple[str, str]:
@@ -189,7 +193,7 @@ def _where(section: dict) -> tuple[str, str]:
 
 def _ordered(sections: dict) -> list[tuple[str, dict]]:
     rank = {key: i for i, key in enumerate(ORDER)}
-    return sorted(sections.items(), key=lambda item: rank.get(base_key(item[0]), len(ORDER)))
+    return sorted(sections.items(), key=lambda item: (rank.get(base_key(item[0]), len(ORDER)), item[0]))
 
 
 def render(record: dict, notes: dict[str, str]) -> str:

@@ -131,9 +131,10 @@ def main(argv):
         runs = dict(item.split("=", 1) for item in FLAGS.runs)
         _save("time_to_accuracy", "Time to validation accuracy", time_to_accuracy(runs))
     if seed_runs:
-        names = ", ".join(dict.fromkeys(row["recipe"] for row in seed_runs[0]))
-        _save("seed_runs", f"Finished runs of {names}: median, min and max over seeds", seed_runs[1])
-        _save("seed_runs_each", f"Finished runs of {names}: each seed", seed_runs[0])
+        group = list(dict.fromkeys(row["recipe"] for row in seed_runs[0]))
+        names, key = ", ".join(group), ",".join(group)
+        _save(f"seed_runs:{key}", f"Finished runs of {names}: median, min and max over seeds", seed_runs[1])
+        _save(f"seed_runs_each:{key}", f"Finished runs of {names}: each seed", seed_runs[0])
     if candidates:
         from benchmarks.candidates import merge
 

@@ -51,8 +51,8 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "step_profile",
         "auto_precision",
         "time_to_accuracy",
-        "seed_runs",
-        "seed_runs_each",
+        "seed_runs:smoke",
+        "seed_runs_each:smoke",
         "candidates",
         "views",
         "ensembles",
@@ -89,7 +89,7 @@ def test_quick_benchmarks_run_and_write_every_section(tiny_data_dir, tmp_path):
         "default: max-pooling, then batch norm",
     ]
     assert all(row["training examples/s, median"] > 0 for row in results["placement"])
-    assert results["seed_runs"][0]["seeds"] == 1 and results["seed_runs_each"][0]["seed"] == 0
+    assert results["seed_runs:smoke"][0]["seeds"] == 1 and results["seed_runs_each:smoke"][0]["seed"] == 0
     changed = "data.validation_size=64, data.max_train_examples=None, data.max_eval_examples=None"
     assert results["candidates"][0]["changes from the preset"] == changed
     # The views the run serves, rebuilt view by view, score exactly what its metrics say.
@@ -193,6 +193,25 @@ def test_a_comparison_measured_on_another_kind_of_machine_keeps_the_earlier_mach
     sections = record.read(path)["sections"]
     assert sorted(sections) == ["candidates", "training_throughput", f"training_throughput@{record.processor(here)}"]
     assert sections["training_throughput"]["machine"]["cpu"] == "Another CPU"
+
+
+def test_each_group_of_seed_runs_keeps_its_own_section_in_order_with_its_note(tmp_path):
+    from benchmarks import record
+
+    path = tmp_path / "results.json"
+    columns = ["recipe", "seeds"]
+    for group in ("searched", "fast_float32", "searched"):  # Recording a group again replaces only its own.
+        record.save_section(
+            f"seed_runs:{group}", f"Runs of {group}", [{"recipe": group, "seeds": 3}], columns, False, path
+        )
+    record.save_section("serving", "Serving", [{"recipe": "x", "seeds": 1}], columns, False, path)
+    record.save_section("recipes", "Recipes", [{"recipe": "x", "seeds": 1}], columns, False, path)
+    sections = record.read(path)["sections"]
+    assert sorted(sections) == ["recipes", "seed_runs:fast_float32", "seed_runs:searched", "serving"]
+    rendered = record.render(record.read(path), {"seed_runs": "How to read it."})
+    headings = [line for line in rendered.splitlines() if line.startswith("## ")]
+    assert headings == ["## 1. Runs of fast_float32", "## 2. Runs of searched", "## 3. Serving", "## 4. Recipes"]
+    assert rendered.count("How to read it.") == 2
 
 
 def test_time_to_accuracy_reads_history(tmp_path):
