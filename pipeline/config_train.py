@@ -37,7 +37,10 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     # Linear scaling rule: lr *= global_batch_size / base_batch_size.
     scale_learning_rate: bool = setting(False, "Scale the learning rate linearly with the global batch.", flag=True)
-    base_batch_size: int = 128
+    # The global batch `learning_rate` was chosen at. Every preset sets it to
+    # its own `global_batch_size`, so `--scale_learning_rate` leaves a preset's
+    # rate unchanged at its own batch and scales it in proportion at another.
+    base_batch_size: int = 512
     label_smoothing: float = setting(0.0, "Label smoothing.", flag=True, lower=0.0, upper=0.99)
     # Validation, the best and final weights, the report and the export use an
     # exponential moving average of the weights (Keras optimisers' `use_ema`)

@@ -134,7 +134,9 @@ def _smoke() -> Config:
         name="smoke",
         data=DataConfig(validation_size=200, max_train_examples=1024, max_eval_examples=512),
         model=ModelConfig(filters=(8, 16), convs_per_block=1, dense_units=32),
-        train=TrainConfig(epochs=1, global_batch_size=64, learning_rate=0.05, steps_per_execution=4),
+        train=TrainConfig(
+            epochs=1, global_batch_size=64, base_batch_size=64, learning_rate=0.05, steps_per_execution=4
+        ),
     )
 
 

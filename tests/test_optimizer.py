@@ -7,6 +7,7 @@ import math
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
@@ -32,6 +33,27 @@ def test_schedule_follows_the_config():
     assert (schedule.peak, schedule.warmup_steps, schedule.total_steps, schedule.decay) == (0.1, 10, 80, True)
     scaled = dataclasses.replace(train, scale_learning_rate=True, global_batch_size=512, base_batch_size=128)
     assert learning_rate_schedule(scaled, 20).peak == 0.4
+
+
+def test_every_preset_scales_its_rate_from_its_own_batch():
+    from pipeline import presets
+    from pipeline.training.optimizer import describe_learning_rate, peak_learning_rate
+
+    for name in presets.PRESETS:
+        train = presets.preset(name).train
+        assert train.base_batch_size == train.global_batch_size, name
+        scaled = dataclasses.replace(train, scale_learning_rate=True)
+        assert peak_learning_rate(scaled) == train.learning_rate, name
+        half = dataclasses.replace(scaled, global_batch_size=train.global_batch_size // 2)
+        assert peak_learning_rate(half) == pytest.approx(train.learning_rate / 2), name
+    default = presets.preset("default").train
+    assert describe_learning_rate(default) == "peak learning rate 0.4"
+    small = dataclasses.replace(default, global_batch_size=128)
+    assert describe_learning_rate(small) == (
+        "peak learning rate 0.4, chosen at a global batch of 512; --scale_learning_rate scales it to this batch"
+    )
+    scaled = dataclasses.replace(small, scale_learning_rate=True)
+    assert describe_learning_rate(scaled) == "peak learning rate 0.1 (0.4 scaled from a global batch of 512)"
 
 
 def test_resumed_optimizer_continues_the_schedule_mid_way(tmp_path):

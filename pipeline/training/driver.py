@@ -229,7 +229,7 @@ def train_and_evaluate(
         policy = _agreed_precision(strategy, policy)
         reduce_dtype = strategies.gradient_all_reduce_dtype(config.train.all_reduce_dtype, policy, strategy)
         log.info(
-            "precision %s%s, strategy %s: %d replica(s) x batch %d = global batch %d%s",
+            "precision %s%s, strategy %s: %d replica(s) x batch %d = global batch %d%s; %s",
             policy,
             precision.auto_note(config.train.precision),
             strategies.strategy_name(strategy),
@@ -237,6 +237,7 @@ def train_and_evaluate(
             per_replica,
             config.train.global_batch_size,
             f"; gradients summed in {reduce_dtype.name}" if reduce_dtype is not None else "",
+            optimizer_lib.describe_learning_rate(config.train),
         )
         if config.train.deterministic:
             tf.config.experimental.enable_op_determinism()

@@ -69,6 +69,18 @@ def peak_learning_rate(config: TrainConfig) -> float:
     return config.learning_rate
 
 
+def describe_learning_rate(config: TrainConfig) -> str:
+    """The peak rate for the console, and how it relates to the batch it was chosen at."""
+    peak = f"peak learning rate {peak_learning_rate(config):g}"
+    if config.global_batch_size == config.base_batch_size:
+        return peak
+    if config.scale_learning_rate:
+        return f"{peak} ({config.learning_rate:g} scaled from a global batch of {config.base_batch_size})"
+    return (
+        f"{peak}, chosen at a global batch of {config.base_batch_size}; --scale_learning_rate scales it to this batch"
+    )
+
+
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupCosine:
     """The configured schedule over `config.epochs` epochs of `steps_per_epoch` optimiser steps."""
     return WarmupCosine(
