@@ -142,6 +142,25 @@ def test_a_field_declared_once_gets_its_flag_old_run_value_and_resume_rule(tmp_p
         workdir_lib.check_resume_compatible(tmp_path, other)
 
 
+def test_a_run_that_does_not_scale_its_rate_resumes_whatever_batch_its_rate_was_chosen_at(tmp_path):
+    from pipeline.runs import workdir as workdir_lib
+
+    # Runs recorded `train.base_batch_size` 128 while their rate was chosen at 512; unscaled, it changed nothing.
+    config = presets.preset("fast")
+    recorded = config_files.to_dict(config)
+    recorded["train"]["base_batch_size"] = 128
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert workdir_lib.check_resume_compatible(tmp_path, config)
+    # A scaled rate depends on it, so a run that scales, or did, resumes only with the batch it scaled from.
+    scaled = config.replace(train=dataclasses.replace(config.train, scale_learning_rate=True))
+    with pytest.raises(workdir_lib.WorkdirError, match="train.base_batch_size: 128 -> 512"):
+        workdir_lib.check_resume_compatible(tmp_path, scaled)
+    recorded["train"]["scale_learning_rate"] = True
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(workdir_lib.WorkdirError, match="train.base_batch_size: 128 -> 512"):
+        workdir_lib.check_resume_compatible(tmp_path, config)
+
+
 def test_the_readme_lists_the_declared_flags():
     readme = " ".join((REPO / "README.md").read_text().split())
     assert config_fields.readme_flag_list(config_lib.Config) in readme
