@@ -230,3 +230,12 @@ def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
         _check_same_search(tmp_path, other_trials, tune)
     with pytest.raises(workdir_lib.WorkdirError, match="different search"):
         _check_same_search(tmp_path, base, dataclasses.replace(tune, max_epochs=3))
+    # The batch the rate was chosen at matters only to a search that scales its rate from it.
+    chosen_elsewhere = base.replace(train=dataclasses.replace(base.train, base_batch_size=128))
+    _check_same_search(tmp_path, chosen_elsewhere, tune)
+    scaled = chosen_elsewhere.replace(train=dataclasses.replace(chosen_elsewhere.train, scale_learning_rate=True))
+    (tmp_path / "scaled").mkdir()
+    _check_same_search(tmp_path / "scaled", scaled, tune)
+    scaled_from_512 = scaled.replace(train=dataclasses.replace(scaled.train, base_batch_size=512))
+    with pytest.raises(workdir_lib.WorkdirError, match="different search"):
+        _check_same_search(tmp_path / "scaled", scaled_from_512, tune)
