@@ -36,7 +36,11 @@ class TrainConfig:
     schedule: Schedule = "cosine"
     warmup_epochs: float = 1.0
     # Linear scaling rule: lr *= global_batch_size / base_batch_size.
-    scale_learning_rate: bool = setting(False, "Scale the learning rate linearly with the global batch.", flag=True)
+    scale_learning_rate: bool = setting(
+        False,
+        "Scale the learning rate by the global batch over the batch it was chosen at (base_batch_size).",
+        flag=True,
+    )
     # The global batch `learning_rate` was chosen at. Every preset sets it to
     # its own `global_batch_size`, so `--scale_learning_rate` leaves a preset's
     # rate unchanged at its own batch and scales it in proportion at another.
