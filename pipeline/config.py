@@ -100,4 +100,16 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
+def as_compared(config: Config) -> Config:
+    """`config` with the fields that change nothing in its run at their defaults, for telling two runs apart.
+
+    `train.base_batch_size` (the batch the learning rate was chosen at)
+    matters only when the rate is scaled from it (`train.scale_learning_rate`).
+    """
+    if config.train.scale_learning_rate:
+        return config
+    chosen_at = type(config.train)().base_batch_size
+    return config.replace(train=dataclasses.replace(config.train, base_batch_size=chosen_at))
+
+
 FIELDS_ADDED = config_fields.fields_added(Config)

@@ -151,12 +151,15 @@ def test_a_run_that_does_not_scale_its_rate_resumes_whatever_batch_its_rate_was_
     recorded["train"]["base_batch_size"] = 128
     (tmp_path / "config.json").write_text(json.dumps(recorded))
     assert workdir_lib.check_resume_compatible(tmp_path, config)
-    # A scaled rate depends on it, so a run that scales, or did, resumes only with the batch it scaled from.
+    # Scaling the rate is a change of its own; the recorded run's unused batch is not listed with it.
     scaled = config.replace(train=dataclasses.replace(config.train, scale_learning_rate=True))
-    with pytest.raises(workdir_lib.WorkdirError, match="train.base_batch_size: 128 -> 512"):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"config \(train.scale_learning_rate: False -> True\);"):
         workdir_lib.check_resume_compatible(tmp_path, scaled)
+    # A scaled rate depends on it, so a run that scaled resumes only with the batch it scaled from.
     recorded["train"]["scale_learning_rate"] = True
     (tmp_path / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(workdir_lib.WorkdirError, match=r"config \(train.base_batch_size: 128 -> 512\);"):
+        workdir_lib.check_resume_compatible(tmp_path, scaled)
     with pytest.raises(workdir_lib.WorkdirError, match="train.base_batch_size: 128 -> 512"):
         workdir_lib.check_resume_compatible(tmp_path, config)
 

@@ -32,13 +32,13 @@ def _trial_identity(base: config_lib.Config, tune: TuneConfig) -> dict:
     Left out, so a rerun may change them: `train.epochs` and
     `model.test_time_augmentation` shape only the retrained run (trials take
     their epochs from the tuner and validate single-view), and the time
-    budget may be raised to extend a search. So is `train.base_batch_size`
-    when no rate is scaled from it.
+    budget may be raised to extend a search. Fields that change nothing in a
+    run are compared as `config.as_compared` leaves them.
     """
     neutral = config_lib.Config()
-    chosen_at = base.train.base_batch_size if base.train.scale_learning_rate else neutral.train.base_batch_size
+    base = config_lib.as_compared(base)
     base = base.replace(
-        train=dataclasses.replace(base.train, epochs=neutral.train.epochs, base_batch_size=chosen_at),
+        train=dataclasses.replace(base.train, epochs=neutral.train.epochs),
         model=dataclasses.replace(base.model, test_time_augmentation=neutral.model.test_time_augmentation),
     )
     return {

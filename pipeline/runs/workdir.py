@@ -137,16 +137,13 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     if not path.exists():
         return False
     try:
-        old = config_files.to_dict(config_files.load_run_config(path, type(config)))
+        old = config_files.to_dict(config_lib.as_compared(config_files.load_run_config(path, type(config))))
     except config_lib.ConfigError as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
-    new = config_files.to_dict(config)
+    new = config_files.to_dict(config_lib.as_compared(config))
     if new["train"]["precision"] == "auto":
         # `auto` continues with the policy the run recorded (`recorded_precision`).
         new["train"]["precision"] = old["train"]["precision"]
-    if not (old["train"]["scale_learning_rate"] or new["train"]["scale_learning_rate"]):
-        # The batch a rate was chosen at changes nothing unless the rate is scaled from it.
-        new["train"]["base_batch_size"] = old["train"]["base_batch_size"]
     resumable = config_fields.resumable_fields(type(config))  # Declared with each field.
     changes = [d for d in _differences(old, new) if not d.startswith(resumable)]
     if changes:
