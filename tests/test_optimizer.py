@@ -11,7 +11,13 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline.training.optimizer import WarmupCosine, build_optimizer, learning_rate_schedule, restart_from_average
+from pipeline.training.optimizer import (
+    WarmupCosine,
+    build_optimizer,
+    describe_new_length,
+    learning_rate_schedule,
+    restart_from_average,
+)
 
 
 def test_warmup_then_cosine_to_zero():
@@ -54,6 +60,19 @@ def test_every_preset_scales_its_rate_from_its_own_batch():
     )
     scaled = dataclasses.replace(small, scale_learning_rate=True)
     assert describe_learning_rate(scaled) == "peak learning rate 0.1 (0.4 scaled from a global batch of 512)"
+
+
+def test_a_new_length_names_the_rate_before_and_after_at_the_resumed_step():
+    recorded = config_lib.TrainConfig(epochs=4, warmup_epochs=0.0, learning_rate=1.0)
+    assert describe_new_length(recorded, recorded, 10, 40) is None
+    # A finished cosine (rate 0 at step 40) stretched to 8 epochs resumes half way down: 0.5.
+    longer = dataclasses.replace(recorded, epochs=8)
+    assert describe_new_length(recorded, longer, 10, 40) == (
+        "train.epochs 4 -> 8: the schedule now spans 8 epochs; "
+        "the learning rate at optimizer step 40 goes from 0 to 0.5"
+    )
+    constant = dataclasses.replace(recorded, schedule="constant")
+    assert describe_new_length(constant, dataclasses.replace(constant, epochs=8), 10, 40).endswith("stays 1")
 
 
 def test_resumed_optimizer_continues_the_schedule_mid_way(tmp_path):

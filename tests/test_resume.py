@@ -214,3 +214,22 @@ def test_a_stop_during_the_final_evaluation_ends_it_within_one_call_and_the_reru
     monkeypatch.undo()
     metrics = train_and_evaluate(config, tmp_path, strategy, progress=False, make_report=False, export=False)
     assert metrics["epochs_completed"] == 1 and (tmp_path / "metrics.json").exists()
+
+
+def test_fewer_epochs_than_trained_are_refused_and_more_extend_the_schedule(tiny_data_dir, tmp_path, caplog):
+    from pipeline.training.driver import train_and_evaluate
+
+    strategy = tf.distribute.get_strategy()
+    quiet = dict(progress=False, make_report=False, export=False)
+    train_and_evaluate(tiny_config(tiny_data_dir, epochs=2), tmp_path, strategy, **quiet)
+    recorded = (tmp_path / "config.json").read_text()
+    # Training stops at --epochs, so a shorter run would keep weights trained longer than its config says.
+    with pytest.raises(
+        workdir_lib.WorkdirError, match=r"--epochs=1 ends before .*\(epoch 2 completed\); pass --epochs=2"
+    ):
+        train_and_evaluate(tiny_config(tiny_data_dir, epochs=1), tmp_path, strategy, **quiet)
+    assert (tmp_path / "config.json").read_text() == recorded
+    with caplog.at_level("INFO", logger="pipeline.training.driver"):
+        metrics = train_and_evaluate(tiny_config(tiny_data_dir, epochs=3), tmp_path, strategy, **quiet)
+    assert metrics["epochs_completed"] == 3
+    assert "train.epochs 2 -> 3: the schedule now spans 3 epochs; the learning rate at optimizer step 18" in caplog.text

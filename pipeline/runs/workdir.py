@@ -124,8 +124,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 # anything else would make the resumed checkpoint belong to another experiment.
 
 
-def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
-    """True when the workdir holds an earlier run of this config (resume).
+def check_resume_compatible(workdir: Path, config: config_lib.Config) -> config_lib.Config | None:
+    """The recorded config when the workdir holds an earlier run of this config (resume), else None.
 
     The recorded config is read as the run wrote it: a field it predates
     takes the value that run used (its `config.setting(old=...)`).
@@ -135,9 +135,10 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
     """
     path = workdir / "config.json"
     if not path.exists():
-        return False
+        return None
     try:
-        old = config_files.to_dict(config_lib.as_compared(config_files.load_run_config(path, type(config))))
+        recorded = config_files.load_run_config(path, type(config))
+        old = config_files.to_dict(config_lib.as_compared(recorded))
     except config_lib.ConfigError as e:
         raise WorkdirError(f"{path} is unreadable ({e}); remove it or use a new --workdir") from None
     new = config_files.to_dict(config_lib.as_compared(config))
@@ -151,7 +152,7 @@ def check_resume_compatible(workdir: Path, config: config_lib.Config) -> bool:
             f"workdir {workdir} holds a run with a different config ({'; '.join(changes)}); "
             f"to resume it as it was, pass --config={path}; otherwise use a new --workdir"
         )
-    return True
+    return recorded
 
 
 DATA_RECORD = "data.json"

@@ -202,13 +202,13 @@ def train_and_evaluate(
     """
     started = time.perf_counter()
     config, workdir = config_files.validate(config), Path(workdir)
-    chief = strategies.is_chief(strategy)
+    chief, recorded = strategies.is_chief(strategy), None
     if chief:
         workdir_lib.ensure_writable(workdir)
     # The workers of a multi-worker job share their chief's lock.
     with WorkdirLock(workdir) if chief else contextlib.nullcontext():
         if chief:
-            workdir_lib.check_resume_compatible(workdir, config)
+            recorded = workdir_lib.check_resume_compatible(workdir, config)
             for leftover in workdir_lib.remove_leftovers(workdir):
                 log.info("removed %s, left by an interrupted write", leftover)
         # Batch arithmetic first: an indivisible batch must fail before any work.
@@ -246,6 +246,13 @@ def train_and_evaluate(
             steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
             state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
             done = train_state.restore(state, workdir, strategy, steps_per_epoch)
+            train_state.check_epochs_ahead(state, config.train.epochs)
+            if recorded is not None and (
+                change := optimizer_lib.describe_new_length(
+                    recorded.train, config.train, steps_per_epoch, int(state.optimizer.iterations.numpy())
+                )
+            ):
+                log.info(change)
             if chief:
                 # The resolved policy is recorded, so a resume trains on with it.
                 recorded = config.replace(train=dataclasses.replace(config.train, precision=policy))

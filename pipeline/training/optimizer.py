@@ -91,6 +91,23 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupC
     )
 
 
+def describe_new_length(recorded: TrainConfig, config: TrainConfig, steps_per_epoch: int, step: int) -> str | None:
+    """What resuming a run at optimizer `step` with other `epochs` does to its learning rate, or None.
+
+    The schedule spans `config.epochs`, so a cosine decay is stretched (or
+    compressed) from the resumed step on: a finished run extended this way
+    restarts from a higher rate.
+    """
+    if recorded.epochs == config.epochs:
+        return None
+    before = float(learning_rate_schedule(recorded, steps_per_epoch)(step))
+    after = float(learning_rate_schedule(config, steps_per_epoch)(step))
+    change = f"the learning rate at optimizer step {step} goes from {before:.4g} to {after:.4g}"
+    if before == after:
+        change = f"the learning rate at optimizer step {step} stays {after:.4g}"
+    return f"train.epochs {recorded.epochs} -> {config.epochs}: the schedule now spans {config.epochs} epochs; {change}"
+
+
 def build_optimizer(config: TrainConfig, steps_per_epoch: int, policy: str) -> keras.optimizers.Optimizer:
     """Adam, AdamW or SGD with Nesterov momentum, with the configured schedule.
 

@@ -262,6 +262,24 @@ def describe_position(state: TrainState) -> str:
     return f"epoch {int(state.epoch.numpy())} completed"
 
 
+def check_epochs_ahead(state: TrainState, epochs: int) -> None:
+    """Refuses `epochs` that end before the restored position (a run cannot be shortened below it).
+
+    Training stops at `epochs`, so fewer epochs than the checkpoint already
+    holds (or than the epoch in progress) would leave weights trained longer
+    than the config the run records says.
+
+    Raises:
+      WorkdirError: naming the position and the smallest `--epochs` that resumes it.
+    """
+    needed = int(state.epoch.numpy()) + (1 if int(state.epoch_step.numpy()) else 0)
+    if epochs < needed:
+        raise workdir_lib.WorkdirError(
+            f"--epochs={epochs} ends before this workdir's checkpoint ({describe_position(state)}); "
+            f"pass --epochs={needed} or more to resume it, or use a new --workdir"
+        )
+
+
 def save(state: TrainState, periodic: bool = False) -> str | None:
     """Saves a checkpoint numbered by optimizer step; a full or unwritable disk is a one-line error.
 
