@@ -26,7 +26,7 @@ def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, optimizations in VARIANTS.items():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], trackable_obj=model)
         converter.optimizations = optimizations
         written[name] = directory / f"model_{name}.tflite"
         written[name].write_bytes(converter.convert())
