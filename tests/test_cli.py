@@ -131,10 +131,12 @@ def test_no_development_history_in_docs_or_code():
     assert not hits, "\n".join(hits)
 
 
-def test_smoke_run_shows_our_progress_and_not_tensorflows_logs(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("strategy", [[], ["--strategy=mirrored", "--logical_cpus=2"]], ids=["default", "mirrored"])
+def test_smoke_run_shows_our_progress_and_not_tensorflows_logs(tiny_data_dir, tmp_path, strategy):
     env = subprocess_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL")  # The command's own default, as a user gets it.
     command = [_command("fmnist-train"), "--preset=smoke", f"--data_dir={tiny_data_dir}", f"--workdir={tmp_path}"]
+    command += strategy
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, timeout=300)
     output = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, output[-3000:]

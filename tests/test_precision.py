@@ -46,3 +46,18 @@ def test_a_busy_neighbour_slowing_two_of_one_dtypes_windows_does_not_tip_the_cho
     bf16_windows = iter([225.0, 450.0, 225.0])
     rates = {"float32": lambda: 300.0, "bfloat16": lambda: next(bf16_windows)}
     assert precision.choose_cpu_precision("fpu avx512f avx512_bf16", lambda dtype: rates[dtype]()) == "mixed_bfloat16"
+
+
+def test_mixed_float16_on_a_cpu_warns_once_with_float16s_measured_speed(monkeypatch, caplog):
+    monkeypatch.setattr(precision.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(precision, "block_step_rate", lambda dtype: {"float32": 10.0, "float16": 2.0}[dtype])
+    precision._warn_if_float16_is_slower.cache_clear()
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        assert precision.resolve_precision("mixed_float16") == "mixed_float16"
+        assert precision.resolve_precision("mixed_float16") == "mixed_float16"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "mixed_float16 on this CPU: a float16 step ran 0.20x as fast as float32; "
+        "--precision=auto picks the faster of float32 and mixed_bfloat16 here"
+    ]
+    precision._warn_if_float16_is_slower.cache_clear()

@@ -49,15 +49,39 @@ def resolve_precision(precision: str) -> str:
     instructions (AVX512_BF16 or AMX) and a short measurement finds a
     bfloat16 step of the default model's blocks clearly faster (`choose_cpu_precision`).
     """
+    gpus = tf.config.list_physical_devices("GPU")
+    if precision == "mixed_float16" and not gpus:
+        _warn_if_float16_is_slower()
     if precision != "auto":
         return precision
-    gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         capability = min(
             tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))) for gpu in gpus
         )
         return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
     return _choice(measured_bf16_speedup())
+
+
+@functools.cache
+def _warn_if_float16_is_slower() -> None:
+    """Times float16 against float32 on this CPU (once per process) and warns when float16 is the slower.
+
+    float16 is a GPU precision (Tensor Cores); CPUs without float16
+    arithmetic run its convolutions on TensorFlow's generic kernels.
+    """
+    ratio = float16_speedup(block_step_rate)
+    if ratio < 1.0:
+        log.warning(
+            "mixed_float16 on this CPU: a float16 step ran %.2fx as fast as float32; "
+            "--precision=auto picks the faster of float32 and mixed_bfloat16 here",
+            ratio,
+        )
+
+
+def float16_speedup(rate) -> float:
+    """float16's training speed over float32's by `rate` (dtype name -> steps per second), fastest of two windows."""
+    float32, float16 = (max(rate(dtype) for _ in range(2)) for dtype in ("float32", "float16"))
+    return float16 / float32
 
 
 @functools.cache
