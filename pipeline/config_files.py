@@ -170,7 +170,14 @@ def _read(path: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        inside = [path / name for name in ("best_config.json", "config.json") if (path / name).is_file()]
+        raise ConfigError(
+            f"config file {path} is a directory; pass a JSON file" + (f", e.g. --config={inside[0]}" if inside else "")
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); pass a readable JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
 
 

@@ -58,6 +58,17 @@ def test_unknown_preset_and_bad_json(tmp_path):
     (tmp_path / "c.json").write_text("{")
     with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
         config_files.load_file(tmp_path / "c.json")
+    (tmp_path / "c.json").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
+        config_files.load_file(tmp_path / "c.json")
+
+
+def test_a_directory_given_as_config_file_is_named_with_the_config_inside(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=f"config file {tmp_path} is a directory; pass a JSON file$"):
+        config_files.load_file(tmp_path)
+    (tmp_path / "best_config.json").write_text("{}")
+    with pytest.raises(config_lib.ConfigError, match=f"e.g. --config={tmp_path / 'best_config.json'}$"):
+        config_files.load_file(tmp_path)
 
 
 def test_a_run_config_reads_fields_it_predates_as_the_run_used_them(tmp_path, caplog):
