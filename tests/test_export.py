@@ -245,3 +245,37 @@ def test_photos_either_way_round_serve_as_accurately_as_the_images_given(real_da
     inverted = accuracy(by_bytes(255 - images))
     assert as_given == given, "the images as given lose no accuracy"
     assert abs(inverted - as_given) <= 0.01, (inverted, as_given)
+
+
+@pytest.mark.parametrize("order", ["canonical", "file", None], ids=["canonical", "file", "config_before_order"])
+def test_verify_export_takes_the_test_images_a_capped_run_was_evaluated_on(tiny_data_dir, tmp_path, order):
+    from benchmarks.verify_export import evaluated_test_images
+
+    data = DataConfig(data_dir=str(tiny_data_dir), validation_size=64, max_eval_examples=7, order=order or "file")
+    expected = data_lib.load(data).test
+    (tmp_path / "metrics.json").write_text(json.dumps({"examples": {"test": 7}}))
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"order": order} if order else {}}))
+    as_loaded = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64, order="file")).test
+    images, labels = evaluated_test_images(as_loaded.images, as_loaded.labels, tmp_path)
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(labels, expected.labels)
+
+
+def test_verify_export_passes_an_export_as_trained_and_fails_one_that_is_not(trained, tiny_data_dir, tmp_path):
+    import shutil
+
+    from conftest import REPO
+
+    workdir, metrics = trained
+    export = tmp_path / "1"
+    shutil.copytree(workdir / "export" / "1", export)
+    command = [sys.executable, str(REPO / "benchmarks" / "verify_export.py"), str(export), str(tiny_data_dir)]
+    done = run(command, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["test_examples"] == metrics["examples"]["test"] and result["difference_points"] < 0.1
+    recorded = json.loads((export / "assets.extra" / "metrics.json").read_text())
+    recorded["test_accuracy"] -= 0.05
+    (export / "assets.extra" / "metrics.json").write_text(json.dumps(recorded))
+    done = run(command, timeout=300)
+    assert done.returncode == 1 and "error: the export does not serve as trained" in done.stderr
