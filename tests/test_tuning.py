@@ -93,6 +93,11 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
     rows = list(csv.DictReader((tune / "trials.csv").open()))
     assert len(rows) == 2
     assert all(row["epochs"] == "1" and float(row["seconds"]) > 0 and row["val_accuracy"] for row in rows)
+    # The console names each trial by the id in trials.csv and search/trial_<id>, not by KerasTuner's count from 1.
+    for row in rows:
+        assert f"trial {row['trial_id']}: up to epoch 1; " in done.stderr
+        assert f"trial {row['trial_id']} completed: val accuracy {float(row['val_accuracy']):.4f}" in done.stderr
+    assert "Search: Running Trial" not in done.stdout and "retracing" not in done.stderr
     assert list((tune / "tensorboard").iterdir())
     train = subprocess.run(
         [
@@ -183,6 +188,8 @@ def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
     done = run(command, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "[tuner0]" in done.stdout and "[tuner1]" in done.stdout
+    # KerasTuner prints a conditional hyperparameter's value as trials cross the wire; none reaches the console.
+    assert not [line for line in done.stdout.splitlines() if line.endswith("] True")], done.stdout[-3000:]
     summary = json.loads((tmp_path / "tune" / "summary.json").read_text())
     assert summary["trials"] == 3 and (tmp_path / "tune" / "best_config.json").exists()
 
@@ -239,3 +246,17 @@ def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
     scaled_from_512 = scaled.replace(train=dataclasses.replace(scaled.train, base_batch_size=512))
     with pytest.raises(workdir_lib.WorkdirError, match="different search"):
         _check_same_search(tmp_path / "scaled", scaled_from_512, tune)
+
+
+def test_the_tuners_stdout_drops_only_whole_lines_it_names():
+    import io
+
+    from launch.tune import WithoutLines
+
+    stream = io.StringIO()
+    out = WithoutLines(stream, ("True",))
+    for text in ("Tr", "ue", "\n", "True is kept\n", "\r 1/9 [==", "\r 9/9 [====]\n", "True", "\n", "False\n"):
+        out.write(text)
+        if text.startswith("\r"):
+            assert stream.getvalue().endswith(text)  # A progress bar is passed on at once.
+    assert stream.getvalue() == "True is kept\n\r 1/9 [==\r 9/9 [====]\nFalse\n"

@@ -91,6 +91,9 @@ def make_oracle(tune: TuneConfig, clock: BudgetClock):
     else:
         oracle = _budgeted(kt.oracles.RandomSearchOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
     oracle.clock = clock
+    # Each tuner says what its trials do (`PipelineTuner.on_trial_begin`), in
+    # the trial ids of the results; KerasTuner's display counts from 1.
+    oracle.verbose = 0
     return oracle
 
 
@@ -133,6 +136,23 @@ class PipelineTuner(kt.Tuner):
         config = self.hypermodel.config(hp)
         epochs = hp.values["tuner/epochs"] if "tuner/epochs" in hp.values else self.tune.max_epochs
         return config.replace(train=dataclasses.replace(config.train, epochs=epochs))
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        values = trial.hyperparameters.values
+        searched = _searched(trial.hyperparameters)
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
+        epochs = self.trial_config(trial.hyperparameters).train.epochs
+        after = f", continuing trial {values['tuner/trial_id']}" if values.get("tuner/trial_id") else ""
+        log.info("trial %s: up to epoch %d%s; %s", trial.trial_id, epochs, after, shown)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        ended = self.oracle.get_trial(trial.trial_id)
+        best = self.oracle.get_best_trials(1)
+        score = "no score" if ended.score is None else f"val accuracy {ended.score:.4f}"
+        leader = f"; best so far {best[0].score:.4f} (trial {best[0].trial_id})" if best else ""
+        log.info("trial %s %s: %s%s", trial.trial_id, ended.status.lower(), score, leader)
 
     def run_trial(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
@@ -183,6 +203,12 @@ class PipelineTuner(kt.Tuner):
             final_model.weights_checkpoint(state.model).restore(latest).expect_partial()
             state.epoch.assign(initial_epoch)
             state.optimizer.iterations.assign(initial_epoch * steps_per_epoch)
+
+
+def _searched(hp: kt.HyperParameters) -> dict:
+    """A trial's searched values: neither those fixed at the base config nor Hyperband's own (`tuner/...`)."""
+    fixed = {p.name for p in hp.space if isinstance(p, kt.engine.hyperparameters.Fixed)}
+    return {k: v for k, v in hp.values.items() if k not in fixed and not k.startswith("tuner/")}
 
 
 def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy, stop=None) -> PipelineTuner:
