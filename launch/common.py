@@ -246,3 +246,34 @@ def run_app(main, module_name: str) -> None:
         return main(argv)
 
     app.run(quiet_main)
+
+
+class WithoutLines:
+    """A text stream that passes everything on but whole lines equal to one of `dropped` (a library's stray prints).
+
+    Text that cannot become such a line is passed on at once, so progress
+    bars still redraw.
+    """
+
+    def __init__(self, stream, dropped: tuple[str, ...]):
+        self.stream, self.dropped, self.pending = stream, dropped, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line not in self.dropped:
+                self.stream.write(line + "\n")
+        if not any(line.startswith(self.pending) for line in self.dropped):
+            self.stream.write(self.pending)
+            self.pending = ""
+        return len(text)
+
+    def flush(self) -> None:
+        # `print` writes the text and its end before any flush, so a held-back
+        # start of a dropped line is flushed only when a line never ended.
+        self.stream.write(self.pending)
+        self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

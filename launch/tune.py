@@ -37,33 +37,6 @@ flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
-class WithoutLines:
-    """A text stream that passes everything on but whole lines equal to one of `dropped`.
-
-    KerasTuner 1.4's `Parent.to_proto` prints a conditional hyperparameter's
-    value each time a trial crosses the wire of a distributed search, so the
-    chief and every tuner print a line "True" (the `dropout_rate` condition)
-    per trial. Text that cannot become such a line is passed on at once, so
-    progress bars still redraw.
-    """
-
-    def __init__(self, stream, dropped: tuple[str, ...]):
-        self.stream, self.dropped, self.pending = stream, dropped, ""
-
-    def write(self, text: str) -> int:
-        *lines, self.pending = (self.pending + text).split("\n")
-        for line in lines:
-            if line not in self.dropped:
-                self.stream.write(line + "\n")
-        if not any(line.startswith(self.pending) for line in self.dropped):
-            self.stream.write(self.pending)
-            self.pending = ""
-        return len(text)
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
 def main(argv: list[str]) -> None:
     common.reject_arguments(argv)
     common.start_tensorflow()
@@ -97,7 +70,10 @@ def main(argv: list[str]) -> None:
     std_logging.getLogger("tensorflow").addFilter(
         lambda record: "triggered tf.function retracing" not in record.getMessage()
     )
-    sys.stdout = WithoutLines(sys.stdout, ("True",))
+    # KerasTuner 1.4's `Parent.to_proto` prints a conditional hyperparameter's
+    # value each time a trial crosses the wire of a distributed search: the
+    # chief and every tuner would print a line "True" (`dropout_rate`'s condition) per trial.
+    sys.stdout = common.WithoutLines(sys.stdout, ("True",))
     try:
         strategy = strategies.make_strategy(FLAGS.strategy)
         with StopSignal() as stop:

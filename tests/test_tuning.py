@@ -251,7 +251,7 @@ def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
 def test_the_tuners_stdout_drops_only_whole_lines_it_names():
     import io
 
-    from launch.tune import WithoutLines
+    from launch.common import WithoutLines
 
     stream = io.StringIO()
     out = WithoutLines(stream, ("True",))
@@ -260,3 +260,6 @@ def test_the_tuners_stdout_drops_only_whole_lines_it_names():
         if text.startswith("\r"):
             assert stream.getvalue().endswith(text)  # A progress bar is passed on at once.
     assert stream.getvalue() == "True is kept\n\r 1/9 [==\r 9/9 [====]\nFalse\n"
+    out.write("Tru")
+    out.flush()  # A line that never ends is not lost.
+    assert stream.getvalue().endswith("False\nTru")
