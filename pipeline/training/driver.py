@@ -202,13 +202,13 @@ def train_and_evaluate(
     """
     started = time.perf_counter()
     config, workdir = config_files.validate(config), Path(workdir)
-    chief, recorded = strategies.is_chief(strategy), None
+    chief, previous = strategies.is_chief(strategy), None
     if chief:
         workdir_lib.ensure_writable(workdir)
     # The workers of a multi-worker job share their chief's lock.
     with WorkdirLock(workdir) if chief else contextlib.nullcontext():
         if chief:
-            recorded = workdir_lib.check_resume_compatible(workdir, config)
+            previous = workdir_lib.check_resume_compatible(workdir, config)  # The run's config so far.
             for leftover in workdir_lib.remove_leftovers(workdir):
                 log.info("removed %s, left by an interrupted write", leftover)
         # Batch arithmetic first: an indivisible batch must fail before any work.
@@ -247,9 +247,9 @@ def train_and_evaluate(
             state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
             done = train_state.restore(state, workdir, strategy, steps_per_epoch)
             train_state.check_epochs_ahead(state, config.train.epochs)
-            if recorded is not None and (
+            if previous is not None and (
                 change := optimizer_lib.describe_new_length(
-                    recorded.train, config.train, steps_per_epoch, int(state.optimizer.iterations.numpy())
+                    previous.train, config.train, steps_per_epoch, int(state.optimizer.iterations.numpy())
                 )
             ):
                 log.info(change)
