@@ -110,8 +110,6 @@ OWN_LOGGERS = ("pipeline", "tuning", "launch", "benchmarks")
 _NATIVE_CHATTER = re.compile(
     r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog|E\d{4} .*(cuInit|cuda_(platform|dnn|fft|blas)))"
 )
-# The TFLite converter's notices that it ignores options it does not use.
-TFLITE_CHATTER = re.compile(r"^W\d{4} .*tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored \w+\.$")
 
 
 class _ConsoleFormatter(std_logging.Formatter):
@@ -129,12 +127,12 @@ def _verbose() -> bool:
 
 
 @contextlib.contextmanager
-def native_logs_filtered(chatter: re.Pattern = _NATIVE_CHATTER):
-    """Holds back TensorFlow's C++ chatter (lines matching `chatter`) written to file descriptor 2.
+def _native_logs_filtered():
+    """Holds back TensorFlow's C++ start-up chatter written to file descriptor 2.
 
-    TensorFlow writes its start-up lines from C++ before its logging is
-    initialised, so TF_CPP_MIN_LOG_LEVEL does not reach them. Anything else
-    written meanwhile (warnings, errors) is passed on when the block ends.
+    TensorFlow writes these lines from C++ before its logging is initialised,
+    so TF_CPP_MIN_LOG_LEVEL does not reach them. Anything else written
+    meanwhile (warnings, errors) is passed on once start-up is over.
     """
     if _verbose():
         yield
@@ -151,7 +149,7 @@ def native_logs_filtered(chatter: re.Pattern = _NATIVE_CHATTER):
             os.close(saved)
             captured.seek(0)
             for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not chatter.match(line):
+                if not _NATIVE_CHATTER.match(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
 
@@ -198,7 +196,7 @@ def start_tensorflow() -> None:
     intra, inter = _thread_settings()
     if intra:
         os.environ.setdefault("OMP_NUM_THREADS", str(intra))  # oneDNN's pool, read when TensorFlow loads.
-    with native_logs_filtered():
+    with _native_logs_filtered():
         import tensorflow as tf
 
         if intra:

@@ -35,15 +35,14 @@ def main(argv: list[str]) -> None:
     from pipeline.serving.export import ExportError, export_run
 
     try:
-        with common.native_logs_filtered(common.TFLITE_CHATTER):
-            path = export_run(
-                FLAGS.workdir,
-                FLAGS.export_base,
-                FLAGS.version,
-                FLAGS.tflite,
-                FLAGS.test_time_augmentation,
-                FLAGS.polarity,
-            )
+        path = export_run(
+            FLAGS.workdir,
+            FLAGS.export_base,
+            FLAGS.version,
+            FLAGS.tflite,
+            FLAGS.test_time_augmentation,
+            FLAGS.polarity,
+        )
     except (ExportError, OSError, *common.input_errors()) as e:
         common.fail(str(e))
     print(path)
