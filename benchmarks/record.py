@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
 RECORD = ROOT / "BENCHMARKS.md"
+FIGURE = ROOT / "benchmarks" / "recipes.png"
 # The order `benchmarks.run` measures in, which is the order of the record's headings.
 ORDER = (
     "training_throughput",
@@ -196,8 +197,11 @@ def _ordered(sections: dict) -> list[tuple[str, dict]]:
     return sorted(sections.items(), key=lambda item: (rank.get(base_key(item[0]), len(ORDER)), item[0]))
 
 
-def render(record: dict, notes: dict[str, str]) -> str:
-    """BENCHMARKS.md: a header naming the machine and commit, then one numbered part per section."""
+def render(record: dict, notes: dict[str, str], figure: str | None = None) -> str:
+    """BENCHMARKS.md: a header naming the machine and commit, then one numbered part per section.
+
+    `figure`, a link relative to the record, shows above the sections.
+    """
     sections = _ordered(record["sections"])
     counts = collections.Counter(_where(s) for _, s in sections)
     latest = max((s["measured"] for _, s in sections), default="")
@@ -219,6 +223,11 @@ def render(record: dict, notes: dict[str, str]) -> str:
     if current:
         lines += [f"Machine: {current[0]}.", "", f"Commit: {current[1]}. Last measured {latest}.", ""]
     lines += ["Contenders take turns and each row is the median of its turns.", ""]
+    if figure:
+        lines += [
+            f"![Each seed of each recipe: test accuracy as served against training time, per machine]({figure})",
+            "",
+        ]
     number = 0
     for part, group in (("", here), ("other", elsewhere)):
         if part and group:
@@ -250,10 +259,17 @@ def render(record: dict, notes: dict[str, str]) -> str:
 
 
 def write(path: Path = RECORD, results: Path = RESULTS) -> Path:
-    """Renders BENCHMARKS.md from results.json."""
+    """Renders BENCHMARKS.md from results.json, and its figure beside it (`benchmarks.figures`).
+
+    The record's own figure is `FIGURE`; a record written elsewhere (a
+    `--quick` run's) gets its figure beside itself.
+    """
+    from benchmarks.figures import draw_recipes
     from benchmarks.notes import NOTES
 
-    path.write_text(render(read(results), NOTES))
+    recorded = read(results)
+    figure = draw_recipes(recorded, FIGURE if path == RECORD else path.with_suffix(".png"))
+    path.write_text(render(recorded, NOTES, os.path.relpath(figure, path.parent) if figure else None))
     return path
 
 

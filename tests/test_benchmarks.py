@@ -316,3 +316,45 @@ def test_turns_rotate_so_no_contender_always_runs_first():
     calls = []
     rates = alternate({name: (lambda name=name: calls.append(name) or 1) for name in "ab"}, repeats=2)
     assert calls == ["a", "b", "b", "a"] and set(rates) == {"a", "b"}
+
+
+def test_the_figure_draws_each_recipes_newest_seeds_per_machine_and_the_record_links_it(tmp_path):
+    from benchmarks import figures, record
+
+    path = tmp_path / "results.json"
+    columns = ["recipe", "seed", "test as served (%)", "train seconds"]
+
+    def seeds(recipe, accuracy, count):
+        return [
+            {"recipe": recipe, "seed": s, "test as served (%)": accuracy, "train seconds": 100.0} for s in range(count)
+        ]
+
+    record.save_section(
+        "recipe_seeds", "All", seeds("reference", 93.0, 3) + seeds("fast", 93.5, 3), columns, False, path
+    )
+    record.save_section(
+        "recipe_seeds_fast", "Fast", seeds("reference", 93.1, 3) + seeds("fast", 94.0, 3), columns, False, path
+    )
+    record.save_section(
+        "recipe_seeds_best", "Best", seeds("reference", 93.2, 2) + seeds("best", 95.0, 2), columns, False, path
+    )
+    saved = record.read(path)
+    other = dict(
+        saved["sections"]["recipe_seeds"], machine=dict(saved["sections"]["recipe_seeds"]["machine"], cpu="Other")
+    )
+    saved["sections"]["recipe_seeds@Other"] = other
+    runs = figures.newest_runs(saved)
+    here = runs[record.processor(saved["sections"]["recipe_seeds"]["machine"])]
+    # Same day: the recipe's own section wins over the one of every recipe, and three seeds over two.
+    assert {recipe: {row["test as served (%)"] for row in rows} for recipe, rows in here.items()} == {
+        "reference": {93.1},
+        "fast": {94.0},
+        "best": {95.0},
+    }
+    assert set(runs[record.processor(other["machine"])]) == {"reference", "fast"}
+    figure = figures.draw_recipes(saved, tmp_path / "recipes.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![Each seed of each recipe" in record.render(saved, {}, "recipes.png")
+    assert (
+        figures.draw_recipes({"sections": {}}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    )
