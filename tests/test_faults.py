@@ -105,7 +105,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_dead_runs_lock_is_tak
     first.kill()
     first.wait()
     assert (tmp_path / workdir_lock.LOCK_FILE).exists()  # kill -9 leaves its lock behind.
-    third = run(_train(tmp_path, long_data_dir, "--epochs=2"), timeout=600)
+    third = run(_train(tmp_path, long_data_dir, "--epochs=20"), timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "taking over the lock" in third.stderr and f"pid {first.pid} has exited" in third.stderr
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
