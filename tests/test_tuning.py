@@ -145,7 +145,8 @@ def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_running_trial_and_the_rerun_redoes_no_finished_trial(long_data_dir, tmp_path):
+@pytest.mark.parametrize("stopped", ["trial_0", "trial_1"])
+def test_sigterm_saves_the_running_trial_and_the_rerun_redoes_no_finished_trial(long_data_dir, tmp_path, stopped):
     tune = tmp_path / "tune"
     extra = ["--max_trials=3", "--max_epochs=2", "--max_train_examples=11520", "--validation_size=64"]
     command = _tune(tune, long_data_dir, *extra)
@@ -157,12 +158,18 @@ def test_sigterm_saves_the_running_trial_and_the_rerun_redoes_no_finished_trial(
         except (FileNotFoundError, json.JSONDecodeError):  # Not written yet.
             return None
 
+    def hyperparameters(trial: str) -> dict:
+        return json.loads((tune / "search" / trial / "trial.json").read_text())["hyperparameters"]["values"]
+
     deadline = time.time() + 300
-    while not (status("trial_0") == "COMPLETED" and list((tune / "search" / "trial_1").glob("history.json"))):
+    earlier_done = stopped == "trial_0" or status("trial_0") == "COMPLETED"
+    while not (earlier_done and list((tune / "search" / stopped).glob("history.json"))):
         assert time.time() < deadline and child.poll() is None
         time.sleep(0.05)
-    time.sleep(0.3)  # Into trial 1's second epoch.
+        earlier_done = stopped == "trial_0" or status("trial_0") == "COMPLETED"
+    time.sleep(0.3)  # Into the stopped trial's second epoch.
     finished = (tune / "search" / "trial_0" / "trial.json").read_text()
+    values = hyperparameters(stopped)
     child.send_signal(signal.SIGTERM)
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 143, stderr.decode()[-3000:]
@@ -170,8 +177,11 @@ def test_sigterm_saves_the_running_trial_and_the_rerun_redoes_no_finished_trial(
     assert last.startswith("error: search stopped by SIGTERM") and "in progress" in last, last
     done = run(command, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from" in done.stderr and "epoch 2 in progress" in done.stderr
-    assert (tune / "search" / "trial_0" / "trial.json").read_text() == finished  # Not trained again.
+    assert f"resumed from {tune / 'search' / stopped}" in done.stderr and "epoch 2 in progress" in done.stderr
+    # The stopped trial continues with its own hyperparameters, even when it was the search's first.
+    assert hyperparameters(stopped) == values and status(stopped) == "COMPLETED"
+    if stopped != "trial_0":
+        assert (tune / "search" / "trial_0" / "trial.json").read_text() == finished  # Not trained again.
     assert json.loads((tune / "summary.json").read_text())["trials"] == 3
 
 

@@ -137,8 +137,19 @@ class PipelineTuner(kt.Tuner):
         epochs = hp.values["tuner/epochs"] if "tuner/epochs" in hp.values else self.tune.max_epochs
         return config.replace(train=dataclasses.replace(config.train, epochs=epochs))
 
+    def save(self):
+        # Written whole and renamed into place, as the oracle's files are (`_budgeted`).
+        if not self._is_worker():
+            self.oracle.save()
+        workdir_lib.write_json(Path(self._get_tuner_fname()), self.get_state())
+
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
+        # KerasTuner writes the tuner's state file only as a trial ends, and a
+        # rerun reloads the search only when that file exists: a search stopped
+        # in its first trial would start afresh and give the stopped trial's id,
+        # and its checkpoints, to new hyperparameters.
+        self.save()
         values = trial.hyperparameters.values
         searched = _searched(trial.hyperparameters)
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
@@ -149,7 +160,7 @@ class PipelineTuner(kt.Tuner):
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         ended = self.oracle.get_trial(trial.trial_id)
-        best = self.oracle.get_best_trials(1)
+        best = [t for t in self.oracle.get_best_trials(1) if t.score is not None]
         score = "no score" if ended.score is None else f"val accuracy {ended.score:.4f}"
         leader = f"; best so far {best[0].score:.4f} (trial {best[0].trial_id})" if best else ""
         log.info("trial %s %s: %s%s", trial.trial_id, ended.status.lower(), score, leader)
