@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras_tuner as kt
 import pytest
@@ -273,3 +274,43 @@ def test_the_tuners_stdout_drops_only_whole_lines_it_names():
     out.write("Tru")
     out.flush()  # A line that never ends is not lost.
     assert stream.getvalue().endswith("False\nTru")
+
+
+def test_a_hyperband_trial_continuing_another_starts_its_weight_average_at_the_weights_it_loads(
+    tiny_data_dir, tmp_path
+):
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.cluster import strategies
+    from pipeline.data import input_pipeline as ip
+    from pipeline.runs import final_model
+    from pipeline.training import state as train_state
+    from tuning.tuner import TuneConfig, build_tuner
+
+    base = presets.preset("smoke")
+    base = base.replace(
+        data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)),
+        train=dataclasses.replace(base.train, ema_momentum=0.99),
+    )
+    strategy = strategies.make_strategy("default")
+    tuner = build_tuner(tmp_path, base, TuneConfig(tuner="hyperband", max_epochs=3, search=("filters",)), strategy)
+    steps = ip.steps_per_epoch(len(tuner.dataset.train), base.train.global_batch_size)
+    images = tuner.dataset.train.images
+
+    def state_in(directory):
+        return train_state.build_state(base, strategy, "float32", steps, directory, images)
+
+    parent = state_in(tmp_path / "parent")
+    for variable in parent.model.trainable_variables:
+        variable.assign(tf.random.stateless_normal(variable.shape, seed=[1, 2]))
+    final_model.save_final_model(parent.model, Path(tuner.get_trial_dir("0000")))
+    child = state_in(tmp_path / "child")
+    tuner._warm_start(child, "0000", initial_epoch=1, steps_per_epoch=steps)
+    assert int(child.optimizer.iterations.numpy()) == steps
+    averages = child.optimizer._model_variables_moving_average
+    for weight, loaded, average in zip(
+        child.model.trainable_variables, parent.model.trainable_variables, averages, strict=True
+    ):
+        np.testing.assert_array_equal(weight.numpy(), loaded.numpy())
+        np.testing.assert_array_equal(average.numpy(), loaded.numpy())  # Not Keras's zeros.

@@ -24,6 +24,7 @@ from pipeline.model import network as models
 from pipeline.runs import final_model
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import loop, precision
+from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import state as train_state
 from tuning import search_space
 from tuning.budget import BudgetClock
@@ -214,6 +215,7 @@ class PipelineTuner(kt.Tuner):
             final_model.weights_checkpoint(state.model).restore(latest).expect_partial()
             state.epoch.assign(initial_epoch)
             state.optimizer.iterations.assign(initial_epoch * steps_per_epoch)
+            optimizer_lib.start_average_at(state.optimizer, state.model.trainable_variables)
 
 
 def _searched(hp: kt.HyperParameters) -> dict:

@@ -187,6 +187,20 @@ def averaged_weights(optimizer: keras.optimizers.Optimizer):
         swap.on_test_end()
 
 
+def start_average_at(optimizer: keras.optimizers.Optimizer, variables) -> None:
+    """Sets the moving average (if the optimiser keeps one) to `variables`' values: weights loaded from elsewhere.
+
+    Keras starts the average at zero and takes the weights' values at
+    optimiser step 0 only; weights loaded into a run whose step is already
+    past 0 (a Hyperband trial continuing another) would otherwise be
+    averaged with those zeros.
+    """
+    averaging = _averaging(optimizer)
+    if averaging is not None:
+        for variable, average in zip(variables, averaging._model_variables_moving_average, strict=True):
+            average.assign(variable)
+
+
 def keep_averaged_weights(optimizer: keras.optimizers.Optimizer, variables) -> None:
     """Puts the moving average into `variables` (the model's trainable ones) for good: the final model."""
     averaging = _averaging(optimizer)
