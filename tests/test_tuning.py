@@ -314,3 +314,29 @@ def test_a_hyperband_trial_continuing_another_starts_its_weight_average_at_the_w
     ):
         np.testing.assert_array_equal(weight.numpy(), loaded.numpy())
         np.testing.assert_array_equal(average.numpy(), loaded.numpy())  # Not Keras's zeros.
+
+
+def test_a_trial_the_budget_stops_before_its_first_epoch_ends_without_a_score(tiny_data_dir, tmp_path, monkeypatch):
+    from pipeline.cluster import strategies
+    from pipeline.runs import workdir as workdir_lib
+    from tuning import search
+    from tuning import tuner as tuning_tuner
+
+    base = presets.preset("smoke")
+    base = base.replace(data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)))
+    tune = tuning_tuner.TuneConfig(
+        tuner="random", max_trials=1, max_epochs=2, time_budget_seconds=3600.0, search=("filters",)
+    )
+    built = []
+
+    def late_tuner(*args, **kwargs):
+        built.append(tuning_tuner.build_tuner(*args, **kwargs))
+        built[-1].deadline = time.time() - 1  # Passed after the oracle hands out the trial, before its first epoch.
+        return built[-1]
+
+    monkeypatch.setattr(search, "build_tuner", late_tuner)
+    with pytest.raises(workdir_lib.WorkdirError, match="no trial in .* has a score: the time budget ran out"):
+        search.run_search(tmp_path, base, tune, strategies.make_strategy("default"))
+    (trial,) = built[0].oracle.trials.values()
+    # Failed, not a score of 0 that a Bayesian oracle would learn from.
+    assert trial.status == "FAILED" and trial.score is None and "before the trial's first epoch" in trial.message

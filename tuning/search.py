@@ -113,8 +113,14 @@ def run_search(
         tuner.search()
         if not chief:
             return {}
+        scored = [t for t in tuner.oracle.get_best_trials(1) if t.score is not None]
+        if not scored:
+            raise workdir_lib.WorkdirError(
+                f"no trial in {directory} has a score: the time budget ran out before any finished an epoch, or "
+                "every trial failed (their search/trial_*/trial.json say why); raise --time_budget and rerun"
+            )
         best = write_results(directory, tuner, base, tune)
-        (best_trial,) = tuner.oracle.get_best_trials(1)
+        (best_trial,) = scored
         summary = {
             "best_config": str(directory / "best_config.json"),
             "best_val_accuracy": best_trial.score,

@@ -205,6 +205,9 @@ class PipelineTuner(kt.Tuner):
             stop=self.stop,
         )
         final_model.save_final_model(state.model, trial_dir)
+        if not history and not self.oracle.get_trial(trial.trial_id).metrics.exists(OBJECTIVE.name):
+            # The budget ran out between the oracle handing out this trial and its first epoch.
+            raise kt.errors.FailedTrialError("the time budget ran out before the trial's first epoch: no score")
         best = max((h["val_accuracy"] for h in history), default=0.0)
         return {"val_accuracy": best, "epochs": float(len(history)), "seconds": time.time() - started}
 
