@@ -66,15 +66,28 @@ def _cell(value) -> str:
 
 
 def plot_trials(rows: list[dict], path: Path) -> None:
-    """Validation accuracy per trial, and against each main hyperparameter."""
+    """Validation accuracy per trial, and against each main hyperparameter, coloured by epochs trained.
+
+    Hyperband's trials train for different numbers of epochs, and a short
+    trial scores lower for its length alone, so each length has its colour.
+    """
     done = [r for r in rows if r["val_accuracy"] is not None]
     names = [n for n in MAIN_HYPERPARAMETERS if len({r.get(n) for r in done if r.get(n) is not None}) > 1]
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.6), squeeze=False)
-    axes[0, 0].plot(range(len(done)), [r["val_accuracy"] for r in done], "o")
-    axes[0, 0].set(xlabel="trial", ylabel="validation accuracy", title="per trial")
+    lengths = sorted({r["epochs"] for r in done}, key=lambda e: e or 0)
+    for colour, length in enumerate(lengths):
+        trials = [(i, r) for i, r in enumerate(done) if r["epochs"] == length]
+        style = dict(
+            linestyle="none", marker="o", alpha=0.7, color=f"C{colour}", label=f"{length} epoch{'s' * (length != 1)}"
+        )
+        axes[0, 0].plot([i for i, _ in trials], [r["val_accuracy"] for _, r in trials], **style)
+        for ax, name in zip(axes[0, 1:], names, strict=True):
+            points = [(r[name], r["val_accuracy"]) for _, r in trials if r.get(name) is not None]
+            ax.plot([p[0] for p in points], [p[1] for p in points], **style)
+    axes[0, 0].set(xlabel="trial (in the order of their ids)", ylabel="validation accuracy", title="per trial")
+    if len(lengths) > 1:
+        axes[0, 0].legend(fontsize=8)
     for ax, name in zip(axes[0, 1:], names, strict=True):
-        points = [(r[name], r["val_accuracy"]) for r in done if r.get(name) is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o", alpha=0.7)
         ax.set(xlabel=name, title=f"by {name}")
         if name == "learning_rate":
             ax.set_xscale("log")
