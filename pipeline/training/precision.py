@@ -69,19 +69,13 @@ def _warn_if_float16_is_slower() -> None:
     float16 is a GPU precision (Tensor Cores); CPUs without float16
     arithmetic run its convolutions on TensorFlow's generic kernels.
     """
-    ratio = float16_speedup(block_step_rate)
+    ratio = speed_over_float32(block_step_rate, "float16")
     if ratio < 1.0:
         log.warning(
             "mixed_float16 on this CPU: a float16 step ran %.2fx as fast as float32; "
             "--precision=auto picks the faster of float32 and mixed_bfloat16 here",
             ratio,
         )
-
-
-def float16_speedup(rate) -> float:
-    """float16's training speed over float32's by `rate` (dtype name -> steps per second), fastest of two windows."""
-    float32, float16 = (max(rate(dtype) for _ in range(2)) for dtype in ("float32", "float16"))
-    return float16 / float32
 
 
 @functools.cache
@@ -119,22 +113,27 @@ def choose_cpu_precision(cpu_flags: str, rate) -> str:
 
 
 def bf16_speedup(cpu_flags: str, rate) -> float | None:
-    """bfloat16's training speed over float32's by `rate`; None where the CPU has no bf16 instructions.
+    """bfloat16's training speed over float32's by `rate` (`speed_over_float32`); None without bf16 instructions."""
+    if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
+        return None
+    speedup = speed_over_float32(rate, "bfloat16")
+    log.debug("precision auto: a bfloat16 step trains %.2fx as fast as float32 on this CPU", speedup)
+    return speedup
+
+
+def speed_over_float32(rate, dtype: str) -> float:
+    """`dtype`'s training speed over float32's by `rate` (dtype name -> steps per second).
 
     Both dtypes are timed in turn, three times each, and each one's fastest
     window compared: another process on the machine only ever slows a window,
     so the fastest is the least disturbed; a median would let a neighbour
-    that slowed two of one dtype's windows tip the choice.
+    that slowed two of one dtype's windows tip the comparison.
     """
-    if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
-        return None
-    rates = {"float32": [], "bfloat16": []}
+    rates = {"float32": [], dtype: []}
     for _ in range(3):
-        for dtype in rates:
-            rates[dtype].append(rate(dtype))
-    float32, bfloat16 = (max(rates[d]) for d in ("float32", "bfloat16"))
-    log.debug("precision auto: a bfloat16 step trains %.2fx as fast as float32 on this CPU", bfloat16 / float32)
-    return bfloat16 / float32
+        for name in rates:
+            rates[name].append(rate(name))
+    return max(rates[dtype]) / max(rates["float32"])
 
 
 def _probe_step(dtype: tf.DType, batch: int):
