@@ -166,6 +166,37 @@ def test_images_on_a_light_ground_are_inverted_unless_told_otherwise():
         decode_to_grayscale_28(tf.constant(_encode(garment, "PNG")), "negative")
 
 
+def test_transparent_pixels_count_as_white_whatever_colour_they_hide(trained):
+    from pipeline.serving.images import decode_to_grayscale_28
+
+    garment = np.zeros((28, 28), bool)
+    garment[4:24, 8:20] = True
+    navy = np.array([20, 30, 90], np.uint8)  # A dark garment, as in a product cut-out.
+    on_white = np.where(garment[..., None], navy, np.uint8(255)).astype(np.uint8)
+    alpha = np.where(garment, 255, 0).astype(np.uint8)[..., None]
+    cutouts = {
+        hidden: np.concatenate([np.where(garment[..., None], navy, np.uint8(hidden)), alpha], -1).astype(np.uint8)
+        for hidden in (0, 255, 77)  # What an encoder stores under transparency is arbitrary.
+    }
+    gray_on_white = np.where(garment, 40, 255).astype(np.uint8)
+    gray_alpha = np.stack([np.where(garment, 40, 0), alpha[..., 0]], -1).astype(np.uint8)
+    for polarity in ("auto", "as_is"):
+        decode = lambda image, polarity=polarity: decode_to_grayscale_28(  # noqa: E731
+            tf.constant(_encode(image, "PNG")), polarity
+        ).numpy()
+        expected = decode(on_white)
+        for hidden, cutout in cutouts.items():
+            np.testing.assert_array_equal(decode(cutout), expected, err_msg=f"{polarity}, hidden colour {hidden}")
+        np.testing.assert_array_equal(decode(gray_alpha), decode(gray_on_white), err_msg=polarity)
+    assert decode_to_grayscale_28(tf.constant(_encode(on_white, "PNG")), "auto").numpy()[14, 14] > 200
+
+    workdir, _ = trained
+    served = tf.saved_model.load(str(workdir / "export" / "1")).signatures["serving_image_bytes"]
+    both = tf.constant([_encode(cutouts[0], "PNG"), _encode(on_white, "PNG")])
+    probabilities = served(image_bytes=both)["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)
+
+
 def test_tflite_models_agree_with_the_saved_model(trained, tiny_data_dir, tmp_path):
     from helpers import tflite_probabilities
 

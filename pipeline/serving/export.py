@@ -113,8 +113,8 @@ def _write_metadata(directory: Path, workdir: Path, config: config_lib.Config, p
         json.dumps(
             {
                 "images": "uint8 [N,28,28] or [N,28,28,1], light object on dark ground, scaled to [0,1] in the graph",
-                "image_bytes": "PNG/JPEG decoded, converted to grayscale, inverted as `polarity` says, padded to "
-                "square, resized to 28x28 (area)",
+                "image_bytes": "PNG/JPEG/GIF/BMP/WebP decoded, converted to grayscale, transparent pixels laid "
+                "over white, inverted as `polarity` says, padded to square, resized to 28x28 (area)",
                 "polarity": polarity,
                 "polarity_rule": f"auto inverts an image whose border's mean grey level exceeds {LIGHT_BORDER}",
                 "test_time_augmentation": config.model.test_time_augmentation,
