@@ -1,6 +1,7 @@
-"""fmnist-predict: classify PNG/JPEG files with an exported model.
+"""fmnist-predict: classify image files with an exported model.
 
 fmnist-predict --model=runs/default/export photo.jpg shirt.png
+fmnist-predict --model=runs/default/export photos/
 fmnist-predict --model=runs/default/export/3 --polarity=invert --json photo.jpg
 """
 
@@ -18,10 +19,10 @@ flags.DEFINE_string(
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1, upper_bound=10)
 flags.DEFINE_enum(
     "polarity",
-    "auto",
+    None,
     ["auto", "as_is", "invert"],
-    "Brightness: auto inverts images on a light ground (photos), as the export's bytes signature does; "
-    "as_is never; invert always.",
+    "Brightness: auto inverts images on a light ground (photos), as_is never, invert always. "
+    "Default: as the export's bytes signature does (its assets.extra/preprocessing.json).",
 )
 flags.DEFINE_boolean("invert", None, "Same as --polarity=invert (--noinvert: --polarity=as_is).")
 flags.DEFINE_boolean("json", False, "Print one JSON list of per-file results.")
@@ -38,11 +39,10 @@ def _print_text(results: list[dict]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    files = argv[1:]
-    if not files:
-        common.fail("no image files given: fmnist-predict --model=DIR IMAGE...", 2)
+    if not argv[1:]:
+        common.fail("no image files given: fmnist-predict --model=DIR IMAGE_OR_DIRECTORY...", 2)
     common.start_tensorflow()
-    from pipeline.serving.predict import ModelNotFoundError, predict_files, resolve_model_dir
+    from pipeline.serving.predict import ModelNotFoundError, expand_directories, predict_files, resolve_model_dir
 
     try:
         model_dir = resolve_model_dir(FLAGS.model)
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     polarity = FLAGS.polarity
     if FLAGS.invert is not None:
         polarity = "invert" if FLAGS.invert else "as_is"
-    results = predict_files(model_dir, files, FLAGS.top_k, polarity)
+    results = predict_files(model_dir, expand_directories(argv[1:]), FLAGS.top_k, polarity)
     if FLAGS.json:
         print(json.dumps(results, indent=2))
     else:

@@ -130,6 +130,36 @@ def test_predict_cli_on_png_jpeg_colour_sizes_and_non_images(trained, tiny_data_
     assert "damaged" in results[4]["error"] and "No such file" in results[5]["error"]
 
 
+def test_predict_reads_images_as_the_exports_bytes_signature_and_takes_directories(trained, tmp_path):
+    from pipeline.serving import predict
+
+    workdir, _ = trained
+    photo = np.full((28, 28), 255, np.uint8)
+    photo[4:24, 8:20] = 60  # A dark garment on a light ground.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "b.PNG").write_bytes(_encode(photo, "PNG"))
+    (photos / "a.jpg").write_bytes(_encode(np.stack([photo] * 3, -1), "JPEG"))
+    (photos / "notes.txt").write_text("not an image, and not taken from a directory")
+    (tmp_path / "empty").mkdir()
+    assert predict.expand_directories([str(photos), str(tmp_path / "empty")]) == [
+        str(photos / "a.jpg"), str(photos / "b.PNG"), str(tmp_path / "empty"),
+    ]  # fmt: skip
+
+    for polarity in ("as_is", "invert", "auto"):
+        export = export_lib.export_run(workdir, tmp_path / "exports", polarity=polarity)
+        assert predict.recorded_polarity(export) == polarity
+        served = tf.saved_model.load(str(export)).signatures["serving_image_bytes"]
+        expected = served(image_bytes=tf.constant([_encode(photo, "PNG")]))["probabilities"].numpy()[0]
+        (result,) = predict.predict_files(export, [str(photos / "b.PNG")], top_k=10)
+        got = {t["class_id"]: t["probability"] for t in result["top"]}
+        np.testing.assert_allclose([got[k] for k in range(10)], expected, atol=1e-6, err_msg=polarity)
+    (error,) = predict.predict_files(export, [str(tmp_path / "empty")], top_k=1)
+    assert error["error"].startswith("a directory with no .png"), error
+    (export / "assets.extra" / "preprocessing.json").unlink()
+    assert predict.recorded_polarity(export) == "auto", "predict reads an export recording none with auto"
+
+
 def test_a_training_workdir_given_as_the_model_names_its_export(trained, tmp_path):
     from pipeline.serving import predict
 

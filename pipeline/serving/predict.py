@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from pipeline.serving.images import decode_to_grayscale_28
+from pipeline.serving.images import POLARITIES, decode_to_grayscale_28
 
 NOT_AN_IMAGE = "not a PNG, JPEG, GIF, BMP or WebP image"
 # The first bytes of the formats `tf.io.decode_image` reads.
@@ -17,6 +18,31 @@ _IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a"
 def _looks_like_an_image(content: bytes) -> bool:
     # WebP: "RIFF", the size (4 bytes), then "WEBP".
     return content.startswith(_IMAGE_SIGNATURES) or (content[:4] == b"RIFF" and content[8:12] == b"WEBP")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+
+
+def expand_directories(paths: list[str]) -> list[str]:
+    """Each directory among `paths` replaced by its image files (by suffix, sorted, not recursive).
+
+    A directory holding none stays, and its result is an error.
+    """
+    files = []
+    for path in paths:
+        if Path(path).is_dir():
+            images = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(images or [path])
+        else:
+            files.append(path)
+    return files
+
+
+def recorded_polarity(model_dir: Path) -> str:
+    """The polarity the export's `serving_image_bytes` was built with; "auto" for an export that records none."""
+    preprocessing = model_dir / "assets.extra" / "preprocessing.json"
+    polarity = json.loads(preprocessing.read_text()).get("polarity", "auto") if preprocessing.exists() else "auto"
+    return polarity if polarity in POLARITIES else "auto"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -44,6 +70,8 @@ def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
     Raises:
       ValueError: when the file is not a decodable image.
     """
+    if path.is_dir():
+        raise ValueError(f"a directory with no {', '.join(IMAGE_SUFFIXES)} files")
     content = path.read_bytes()
     # Told by its first bytes: a file that is no image at all never reaches
     # TensorFlow's decoder, whose failure also prints a native warning line.
@@ -55,8 +83,12 @@ def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
         raise ValueError("an image that does not decode (damaged?)") from None
 
 
-def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str = "auto") -> list[dict]:
-    """One result per file: {"file", "top": [{class_name, class_id, probability}]} or {"file", "error"}."""
+def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str | None = None) -> list[dict]:
+    """One result per file: {"file", "top": [{class_name, class_id, probability}]} or {"file", "error"}.
+
+    `polarity` None reads the images as the export's bytes signature does (`recorded_polarity`).
+    """
+    polarity = polarity or recorded_polarity(model_dir)
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     names = _class_names(model_dir)
     results = []
