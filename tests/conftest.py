@@ -62,6 +62,22 @@ def long_data_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("long_data"), n_train=11600, n_test=160)
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+    """A finished smoke run on the tiny data, exported as version 1: (workdir, metrics)."""
+    import tensorflow as tf
+
+    from pipeline import config as config_lib
+    from pipeline import presets
+    from pipeline.training.driver import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("run")
+    base = presets.preset("smoke")
+    config = base.replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
+    metrics = train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, make_report=False)
+    return workdir, metrics
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
