@@ -19,10 +19,9 @@ def main(argv: list[str]) -> None:
     from pipeline.runs.report import build_report
 
     try:
-        out = build_report(FLAGS.workdir)
+        build_report(FLAGS.workdir)  # Logs where the report went.
     except common.input_errors() as e:
         common.fail(str(e))
-    print(f"report: {out}")
 
 
 def run() -> None:
