@@ -1,51 +1,22 @@
 """The record's figure: each recipe's seeds, test accuracy as served against training time, per machine.
 
-Drawn from the recipe sections of `benchmarks/results.json` (`recipe_seeds*`), measuring nothing. A
-recipe measured in several sections on one machine is drawn from its newest, as the README's table is.
+Drawn from the rows `benchmarks.record.newest_recipe_runs` picks from `benchmarks/results.json`,
+measuring nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import record as record_lib
-
+# The recipe rows' columns the figure plots.
 ACCURACY = "test as served (%)"
 SECONDS = "train seconds"
 # One colour per recipe, in the order the README lists them.
 COLOURS = {"seed": "tab:gray", "reference": "tab:blue", "fast": "tab:orange", "default": "tab:green", "best": "tab:red"}
 
 
-def newest_runs(record: dict) -> dict[str, dict[str, list[dict]]]:
-    """{machine: {recipe: that recipe's seed rows from its newest section on that machine}}.
-
-    Among sections measured on the same day, the one with the most seeds of
-    the recipe wins, then the later in the record's order (a recipe's own
-    section, `recipe_seeds_fast`, over the one measuring every recipe).
-    """
-    rank = {key: i for i, key in enumerate(record_lib.ORDER)}
-    best: dict[tuple[str, str], tuple[tuple, list[dict]]] = {}
-    for key, section in record["sections"].items():
-        if not record_lib.base_key(key).startswith("recipe_seeds") or section.get("quick"):
-            continue
-        by_recipe: dict[str, list[dict]] = {}
-        for row in section["rows"]:
-            if isinstance(row.get(ACCURACY), (int, float)) and isinstance(row.get(SECONDS), (int, float)):
-                by_recipe.setdefault(row["recipe"], []).append(row)
-        machine = record_lib.processor(section["machine"])
-        for recipe, rows in by_recipe.items():
-            preference = (section["measured"], len(rows), rank.get(record_lib.base_key(key), len(rank)))
-            if (machine, recipe) not in best or preference > best[machine, recipe][0]:
-                best[machine, recipe] = (preference, rows)
-    runs: dict[str, dict[str, list[dict]]] = {}
-    for (machine, recipe), (_, rows) in best.items():
-        runs.setdefault(machine, {})[recipe] = rows
-    return runs
-
-
-def draw_recipes(record: dict, path: Path) -> Path | None:
-    """Writes the figure to `path` (PNG); None, and nothing written, when the record has no recipe runs."""
-    runs = newest_runs(record)
+def draw_recipes(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path | None:
+    """Writes the figure of {machine: {recipe: seed rows}} to `path` (PNG); None, and nothing written, without runs."""
     if not runs:
         return None
     import matplotlib

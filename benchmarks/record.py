@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import figures
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
 RECORD = ROOT / "BENCHMARKS.md"
@@ -188,6 +190,33 @@ def base_key(key: str) -> str:
     return key.split("@", 1)[0].split(":", 1)[0]
 
 
+def newest_recipe_runs(record: dict) -> dict[str, dict[str, list[dict]]]:
+    """{machine: {recipe: that recipe's seed rows from its newest section on that machine}}, for the figure.
+
+    Among sections measured on the same day, the one with the most seeds of
+    the recipe wins, then the later in the record's order (a recipe's own
+    section, `recipe_seeds_fast`, over the one measuring every recipe).
+    """
+    rank = {key: i for i, key in enumerate(ORDER)}
+    best: dict[tuple[str, str], tuple[tuple, list[dict]]] = {}
+    for key, section in record["sections"].items():
+        if not base_key(key).startswith("recipe_seeds") or section.get("quick"):
+            continue
+        by_recipe: dict[str, list[dict]] = {}
+        for row in section["rows"]:
+            if all(isinstance(row.get(column), (int, float)) for column in (figures.ACCURACY, figures.SECONDS)):
+                by_recipe.setdefault(row["recipe"], []).append(row)
+        machine = processor(section["machine"])
+        for recipe, rows in by_recipe.items():
+            preference = (section["measured"], len(rows), rank.get(base_key(key), len(rank)))
+            if (machine, recipe) not in best or preference > best[machine, recipe][0]:
+                best[machine, recipe] = (preference, rows)
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for (machine, recipe), (_, rows) in best.items():
+        runs.setdefault(machine, {})[recipe] = rows
+    return runs
+
+
 def _where(section: dict) -> tuple[str, str]:
     return describe_machine(section["machine"]), section.get("commit", NOT_RECORDED)
 
@@ -264,11 +293,10 @@ def write(path: Path = RECORD, results: Path = RESULTS) -> Path:
     The record's own figure is `FIGURE`; a record written elsewhere (a
     `--quick` run's) gets its figure beside itself.
     """
-    from benchmarks.figures import draw_recipes
     from benchmarks.notes import NOTES
 
     recorded = read(results)
-    figure = draw_recipes(recorded, FIGURE if path == RECORD else path.with_suffix(".png"))
+    figure = figures.draw_recipes(newest_recipe_runs(recorded), FIGURE if path == RECORD else path.with_suffix(".png"))
     path.write_text(render(recorded, NOTES, os.path.relpath(figure, path.parent) if figure else None))
     return path
 

@@ -343,7 +343,7 @@ def test_the_figure_draws_each_recipes_newest_seeds_per_machine_and_the_record_l
         saved["sections"]["recipe_seeds"], machine=dict(saved["sections"]["recipe_seeds"]["machine"], cpu="Other")
     )
     saved["sections"]["recipe_seeds@Other"] = other
-    runs = figures.newest_runs(saved)
+    runs = record.newest_recipe_runs(saved)
     here = runs[record.processor(saved["sections"]["recipe_seeds"]["machine"])]
     # Same day: the recipe's own section wins over the one of every recipe, and three seeds over two.
     assert {recipe: {row["test as served (%)"] for row in rows} for recipe, rows in here.items()} == {
@@ -352,9 +352,8 @@ def test_the_figure_draws_each_recipes_newest_seeds_per_machine_and_the_record_l
         "best": {95.0},
     }
     assert set(runs[record.processor(other["machine"])]) == {"reference", "fast"}
-    figure = figures.draw_recipes(saved, tmp_path / "recipes.png")
+    figure = figures.draw_recipes(runs, tmp_path / "recipes.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![Each seed of each recipe" in record.render(saved, {}, "recipes.png")
-    assert (
-        figures.draw_recipes({"sections": {}}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
-    )
+    nothing = record.newest_recipe_runs({"sections": {}})
+    assert figures.draw_recipes(nothing, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
