@@ -118,8 +118,8 @@ def _best() -> Config:
     # 60,000 training images, the usual last step once every choice is made.
     # 52 epochs of 60,000 images make about as many steps as the 56 epochs of
     # 55,000 that were validated, so the time stays inside the budget. With
-    # nothing held out there is no per-epoch validation; `--validation_size=5000`
-    # trains the recipe with its validation split again.
+    # nothing held out there is no per-epoch validation; `--validation_size=5000
+    # --epochs=56` trains the validated recipe again.
     validated = _best_validated()
     return validated.replace(
         name="best",
