@@ -26,8 +26,8 @@ flags.DEFINE_float("time_budget", None, "Wall-clock seconds after which no trial
 flags.DEFINE_list(
     "search_space",
     None,
-    "Groups to search (others fixed at the base config): "
-    "filters,kernel_size,dense_units,dropout,batch_norm,learning_rate,augment.",
+    "Groups to search, the others fixed at the base config (default: all of "
+    "filters,kernel_size,dense_units,dropout,batch_norm,learning_rate,weight_decay,augment).",
 )
 flags.DEFINE_boolean("retrain_best", False, "Retrain the best config through fmnist-train's path and export it.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"], "Strategy inside each trial.")

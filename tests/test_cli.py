@@ -53,6 +53,11 @@ def test_help_shows_each_commands_purpose_and_own_flags(helps):
         assert len(listed) < 45 and "tt_check_filter" not in text and "xla" not in text, name
     assert "(default: 'auto')" in helps["fmnist-train"]  # --strategy
     assert "Peak learning rate" in helps["fmnist-train"]
+    from tuning.search_space import GROUPS
+
+    unwrapped = re.sub(r"\n\s+", "", helps["fmnist-tune"])  # absl wraps the help inside words too.
+    named = re.search(r"--search_space: .*?\(default: all of ([a-z_,]+)\)", unwrapped)
+    assert named and named[1].split(",") == list(GROUPS), named
 
 
 def _readme_flags() -> dict[str, set[str]]:
