@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import presets
+from pipeline.model import views as views_lib
 from pipeline.model.batch_norm import FusedBatchNormalization
 from pipeline.model.network import build_model
-from pipeline.model.views import TestTimeViews, probabilities, single_view
+from pipeline.model.views import probabilities, single_view
 
 # Two convs per block, no conv bias (BN follows), BN with a frozen scale (beta and
 # the two moving statistics: 3 per channel): block 0 conv 1->16 144 + 16->16 2,304,
@@ -234,8 +235,8 @@ def test_logits_numerics_equal_the_softmax_output_numerics():
 
     module = ServingModule(model)
     served = module.serve_images(tf.constant(images))["probabilities"].numpy()
-    views = TestTimeViews(config.test_time_augmentation)(inputs, training=False)
-    per_view = keras.ops.softmax(single(views, training=False)).numpy().reshape(-1, 32, 10)
+    stacked = views_lib.TestTimeViews(config.test_time_augmentation)(inputs, training=False)
+    per_view = keras.ops.softmax(single(stacked, training=False)).numpy().reshape(-1, 32, 10)
     np.testing.assert_allclose(served, per_view.mean(axis=0), atol=1e-6)
 
 
