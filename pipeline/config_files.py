@@ -80,6 +80,44 @@ def from_dict(cls, data: dict, where: str = "config"):
     return cls(**kwargs)
 
 
+IMAGE_SIDE = 28  # Fashion-MNIST images are 28x28.
+
+
+def feature_map_sides(model) -> list[int]:
+    """The side of each block's output map for a `ModelConfig`; a side below 1 ends the list.
+
+    Convolutions with "valid" padding take kernel_size - 1 pixels off a side,
+    max-pooling halves it (rounding down with "valid" padding, up with
+    "same"); a block of layout "pool_first" pools after its first convolution.
+    """
+    shrink = model.kernel_size - 1 if model.padding == "valid" else 0
+    before_pool = model.convs_per_block if model.block_layout == "pool_last" else 1
+    side, sides = IMAGE_SIDE, []
+    for _ in model.filters:
+        side -= before_pool * shrink
+        side = side // 2 if model.pool_padding == "valid" else -(-side // 2) if side >= 1 else side
+        side -= (model.convs_per_block - before_pool) * shrink
+        sides.append(side)
+        if side < 1:
+            break
+    return sides
+
+
+def _check_geometry(model) -> None:
+    sides = feature_map_sides(model)
+    if sides[-1] >= 1:
+        return
+    fits = len(sides) - 1
+    raise ConfigError(
+        f"model.filters: {len(model.filters)} blocks shrink the {IMAGE_SIDE}x{IMAGE_SIDE} images below one pixel "
+        f"(block sides {', '.join(map(str, sides))}); give at most {fits} entries with these kernel, padding and "
+        "pooling settings"
+        if fits
+        else f'model.kernel_size {model.kernel_size} with padding "valid" leaves no pixel of the '
+        f'{IMAGE_SIDE}x{IMAGE_SIDE} images after one block; use padding "same" or a smaller kernel'
+    )
+
+
 def validate(config: Config) -> Config:
     """Rejects values no run could use, naming the field; returns the config."""
     t, m, d, a = config.train, config.model, config.data, config.augment
@@ -149,6 +187,7 @@ def validate(config: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_geometry(m)
     return config
 
 

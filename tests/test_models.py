@@ -6,6 +6,7 @@ import dataclasses
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
@@ -304,3 +305,39 @@ def test_same_pool_padding_lets_every_unit_of_an_odd_map_reach_the_classifier():
         corner[0, 6, 6, 0] = 1.0
         assert float(tf.reduce_max(pool(corner))) == (1.0 if padding == "same" else 0.0)
         assert model(tf.random.uniform([2, 28, 28, 1])).shape == (2, 10)
+
+
+def test_the_config_check_of_feature_map_sides_agrees_with_keras():
+    import itertools
+    import random
+
+    from pipeline import config_files
+
+    base = dataclasses.replace(
+        presets.preset("smoke").model, dense_units=4, test_time_augmentation="none", stem_init="default"
+    )
+    grid = list(itertools.product((3, 5, 7), ("same", "valid"), ("valid", "same"), ("pool_last", "pool_first"), (1, 3)))
+    refused = accepted = 0
+    for kernel, padding, pool_padding, layout, convs in random.Random(0).sample(grid, 16):
+        for blocks in range(2, 7):
+            model = dataclasses.replace(
+                base, filters=(4,) * blocks, kernel_size=kernel, padding=padding, pool_padding=pool_padding,
+                block_layout=layout, convs_per_block=convs,
+            )  # fmt: skip
+            config = presets.preset("smoke").replace(model=model)
+            try:
+                config_files.validate(config)
+            except config_lib.ConfigError as e:
+                assert "model." in str(e) and "\n" not in str(e)
+                with pytest.raises(ValueError):
+                    build_model(model)
+                refused += 1
+                continue
+            built = build_model(model)
+            block_sides = [
+                [layer.output.shape[1] for layer in built.layers if layer.name.startswith(f"block{i}_")][-1]
+                for i in range(blocks)
+            ]
+            assert config_files.feature_map_sides(model) == block_sides, model
+            accepted += 1
+    assert refused and accepted
