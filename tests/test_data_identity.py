@@ -66,3 +66,21 @@ def test_resuming_on_other_data_is_refused_naming_both_fingerprints(tiny_data_di
     assert refused.returncode == 1
     (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert f"trained on data with fingerprint {recorded['fingerprint']}" in line and "this run's data has" in line
+
+
+def test_a_start_refused_before_training_writes_nothing_and_binds_the_workdir_to_no_data(tiny_data_dir, tmp_path):
+    from pipeline.runs import workdir as workdir_lib
+
+    workdir = tmp_path / "run"
+    # More examples asked per batch than there are: refused before anything is written.
+    refused = run(smoke_train_command(workdir, tiny_data_dir, "--max_train_examples=10"), timeout=300)
+    assert refused.returncode == 1 and "use a smaller --global_batch_size" in refused.stderr
+    assert not workdir.exists() or not any(workdir.iterdir()), list(workdir.iterdir())
+    # A data record left by a start that never trained (no config.json) does not bind the workdir.
+    workdir.mkdir(exist_ok=True)
+    workdir_lib.check_data(workdir, "0123456789abcdef", "an earlier start")
+    workdir_lib.check_data(workdir, "fedcba9876543210", "this run")
+    assert json.loads((workdir / "data.json").read_text())["fingerprint"] == "fedcba9876543210"
+    (workdir / "config.json").write_text("{}")
+    with pytest.raises(workdir_lib.WorkdirError, match="trained on data with fingerprint fedcba9876543210"):
+        workdir_lib.check_data(workdir, "0123456789abcdef", "other data")

@@ -161,11 +161,14 @@ DATA_RECORD = "data.json"
 def check_data(workdir: Path, fingerprint: str, source: str) -> None:
     """Records the run's data fingerprint, or refuses data other than the one the run trained on.
 
+    A run trains only once its config.json is written; a data record without
+    one is from a start that stopped before training, and is replaced.
+
     Raises:
       WorkdirError: when the workdir's run trained on other examples (or in another order).
     """
     path = workdir / DATA_RECORD
-    if path.exists():
+    if path.exists() and (workdir / "config.json").exists():
         recorded = read_json(path)
         if recorded["fingerprint"] != fingerprint:
             raise WorkdirError(

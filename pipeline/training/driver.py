@@ -221,6 +221,8 @@ def train_and_evaluate(
             len(dataset.validation),
             len(dataset.test),
         )
+        # Also arithmetic that must fail before anything is written.
+        steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
         data_fingerprint = data_lib.fingerprint(dataset)
         if chief:
             workdir_lib.check_data(workdir, data_fingerprint, dataset.source)
@@ -243,7 +245,6 @@ def train_and_evaluate(
             tf.config.experimental.enable_op_determinism()
         out_dir = workdir_lib.write_dir(workdir, strategy)
         try:
-            steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
             state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
             done = train_state.restore(state, workdir, strategy, steps_per_epoch)
             train_state.check_epochs_ahead(state, config.train.epochs)
