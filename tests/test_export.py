@@ -160,3 +160,23 @@ def test_verify_export_passes_an_export_as_trained_and_fails_one_that_is_not(tra
     (export / "assets.extra" / "metrics.json").write_text(json.dumps(recorded))
     done = run(command, timeout=300)
     assert done.returncode == 1 and "error: the export does not serve as trained" in done.stderr
+
+
+def test_an_export_base_that_cannot_hold_versions_is_refused_before_training(tiny_data_dir, tmp_path):
+    from pipeline import config as config_lib
+    from pipeline import presets
+    from pipeline.training.driver import train_and_evaluate
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    export_lib.check_export_base(tmp_path / "new" / "base")  # Made when exporting.
+    assert not (tmp_path / "new").exists()
+    for base, problem in ((a_file, "it is a file, not a directory"), (a_file / "sub", f"{a_file} is a file")):
+        with pytest.raises(export_lib.ExportError, match=f"cannot export to {base}: {problem}"):
+            export_lib.check_export_base(base)
+    data = config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64)
+    config = presets.preset("smoke").replace(data=data)
+    workdir = tmp_path / "run"
+    with pytest.raises(export_lib.ExportError, match="give --export_base a directory"):
+        train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, export_base=a_file)
+    assert not any(workdir.iterdir()), "refused before anything was written"

@@ -36,9 +36,17 @@ def writing(what: str, where: str | Path):
     except (OSError, tf.errors.OpError) as e:
         reason = _reason(e)
         raise WorkdirError(
-            f"could not write {what} to {where}: {reason}; free space there or choose another location "
+            f"could not write {what} to {where}: {reason}; {_remedy(reason)} "
             "(everything saved before is intact; rerun the same command to resume)"
         ) from None
+
+
+def _remedy(reason: str) -> str:
+    if reason in ("No space left on device", "Disk quota exceeded"):
+        return "free space there or choose another location"
+    if reason in ("Permission denied", "Read-only file system"):
+        return "make it writable or choose another location"
+    return "choose another location"
 
 
 # The operating system's words for a failed write, inside TensorFlow's longer messages.
@@ -95,6 +103,18 @@ def require_finished(workdir: Path, fix: str) -> None:
         raise WorkdirError(f"{workdir} does not exist: give the --workdir a finished fmnist-train run wrote")
     if not (workdir / "metrics.json").exists():
         raise WorkdirError(f"{workdir} has no metrics.json: {fix}")
+
+
+def check_directory_can_be_written(path: Path) -> str | None:
+    """Why `path` could not be written as a directory (made where missing), or None; creates nothing."""
+    if path.exists():
+        if not path.is_dir():
+            return "it is a file, not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else "Permission denied"
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        return f"{parent} is a file, not a directory"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
 
 
 def ensure_writable(workdir: Path) -> None:

@@ -152,6 +152,13 @@ def _remove_abandoned_staging(base: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_export_base(base: Path) -> None:
+    """Raises ExportError when `base` could not hold model versions; creates nothing."""
+    problem = workdir_lib.check_directory_can_be_written(Path(base))
+    if problem:
+        raise ExportError(f"cannot export to {base}: {problem}; give --export_base a directory that can be written")
+
+
 def export_run(
     workdir: str | Path,
     export_base: str | Path | None = None,
@@ -183,6 +190,7 @@ def export_run(
     if test_time_augmentation is not None:
         model_config = dataclasses.replace(config.model, test_time_augmentation=test_time_augmentation)
         config = config.replace(model=model_config)
+    check_export_base(base)
     chosen = version
     version = next_version(base) if chosen is None else chosen
     if (base / str(version)).exists():

@@ -205,6 +205,8 @@ def train_and_evaluate(
     chief, previous = strategies.is_chief(strategy), None
     if chief:
         workdir_lib.ensure_writable(workdir)
+        if export:  # Before training, not after it.
+            export_lib.check_export_base(Path(export_base) if export_base else workdir / "export")
     # The workers of a multi-worker job share their chief's lock.
     with WorkdirLock(workdir) if chief else contextlib.nullcontext():
         if chief:
