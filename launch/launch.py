@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 from absl import flags
 
@@ -28,6 +29,38 @@ flags.DEFINE_list(
 )
 FLAGS = flags.FLAGS
 
+# The project's commands by module (`python -m launch.train`) and what each
+# is launched with; a command of another name (a wrapper script) is passed on.
+_OUR_COMMANDS = {
+    "launch.train": "fmnist-train",
+    "launch.tune": "fmnist-tune",
+    "launch.predict": "fmnist-predict",
+    "launch.export": "fmnist-export",
+    "launch.report": "fmnist-report",
+    "launch.launch": "fmnist-launch",
+}
+_LAUNCHED_WITH = {"fmnist-train": "num_workers", "fmnist-tune": "tuner_workers"}
+
+
+def _our_command(command: list[str]) -> str | None:
+    """The fmnist-* command `command` runs, when it is one of ours."""
+    name = Path(command[0]).name
+    if name in _OUR_COMMANDS.values():
+        return name
+    if "-m" in command[:-1]:
+        return _OUR_COMMANDS.get(command[command.index("-m") + 1])
+    return None
+
+
+def check_command(command: list[str], flag: str) -> str | None:
+    """Why `command` cannot be launched with --`flag` (num_workers or tuner_workers), or None."""
+    ours = _our_command(command)
+    if ours is None or _LAUNCHED_WITH.get(ours) == flag:
+        return None
+    if ours in _LAUNCHED_WITH:
+        return f"{ours} is launched with --{_LAUNCHED_WITH[ours]}, not --{flag}"
+    return f"{ours} runs as one process: run it without fmnist-launch"
+
 
 def main(argv: list[str]) -> None:
     from launch import local_cluster
@@ -37,6 +70,9 @@ def main(argv: list[str]) -> None:
         common.fail("no command: fmnist-launch --num_workers=2 -- fmnist-train --workdir=DIR ...", 2)
     if (FLAGS.num_workers is None) == (FLAGS.tuner_workers is None):
         common.fail("give exactly one of --num_workers or --tuner_workers", 2)
+    mismatch = check_command(command, "num_workers" if FLAGS.num_workers is not None else "tuner_workers")
+    if mismatch:
+        common.fail(mismatch, 2)
     if shutil.which(command[0]) is None:
         common.fail(f"command {command[0]!r} not found on PATH (is the project installed: pip install -e .?)", 2)
     from pipeline.cluster import environment as cluster_env

@@ -151,3 +151,26 @@ def test_local_workers_listen_on_loopback_or_the_warning_names_the_port(long_dat
     for address, port in sockets:
         loopback = ipaddress.ip_address(address).is_loopback
         assert loopback or (warned and str(port) in warned.group(1).split(", ")), (address, port, stderr[:500])
+
+
+def test_a_command_launched_in_the_wrong_mode_is_refused_in_one_line(tmp_path):
+    from launch.launch import check_command
+
+    assert check_command(["fmnist-train", "--workdir=x"], "num_workers") is None
+    assert check_command([sys.executable, "-m", "launch.tune", "--workdir=x"], "tuner_workers") is None
+    assert check_command(["./my_wrapper.sh"], "tuner_workers") is None  # Not ours: passed on.
+    assert check_command(["fmnist-tune"], "num_workers") == (
+        "fmnist-tune is launched with --tuner_workers, not --num_workers"
+    )
+    assert check_command([sys.executable, "-m", "launch.train"], "tuner_workers") == (
+        "fmnist-train is launched with --num_workers, not --tuner_workers"
+    )
+    assert check_command(["/venv/bin/fmnist-predict", "a.png"], "num_workers") == (
+        "fmnist-predict runs as one process: run it without fmnist-launch"
+    )
+    env, _ = scratch_env(tmp_path)
+    done = run([*LAUNCH, "--tuner_workers=2", "--", "fmnist-train", f"--workdir={tmp_path / 'run'}"], 60, env=env)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: fmnist-train is launched with --num_workers, not --tuner_workers"
+    ]
+    assert not (tmp_path / "run").exists()
