@@ -256,6 +256,7 @@ def _step(path: str) -> int:
 
 
 def describe_position(state: TrainState) -> str:
+    """Where training stands, for the console: "epoch 3 completed" or "epoch 4 in progress, 17 steps into it"."""
     step = int(state.epoch_step.numpy())
     if step:
         return f"epoch {int(state.epoch.numpy()) + 1} in progress, {step} steps into it"
