@@ -2,6 +2,7 @@
 
 fmnist-predict --model=runs/default/export photo.jpg shirt.png
 fmnist-predict --model=runs/default/export photos/
+curl -s https://example.com/shirt.jpg | fmnist-predict --model=runs/default/export -
 fmnist-predict --model=runs/default/export/3 --polarity=invert --json photo.jpg
 """
 

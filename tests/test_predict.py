@@ -182,3 +182,22 @@ def test_photos_either_way_round_serve_as_accurately_as_the_images_given(real_da
     inverted = accuracy(by_bytes(255 - images))
     assert as_given == given, "the images as given lose no accuracy"
     assert abs(inverted - as_given) <= 0.01, (inverted, as_given)
+
+
+def test_predict_reads_an_image_from_standard_input_given_as_a_dash(trained, tmp_path):
+    import subprocess
+
+    from conftest import REPO, subprocess_env
+
+    workdir, _ = trained
+    image = np.zeros((28, 28), np.uint8)
+    image[4:24, 8:20] = 200
+    (tmp_path / "same.png").write_bytes(_encode(image, "PNG"))
+    command = [sys.executable, "-m", "launch.predict", f"--model={workdir / 'export'}", "--json", "-"]
+    done = subprocess.run(
+        [*command, str(tmp_path / "same.png")], input=_encode(image, "PNG"), capture_output=True, cwd=REPO,
+        env=subprocess_env(), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    piped, from_file = json.loads(done.stdout)
+    assert piped["file"] == "-" and piped["top"] == from_file["top"]

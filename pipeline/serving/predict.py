@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ def _looks_like_an_image(content: bytes) -> bool:
     return content.startswith(_IMAGE_SIGNATURES) or (content[:4] == b"RIFF" and content[8:12] == b"WEBP")
 
 
+STDIN = "-"  # The file name that reads the image from standard input (`curl ... | fmnist-predict ... -`).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 
 
@@ -65,14 +67,17 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
-    """uint8 [28, 28] from an image file, as the export's bytes signature converts it (`images.POLARITIES`).
+    """uint8 [28, 28] from an image file (`STDIN`: standard input), as the export's bytes signature converts it.
 
     Raises:
       ValueError: when the file is not a decodable image.
     """
-    if path.is_dir():
+    if str(path) == STDIN:
+        content = sys.stdin.buffer.read()
+    elif path.is_dir():
         raise ValueError(f"a directory with no {', '.join(IMAGE_SUFFIXES)} files")
-    content = path.read_bytes()
+    else:
+        content = path.read_bytes()
     # Told by its first bytes: a file that is no image at all never reaches
     # TensorFlow's decoder, whose failure also prints a native warning line.
     if not _looks_like_an_image(content):
