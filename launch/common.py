@@ -32,7 +32,8 @@ def define_config_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) 
     flags.DEFINE_string(
         "config",
         None,
-        "JSON config file (e.g. a tuner's best_config.json); overrides --preset.",
+        "JSON config file (e.g. a tuner's best_config.json), applied over --preset: "
+        "the keys it leaves out keep the preset's values.",
         flag_values=flag_values,
     )
     for name, _, field, hint in config_fields.flag_fields(config_cls or config_lib.Config):
@@ -62,11 +63,10 @@ def _base_type(hint):
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS, config_cls=None) -> config_lib.Config:
-    """The preset (or --config file) with every given flag applied; validated."""
+    """The preset, the --config file over it, then every given flag; validated."""
+    base = presets.preset(flag_values.preset)
     if flag_values.config:
-        base = config_files.load_file(flag_values.config)
-    else:
-        base = presets.preset(flag_values.preset)
+        base = config_files.load_file(flag_values.config, base)
     changes: dict[str, dict] = {}
     for name, section, field, _ in config_fields.flag_fields(config_cls or type(base)):
         if flag_values[name].present:

@@ -67,17 +67,24 @@ def run_config_from_dict(data: dict, where: str = "config", config_cls=None) -> 
     return validate(from_dict(config_cls or Config, data, where=where))
 
 
-def from_dict(cls, data: dict, where: str = "config"):
+def from_dict(cls, data: dict, where: str = "config", base=None):
     """Builds dataclass `cls` from `data`; unknown or mistyped keys raise ConfigError.
 
-    Missing keys take the dataclass default, so a file may hold only overrides.
+    Missing keys take `base`'s values (an instance of `cls`, section by
+    section), or without one the dataclass defaults, so a file may hold only
+    overrides.
     """
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(hints)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for key, value in data.items():
+        if base is not None and dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            kwargs[key] = from_dict(hints[key], value, f"{where}.{key}", getattr(base, key))
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 IMAGE_SIDE = 28  # Fashion-MNIST images are 28x28.
@@ -233,12 +240,13 @@ def _fields_predated(data: dict) -> dict:
     return {name: FIELDS_ADDED[name] for name in missing} if set(missing) <= set(FIELDS_ADDED) else {}
 
 
-def load_file(path: str | Path) -> Config:
+def load_file(path: str | Path, base: Config | None = None) -> Config:
     """Reads a config file to start a run from.
 
-    Fields the file leaves out take today's defaults, except in a whole
-    config saved before fields were added: those take the value runs used
-    before the field existed, so the file means what it meant when saved.
+    Fields the file leaves out take `base`'s values (a preset; without one
+    today's defaults, the `default` preset), except in a whole config saved
+    before fields were added: those take the value runs used before the field
+    existed, so the file means what it meant when saved.
     """
     data = _read(Path(path))
     predated = _fields_predated(data)
@@ -251,7 +259,7 @@ def load_file(path: str | Path) -> Config:
             ", ".join(f"{name}={value!r}" for name, value in predated.items()),
         )
         return run_config_from_dict(data, where=str(path))
-    return validate(from_dict(Config, data, where=str(path)))
+    return validate(from_dict(Config, data, where=str(path), base=base))
 
 
 def load_run_config(path: str | Path, config_cls=None) -> Config:

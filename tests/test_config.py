@@ -20,6 +20,27 @@ def test_presets_round_trip(name, tmp_path):
     assert config_files.load_file(tmp_path / "config.json") == config
 
 
+def test_a_partial_file_applies_over_the_preset_and_the_flags_over_both(tmp_path):
+    from absl import flags
+
+    from launch import common
+
+    (tmp_path / "c.json").write_text(json.dumps({"augment": {"cutmix_probability": 0.5}, "train": {"epochs": 3}}))
+    over_smoke = config_files.load_file(tmp_path / "c.json", presets.preset("smoke"))
+    smoke = presets.preset("smoke")
+    assert over_smoke == smoke.replace(
+        augment=dataclasses.replace(smoke.augment, cutmix_probability=0.5),
+        train=dataclasses.replace(smoke.train, epochs=3),
+    )
+    values = flags.FlagValues()
+    common.define_config_flags(values)
+    values(["prog", "--preset=smoke", f"--config={tmp_path / 'c.json'}", "--epochs=4"])
+    assert common.config_from_flags(values) == over_smoke.replace(train=dataclasses.replace(over_smoke.train, epochs=4))
+    # A whole config is the same over any preset.
+    config_files.save(presets.preset("best"), tmp_path / "whole.json")
+    assert config_files.load_file(tmp_path / "whole.json", presets.preset("smoke")) == presets.preset("best")
+
+
 def test_partial_file_keeps_defaults(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"model": {"filters": [16, 32]}, "train": {"epochs": 3}}))
     config = config_files.load_file(tmp_path / "c.json")
