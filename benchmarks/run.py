@@ -98,6 +98,11 @@ def main(argv):
     seed_runs = _read_seed_runs(FLAGS.seed_runs)
     ensemble_groups = _read_ensemble_groups(FLAGS.ensemble_runs)
     candidates = _read_candidate_runs(FLAGS.candidate_runs)
+    runs = {name: workdirs[-1] for name, workdirs in _named_groups("runs", FLAGS.runs).items()}
+    _check_finished("runs", list(runs.values()))
+    _check_finished("view_runs", FLAGS.view_runs)
+    if FLAGS.export:
+        _check_finished("export", [str(Path(FLAGS.export).resolve().parents[1])])
     if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
         common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
 
@@ -125,10 +130,9 @@ def main(argv):
         title = "Where the default model's training step spends its time, per precision (TensorFlow's profiler)"
         _save("step_profile", title, profile)
         _save("auto_precision", "What --precision=auto picks on each kind of CPU, against the faster precision", auto)
-    if FLAGS.runs:
+    if runs:
         from benchmarks.time_to_accuracy import time_to_accuracy
 
-        runs = dict(item.split("=", 1) for item in FLAGS.runs)
         _save("time_to_accuracy", "Time to validation accuracy", time_to_accuracy(runs))
     if seed_runs:
         group = list(dict.fromkeys(row["recipe"] for row in seed_runs[0]))
@@ -217,6 +221,18 @@ def _named_groups(flag: str, items: list[str]) -> dict[str, list[str]]:
             fail(f"--{flag}={item}: expected NAME=WORKDIR, e.g. --{flag}=default=runs/d0,default=runs/d1")
         groups.setdefault(name, []).append(workdir)
     return groups
+
+
+def _check_finished(flag: str, workdirs: list[str]) -> None:
+    """Fails in one line, before anything is measured, when a workdir holds no finished run."""
+    from benchmarks import seeds
+    from launch.common import fail
+
+    for workdir in workdirs:
+        try:
+            seeds.read_run(workdir)
+        except ValueError as error:
+            fail(f"--{flag}: {error}")
 
 
 def _read_seed_runs(items: list[str]) -> tuple[list[dict], list[dict]] | None:

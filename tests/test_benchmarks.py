@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import tensorflow as tf
-from conftest import run
+from conftest import assert_benchmark_flag_fails, run
 
 from pipeline import config as config_lib
 from pipeline import config_files, presets
@@ -357,3 +357,10 @@ def test_the_figure_draws_each_recipes_newest_seeds_per_machine_and_the_record_l
     assert "![Each seed of each recipe" in record.render(saved, {}, "recipes.png")
     nothing = record.newest_recipe_runs({"sections": {}})
     assert figures.draw_recipes(nothing, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["runs=x=", "view_runs=", "export="])
+def test_a_finished_run_flag_naming_no_run_fails_in_one_line_before_measuring(tmp_path, flag):
+    missing = tmp_path / "missing"
+    named = f"--{flag}{missing / 'export' / '1' if flag == 'export=' else missing}"
+    assert_benchmark_flag_fails(tmp_path, named, f"--{flag.split('=')[0]}: {missing} holds no finished run")
