@@ -14,7 +14,6 @@ Writes benchmarks/results.json and BENCHMARKS.md (see benchmarks/record.py).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -103,8 +102,7 @@ def main(argv):
     _check_finished("view_runs", FLAGS.view_runs)
     if FLAGS.export:
         _check_finished("export", [str(Path(FLAGS.export).resolve().parents[1])])
-    if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
-        common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
+    _check_recipe_flags()
 
     from benchmarks import throughput
     from pipeline.data import sources as data_lib
@@ -159,7 +157,9 @@ def main(argv):
         rows = record.merge_rows(_recorded("ensembles"), rows, "runs")
         _save("ensembles", "Finished runs averaged on validation, and the errors they share", rows)
     if FLAGS.export:
-        _save("serving", "Serving", _serving(FLAGS.export, test.images))
+        from benchmarks.serving import export_against_keras
+
+        _save("serving", "Serving", export_against_keras(FLAGS.export, test.images, FLAGS.quick))
     if FLAGS.scaling:
         from benchmarks import scaling
         from pipeline import config_files
@@ -223,6 +223,21 @@ def _named_groups(flag: str, items: list[str]) -> dict[str, list[str]]:
     return groups
 
 
+def _check_recipe_flags() -> None:
+    """Fails in one line, before anything is measured, on a seed or recipe name no run could use."""
+    from pipeline import presets
+
+    if not all(seed.lstrip("-").isdigit() for seed in FLAGS.recipe_seeds) or not FLAGS.recipe_seeds:
+        common.fail(f"--recipe_seeds={','.join(FLAGS.recipe_seeds)}: expected whole numbers, e.g. 0,1,2")
+    for flag, names, known in (
+        ("recipe_presets", FLAGS.recipe_presets, {"reference", *presets.PRESETS}),
+        ("placement_presets", FLAGS.placement_presets, set(presets.PRESETS)),
+    ):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            common.fail(f"--{flag}: unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+
+
 def _check_finished(flag: str, workdirs: list[str]) -> None:
     """Fails in one line, before anything is measured, when a workdir holds no finished run."""
     from benchmarks import seeds
@@ -270,24 +285,6 @@ def _read_candidate_runs(workdirs: list[str]) -> list[dict] | None:
         return candidates.from_workdirs(workdirs) if workdirs else None
     except ValueError as error:
         fail(f"--candidate_runs: {error}")
-
-
-def _serving(export: str, images) -> list[dict]:
-    from benchmarks.serving import serving_speed
-    from pipeline import config_files
-    from pipeline.runs.final_model import load_final_model
-    from pipeline.serving.export import export_run
-
-    workdir = Path(export).resolve().parents[1]
-    config = config_files.load_run_config(workdir / "config.json")
-    model = load_final_model(workdir, config)
-    views = config.model.test_time_augmentation
-    exports = {f"SavedModel serving_default ({views})": export}
-    with tempfile.TemporaryDirectory() as scratch:
-        if views != "none":
-            # The same weights without test-time views: what the views cost.
-            exports["SavedModel serving_default (none)"] = export_run(workdir, scratch, test_time_augmentation="none")
-        return serving_speed(exports, model, images, FLAGS.quick)
 
 
 if __name__ == "__main__":

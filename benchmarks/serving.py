@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -44,3 +46,21 @@ def serving_speed(exports: dict, keras_model, images: np.ndarray, quick: bool) -
             }
         )
     return rows
+
+
+def export_against_keras(export: str, images: np.ndarray, quick: bool) -> list[dict]:
+    """`serving_speed` of a run's export, the same weights exported without test-time views, and Keras."""
+    from pipeline import config_files
+    from pipeline.runs.final_model import load_final_model
+    from pipeline.serving.export import export_run
+
+    workdir = Path(export).resolve().parents[1]
+    config = config_files.load_run_config(workdir / "config.json")
+    model = load_final_model(workdir, config)
+    views = config.model.test_time_augmentation
+    exports = {f"SavedModel serving_default ({views})": export}
+    with tempfile.TemporaryDirectory() as scratch:
+        if views != "none":
+            # The same weights without test-time views: what the views cost.
+            exports["SavedModel serving_default (none)"] = export_run(workdir, scratch, test_time_augmentation="none")
+        return serving_speed(exports, model, images, quick)

@@ -364,3 +364,14 @@ def test_a_finished_run_flag_naming_no_run_fails_in_one_line_before_measuring(tm
     missing = tmp_path / "missing"
     named = f"--{flag}{missing / 'export' / '1' if flag == 'export=' else missing}"
     assert_benchmark_flag_fails(tmp_path, named, f"--{flag.split('=')[0]}: {missing} holds no finished run")
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--recipe_presets=reference,bogus", "--recipe_presets: unknown recipe(s) bogus; choose from best, default"),
+        ("--placement_presets=reference", "--placement_presets: unknown recipe(s) reference; choose from best"),
+    ],
+)
+def test_an_unknown_recipe_fails_in_one_line_before_anything_trains(tmp_path, flag, message):
+    assert_benchmark_flag_fails(tmp_path, flag, message)
