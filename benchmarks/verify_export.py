@@ -67,9 +67,23 @@ def tflite_accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> float
     return correct / len(labels)
 
 
+def check_inputs(export: Path, data_dir: Path) -> str | None:
+    """Why the export or the data directory cannot be checked, or None."""
+    if not (export / "saved_model.pb").is_file():
+        return f"{export} holds no saved_model.pb; give an export's version directory, e.g. runs/default/export/1"
+    if not (export / "assets.extra" / "metrics.json").is_file():
+        return f"{export} holds no assets.extra/metrics.json; give an export fmnist-train or fmnist-export wrote"
+    if not any((data_dir / f"t10k-{kind}").is_file() for kind in ("images-idx3-ubyte.gz", "images-idx3-ubyte")):
+        return f"{data_dir} holds no t10k-images-idx3-ubyte(.gz); give the directory of the Fashion-MNIST IDX files"
+    return None
+
+
 def main(export: str, data_dir: str) -> None:
     assert not any(name.split(".")[0] in ("pipeline", "tuning", "launch") for name in sys.modules)
     export, data_dir = Path(export), Path(data_dir)
+    problem = check_inputs(export, data_dir)
+    if problem:
+        sys.exit(f"error: {problem}")
     suffix = ".gz" if (data_dir / "t10k-images-idx3-ubyte.gz").exists() else ""
     images = read_idx(data_dir / f"t10k-images-idx3-ubyte{suffix}")
     labels = read_idx(data_dir / f"t10k-labels-idx1-ubyte{suffix}").astype(np.int64)
@@ -97,4 +111,7 @@ def main(export: str, data_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        print("usage: python benchmarks/verify_export.py EXPORT_VERSION_DIR DATA_DIR", file=sys.stderr)
+        sys.exit(2)
     main(*sys.argv[1:])

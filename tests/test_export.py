@@ -180,3 +180,19 @@ def test_an_export_base_that_cannot_hold_versions_is_refused_before_training(tin
     with pytest.raises(export_lib.ExportError, match="give --export_base a directory"):
         train_and_evaluate(config, workdir, tf.distribute.get_strategy(), progress=False, export_base=a_file)
     assert not any(workdir.iterdir()), "refused before anything was written"
+
+
+def test_verify_export_names_a_directory_it_cannot_check_in_one_line(trained, tiny_data_dir, tmp_path):
+    from conftest import REPO
+
+    workdir, _ = trained
+    script = [sys.executable, str(REPO / "benchmarks" / "verify_export.py")]
+    assert run(script, timeout=120).returncode == 2
+    for export, data, problem in (
+        (workdir, tiny_data_dir, "holds no saved_model.pb; give an export's version directory"),
+        (workdir / "export" / "1", tmp_path, "holds no t10k-images-idx3-ubyte(.gz)"),
+    ):
+        done = run([*script, str(export), str(data)], timeout=120)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 1 and last.startswith("error: ") and problem in last, done.stderr[-1000:]
+        assert "Traceback" not in done.stderr
