@@ -49,6 +49,9 @@ def test_report_of_unfinished_run_is_refused(tmp_path):
     assert missing.returncode != 0 and missing.stderr.strip().splitlines()[-1].endswith(
         f"{tmp_path / 'typo'} does not exist: give the --workdir a finished fmnist-train run wrote"
     )
+    (tmp_path / "a_file").write_text("")
+    a_file = run([sys.executable, "-m", "launch.report", f"--workdir={tmp_path / 'a_file'}"], timeout=120)
+    assert f"{tmp_path / 'a_file'} is a file, not a run directory: give" in a_file.stderr.strip().splitlines()[-1]
 
 
 def test_confusion_matrix_and_per_class_rows():

@@ -100,7 +100,8 @@ def require_finished(workdir: Path, fix: str) -> None:
         "finish the run with fmnist-train first".
     """
     if not workdir.is_dir():
-        raise WorkdirError(f"{workdir} does not exist: give the --workdir a finished fmnist-train run wrote")
+        what = "is a file, not a run directory" if workdir.exists() else "does not exist"
+        raise WorkdirError(f"{workdir} {what}: give the --workdir a finished fmnist-train run wrote")
     if not (workdir / "metrics.json").exists():
         raise WorkdirError(f"{workdir} has no metrics.json: {fix}")
 
