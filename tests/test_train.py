@@ -119,6 +119,9 @@ def test_unwritable_workdir_and_missing_data(tiny_data_dir, tmp_path):
         timeout=120,
     )
     assert done.returncode != 0 and "not writable" in done.stderr and "Traceback" not in done.stderr
+    done = run(smoke_train_command(blocker, tiny_data_dir), timeout=120)
+    expected = f"error: workdir {blocker} is a file, not a directory; choose another --workdir"
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == expected
     done = run(smoke_train_command(tmp_path / "w", tmp_path / "no_data"), timeout=120)
     assert done.returncode != 0 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 

@@ -120,6 +120,8 @@ def check_directory_can_be_written(path: Path) -> str | None:
 
 def ensure_writable(workdir: Path) -> None:
     """Creates the workdir if needed and fails early when it cannot be written."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write_probe"
