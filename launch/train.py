@@ -22,7 +22,7 @@ flags.DEFINE_enum(
     "strategy",
     "auto",
     ["auto", "default", "mirrored", "multi_worker"],
-    "auto: mirror over local GPUs when there are 2+, else one device.",
+    "auto: mirror over local GPUs when there are 2+ (or over --logical_cpus), else one device.",
 )
 flags.DEFINE_list("devices", None, "Devices for --strategy=mirrored, e.g. /gpu:0,/gpu:1.")
 flags.DEFINE_integer(

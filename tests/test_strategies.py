@@ -33,3 +33,32 @@ def test_collectives_are_packed_ring_on_cpus_and_nccl_on_gpus():
     assert cpu.bytes_per_pack == gpu.bytes_per_pack == strategies.BYTES_PER_PACK > 0
     # No timeout: TensorFlow would keep a sleeping thread per collective for the whole timeout.
     assert cpu.timeout_seconds is None and gpu.timeout_seconds is None
+
+
+def test_auto_mirrors_over_logical_cpus_and_the_default_strategy_refuses_them(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    script = """
+import tensorflow as tf
+from pipeline.cluster import strategies
+strategies.use_logical_cpus(2)
+for kind, devices in (("default", None), ("default", ["/cpu:0"])):
+    try:
+        strategies.make_strategy(kind, devices)
+    except ValueError as e:
+        print("refused:", e)
+print("auto:", strategies.make_strategy("auto").num_replicas_in_sync)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("refused: the default strategy trains one replica on one device, not the 2 logical")
+    assert lines[1] == (
+        "refused: devices ['/cpu:0'] are for the mirrored strategy, not 'default'; add --strategy=mirrored"
+    )
+    assert lines[2:] == ["auto: 2"]

@@ -65,8 +65,9 @@ def make_strategy(kind: StrategyKind, devices: list[str] | None = None) -> tf.di
 
     Args:
       kind: `auto` is multi-worker when TF_CONFIG names several tasks, else
-        mirrors over local GPUs when there are two or more, else the default
-        strategy; `mirrored` uses `devices` (all local
+        mirrors over local GPUs when there are two or more (without GPUs,
+        over the CPU's logical devices when `use_logical_cpus` made two or
+        more), else the default strategy; `mirrored` uses `devices` (all local
         GPUs, or the CPU, when None); `multi_worker` reads the cluster from
         TF_CONFIG or Slurm.
       devices: device names for `mirrored`.
@@ -74,8 +75,18 @@ def make_strategy(kind: StrategyKind, devices: list[str] | None = None) -> tf.di
     # Physical, not logical, devices: listing logical ones initialises the
     # runtime, after which collective ops can no longer be configured.
     gpus = tf.config.list_physical_devices("GPU")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    logical_cpus = len(tf.config.get_logical_device_configuration(cpu) or [])
     if kind == "auto":
-        kind = "multi_worker" if _in_cluster() else "mirrored" if len(gpus) >= 2 else "default"
+        several = len(gpus) >= 2 or (not gpus and logical_cpus >= 2)
+        kind = "multi_worker" if _in_cluster() else "mirrored" if several else "default"
+    if devices and kind != "mirrored":
+        raise ValueError(f"devices {devices} are for the mirrored strategy, not {kind!r}; add --strategy=mirrored")
+    if kind == "default" and logical_cpus >= 2:
+        raise ValueError(
+            f"the default strategy trains one replica on one device, not the {logical_cpus} logical CPUs asked for; "
+            "use --strategy=mirrored (or auto), or drop --logical_cpus"
+        )
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
