@@ -19,7 +19,9 @@ from launch import common
 
 flags.DEFINE_string("workdir", None, "Search directory (created; reused to resume).", required=True)
 flags.DEFINE_enum("tuner", "hyperband", ["hyperband", "bayesian", "random"], "Search algorithm.")
-flags.DEFINE_integer("max_trials", 30, "Trials for bayesian and random search.", lower_bound=1)
+flags.DEFINE_integer(
+    "max_trials", 30, "Trials for bayesian and random search (Hyperband's follow from the next two).", lower_bound=1
+)
 flags.DEFINE_integer("max_epochs", 12, "Epochs of a full trial (Hyperband's largest bracket).", lower_bound=1)
 flags.DEFINE_integer("hyperband_factor", 3, "Hyperband reduction factor.", lower_bound=2)
 flags.DEFINE_float("time_budget", None, "Wall-clock seconds after which no trial or epoch starts.", lower_bound=1)
@@ -37,8 +39,15 @@ flags.adopt_module_key_flags(common)
 FLAGS = flags.FLAGS
 
 
+# Flags that only some search algorithms read: given to another, they would be ignored.
+TUNER_FLAGS = {"max_trials": ("bayesian", "random"), "hyperband_factor": ("hyperband",)}
+
+
 def main(argv: list[str]) -> None:
     common.reject_arguments(argv)
+    for name, tuners in TUNER_FLAGS.items():
+        if FLAGS[name].present and FLAGS.tuner not in tuners:
+            common.fail(f"--{name} is read by --tuner={' or '.join(tuners)}, not {FLAGS.tuner}; drop it", 2)
     common.start_tensorflow()
     from pipeline import config as config_lib
     from pipeline.cluster import strategies

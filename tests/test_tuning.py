@@ -340,3 +340,16 @@ def test_a_trial_the_budget_stops_before_its_first_epoch_ends_without_a_score(ti
     (trial,) = built[0].oracle.trials.values()
     # Failed, not a score of 0 that a Bayesian oracle would learn from.
     assert trial.status == "FAILED" and trial.score is None and "before the trial's first epoch" in trial.message
+
+
+def test_a_flag_the_chosen_search_algorithm_would_ignore_is_refused(tmp_path):
+    for tuner, flag, reader in (
+        ("hyperband", "--max_trials=5", "--tuner=bayesian or random"),
+        ("random", "--hyperband_factor=4", "--tuner=hyperband"),
+    ):
+        done = run(["fmnist-tune", f"--workdir={tmp_path / 'tune'}", f"--tuner={tuner}", flag], timeout=120)
+        name = flag.split("=")[0]
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+            f"error: {name} is read by {reader}, not {tuner}; drop it"
+        ], done.stderr[-1000:]
+    assert not (tmp_path / "tune").exists()
