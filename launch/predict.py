@@ -42,6 +42,8 @@ def _print_text(results: list[dict]) -> None:
 def main(argv: list[str]) -> None:
     if not argv[1:]:
         common.fail("no image files given: fmnist-predict --model=DIR IMAGE_OR_DIRECTORY...", 2)
+    if FLAGS.invert is not None and FLAGS.polarity is not None:
+        common.fail("give --polarity or --invert, not both (--invert is --polarity=invert)", 2)
     common.start_tensorflow()
     from pipeline.serving.predict import ModelNotFoundError, expand_directories, predict_files, resolve_model_dir
 

@@ -39,6 +39,8 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     common.reject_arguments(argv)
+    if FLAGS.export_base is not None and not FLAGS.export:
+        common.fail("--export_base says where to export, and --noexport not to; give one of them", 2)
     from pipeline import config as config_lib
     from pipeline.cluster import environment
 

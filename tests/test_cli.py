@@ -183,3 +183,17 @@ def test_impossible_validation_size_names_the_flag_and_the_largest_size(tiny_dat
     error = done.stderr.strip().splitlines()[-1]
     assert "--validation_size" in error and "from 0 to 639" in error, error
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["fmnist-train", "--workdir=W", "--noexport", "--export_base=E"], "--export_base says where to export"),
+        (["fmnist-predict", "--model=M", "--invert", "--polarity=auto", "x.png"], "give --polarity or --invert"),
+    ],
+)
+def test_flags_that_contradict_each_other_are_refused_in_one_line(tmp_path, command, message):
+    command = [_command(command[0]), *(arg.replace("=W", f"={tmp_path / 'w'}") for arg in command[1:])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+    assert not (tmp_path / "w").exists()
