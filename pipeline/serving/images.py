@@ -35,13 +35,14 @@ def _luminance_over_white(image: tf.Tensor) -> tf.Tensor:
 
 
 def decode_to_grayscale_28(encoded: tf.Tensor, polarity: str = "auto") -> tf.Tensor:
-    """PNG/JPEG/GIF/BMP bytes of any size and colour to uint8 [28, 28], a light object on a dark ground.
+    """PNG/JPEG/GIF/BMP/WebP bytes of any size and colour to uint8 [28, 28], a light object on a dark ground.
 
-    Colour becomes luminance; transparent pixels (PNG, GIF, WebP alpha) are
-    laid over white (`TRANSPARENT_AS`); an image on a light ground is
-    inverted as `polarity` says; the image is padded to a square with its mean border
-    value (so the object is not stretched), then area-resized, the way
-    Fashion-MNIST's own images were made from product photos.
+    Colour becomes luminance; transparent pixels (a PNG's or WebP's alpha;
+    TensorFlow decodes a GIF without its transparency) are laid over white
+    (`TRANSPARENT_AS`); an image on a light ground is inverted as `polarity`
+    says; the image is padded to a square with its mean border value (so the
+    object is not stretched), then area-resized, the way Fashion-MNIST's own
+    images were made from product photos.
     """
     if polarity not in POLARITIES:
         raise ValueError(f"polarity {polarity!r}: choose one of {', '.join(POLARITIES)}")
