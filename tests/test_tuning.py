@@ -353,3 +353,26 @@ def test_a_flag_the_chosen_search_algorithm_would_ignore_is_refused(tmp_path):
             f"error: {name} is read by {reader}, not {tuner}; drop it"
         ], done.stderr[-1000:]
     assert not (tmp_path / "tune").exists()
+
+
+def test_a_search_and_a_training_run_never_share_a_directory(tiny_data_dir, tmp_path):
+    import tensorflow as tf
+
+    from pipeline.runs import workdir as workdir_lib
+    from pipeline.training.driver import train_and_evaluate
+    from tuning.search import run_search
+    from tuning.tuner import TuneConfig
+
+    base = presets.preset("smoke").replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
+    run_dir, search_dir = tmp_path / "run", tmp_path / "search"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    search_dir.mkdir()
+    (search_dir / "search_config.json").write_text("{}")
+    strategy = tf.distribute.get_strategy()
+    with pytest.raises(workdir_lib.WorkdirError, match=f"{run_dir} holds a training run .config.json., not a search"):
+        run_search(run_dir, base, TuneConfig(tuner="random", max_trials=1, max_epochs=1), strategy)
+    with pytest.raises(workdir_lib.WorkdirError, match="holds a search .search_config.json., not a training run"):
+        train_and_evaluate(base, search_dir, strategy, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in search_dir.iterdir()) == ["search_config.json"]

@@ -48,7 +48,7 @@ def _trial_identity(base: config_lib.Config, tune: TuneConfig) -> dict:
 
 
 def _check_same_search(directory: Path, base: config_lib.Config, tune: TuneConfig) -> None:
-    path = directory / "search_config.json"
+    path = directory / workdir_lib.KIND_FILES["search"]
     if path.exists():
         recorded = workdir_lib.read_json(path)
         previous = config_files.run_config_from_dict(recorded["base"], where=str(path))
@@ -105,6 +105,7 @@ def run_search(
     directory = Path(directory)
     chief = is_tuning_chief()
     if chief:
+        workdir_lib.check_kind(directory, "search", "fmnist-tune")
         workdir_lib.ensure_writable(directory)
     with WorkdirLock(directory) if chief else contextlib.nullcontext():
         if chief:

@@ -118,6 +118,19 @@ def check_directory_can_be_written(path: Path) -> str | None:
     return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
 
 
+# The file that marks each kind of directory: a training run's, and a search's (`tuning.search`).
+KIND_FILES = {"training run": "config.json", "search": "search_config.json"}
+
+
+def check_kind(workdir: Path, kind: str, command: str) -> None:
+    """Raises WorkdirError when `workdir` holds a directory of another kind than `kind` (a `KIND_FILES` key)."""
+    for other, marker in KIND_FILES.items():
+        if other != kind and (workdir / marker).exists():
+            raise WorkdirError(
+                f"{workdir} holds a {other} ({marker}), not a {kind}; give {command} a --workdir of its own"
+            )
+
+
 def ensure_writable(workdir: Path) -> None:
     """Creates the workdir if needed and fails early when it cannot be written."""
     if workdir.exists() and not workdir.is_dir():

@@ -204,6 +204,7 @@ def train_and_evaluate(
     config, workdir = config_files.validate(config), Path(workdir)
     chief, previous = strategies.is_chief(strategy), None
     if chief:
+        workdir_lib.check_kind(workdir, "training run", "fmnist-train")
         workdir_lib.ensure_writable(workdir)
         if export:  # Before training, not after it.
             export_lib.check_export_base(Path(export_base) if export_base else workdir / "export")
