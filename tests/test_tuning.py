@@ -120,6 +120,11 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
     assert train.returncode == 0, train.stderr[-3000:]
     best = config_files.load_file(tune / "best_config.json")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == config_files.to_dict(best.model)
+    # More trials extend the search: the two finished ones are kept, not redone.
+    more = run(_tune(tune, tiny_data_dir, "--max_trials=3"), timeout=600)
+    assert more.returncode == 0, more.stderr[-3000:]
+    again = list(csv.DictReader((tune / "trials.csv").open()))
+    assert len(again) == 3 and again[:2] == rows and more.stderr.count(" completed: val accuracy") == 1
 
 
 @pytest.mark.slow

@@ -32,8 +32,10 @@ def _trial_identity(base: config_lib.Config, tune: TuneConfig) -> dict:
     Left out, so a rerun may change them: `train.epochs` and
     `model.test_time_augmentation` shape only the retrained run (trials take
     their epochs from the tuner and validate single-view), and the time
-    budget may be raised to extend a search. Fields that change nothing in a
-    run are compared as `config.as_compared` leaves them.
+    budget and the number of trials may be raised to extend a search
+    (KerasTuner keeps neither in the oracle's state, so the rerun's values
+    hold). Fields that change nothing in a run are compared as
+    `config.as_compared` leaves them.
     """
     neutral = config_lib.Config()
     base = config_lib.as_compared(base)
@@ -43,7 +45,9 @@ def _trial_identity(base: config_lib.Config, tune: TuneConfig) -> dict:
     )
     return {
         "base": config_files.to_dict(base),
-        "tune": config_files.to_dict(dataclasses.replace(tune, time_budget_seconds=None)),
+        "tune": config_files.to_dict(
+            dataclasses.replace(tune, time_budget_seconds=None, max_trials=TuneConfig().max_trials)
+        ),
     }
 
 
