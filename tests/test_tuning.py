@@ -383,3 +383,20 @@ def test_a_search_and_a_training_run_never_share_a_directory(tiny_data_dir, tmp_
         train_and_evaluate(base, search_dir, strategy, progress=False)
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
     assert sorted(p.name for p in search_dir.iterdir()) == ["search_config.json"]
+
+
+def test_a_search_given_where_a_run_or_an_export_is_wanted_names_its_retrained_best(tmp_path):
+    from pipeline.runs import workdir as workdir_lib
+    from pipeline.serving import predict
+
+    (tmp_path / "search_config.json").write_text("{}")
+    with pytest.raises(
+        workdir_lib.WorkdirError,
+        match=f"holds a search, not a training run: its retrained best is {tmp_path / 'best_run'}",
+    ):
+        workdir_lib.require_finished(tmp_path, "finish it")
+    (tmp_path / "best_run" / "export" / "1").mkdir(parents=True)
+    with pytest.raises(
+        predict.ModelNotFoundError, match=f"retrained best is exported in {tmp_path / 'best_run' / 'export'}$"
+    ):
+        predict.resolve_model_dir(tmp_path)

@@ -91,6 +91,10 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+# The file that marks each kind of directory: a training run's, and a search's (`tuning.search`).
+KIND_FILES = {"training run": "config.json", "search": "search_config.json"}
+
+
 def require_finished(workdir: Path, fix: str) -> None:
     """Raises WorkdirError naming what is missing unless `workdir` holds a finished run's metrics.json.
 
@@ -102,6 +106,11 @@ def require_finished(workdir: Path, fix: str) -> None:
     if not workdir.is_dir():
         what = "is a file, not a run directory" if workdir.exists() else "does not exist"
         raise WorkdirError(f"{workdir} {what}: give the --workdir a finished fmnist-train run wrote")
+    if (workdir / KIND_FILES["search"]).exists() and not (workdir / "metrics.json").exists():
+        raise WorkdirError(
+            f"{workdir} holds a search, not a training run: its retrained best is {workdir / 'best_run'} "
+            "(fmnist-tune --retrain_best)"
+        )
     if not (workdir / "metrics.json").exists():
         raise WorkdirError(f"{workdir} has no metrics.json: {fix}")
 
@@ -116,10 +125,6 @@ def check_directory_can_be_written(path: Path) -> str | None:
     if parent is None or not parent.is_dir():
         return f"{parent} is a file, not a directory"
     return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
-
-
-# The file that marks each kind of directory: a training run's, and a search's (`tuning.search`).
-KIND_FILES = {"training run": "config.json", "search": "search_config.json"}
 
 
 def check_kind(workdir: Path, kind: str, command: str) -> None:

@@ -59,7 +59,11 @@ def resolve_model_dir(path: str | Path) -> Path:
     numbered = [p for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
     if not numbered:
         # A training run's workdir holds its exports under export/.
-        hint = f"; the export of this run is {path / 'export'}" if (path / "export").is_dir() else ""
+        hint = ""
+        if (path / "export").is_dir():
+            hint = f"; the export of this run is {path / 'export'}"
+        elif (path / "best_run" / "export").is_dir():
+            hint = f"; this search's retrained best is exported in {path / 'best_run' / 'export'}"
         raise ModelNotFoundError(
             f"{path} is neither a SavedModel version directory nor a base of numeric versions{hint}"
         )
