@@ -400,3 +400,18 @@ def test_a_search_given_where_a_run_or_an_export_is_wanted_names_its_retrained_b
         predict.ModelNotFoundError, match=f"retrained best is exported in {tmp_path / 'best_run' / 'export'}$"
     ):
         predict.resolve_model_dir(tmp_path)
+
+
+def test_a_retrained_run_of_an_earlier_best_is_kept_aside_and_one_of_the_best_resumes(tmp_path):
+    from tuning.search import set_aside_if_retrained_for_another
+
+    smoke = presets.preset("smoke")
+    earlier = smoke.replace(model=dataclasses.replace(smoke.model, filters=(16, 128)))
+    run_dir = tmp_path / "best_run"
+    run_dir.mkdir()
+    config_files.save(earlier, run_dir / "config.json")
+    assert set_aside_if_retrained_for_another(run_dir, earlier) is None and run_dir.exists()
+    kept = set_aside_if_retrained_for_another(run_dir, smoke)
+    assert kept == tmp_path / "best_run.earlier-1" and not run_dir.exists()
+    assert config_files.load_run_config(kept / "config.json") == config_files.validate(earlier)
+    assert set_aside_if_retrained_for_another(run_dir, smoke) is None

@@ -75,6 +75,28 @@ def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneCon
     return best
 
 
+def set_aside_if_retrained_for_another(run_dir: Path, best: config_lib.Config) -> Path | None:
+    """Moves `run_dir` aside when it retrained another config than `best`; returns where it went.
+
+    A search extended after a retrain (more trials, a longer budget) can find
+    a new best. The earlier retrained run is kept beside it, never deleted,
+    and the new best retrains in `run_dir`; a run of `best` itself stays and resumes.
+    """
+    if not (run_dir / "config.json").exists():
+        return None
+    try:
+        workdir_lib.check_resume_compatible(run_dir, best)
+        return None
+    except workdir_lib.WorkdirError:
+        pass
+    number = 1
+    while (kept := run_dir.with_name(f"{run_dir.name}.earlier-{number}")).exists():
+        number += 1
+    run_dir.rename(kept)
+    log.info("the best config changed since %s was retrained: that run is kept in %s", run_dir, kept)
+    return kept
+
+
 def check_base(base: config_lib.Config) -> None:
     """Raises ConfigError when `base` cannot be searched: trials are scored on validation images.
 
@@ -138,6 +160,7 @@ def run_search(
             json.dumps(config_files.to_dict(best.model)),
         )
         if retrain_best:
+            set_aside_if_retrained_for_another(directory / "best_run", best)
             summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy, stop=stop)
         workdir_lib.write_json(directory / "summary.json", summary)
         return summary
