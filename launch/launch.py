@@ -29,26 +29,27 @@ flags.DEFINE_list(
 )
 FLAGS = flags.FLAGS
 
-# The project's commands by module (`python -m launch.train`) and what each
-# is launched with; a command of another name (a wrapper script) is passed on.
-_OUR_COMMANDS = {
-    "launch.train": "fmnist-train",
-    "launch.tune": "fmnist-tune",
-    "launch.predict": "fmnist-predict",
-    "launch.export": "fmnist-export",
-    "launch.report": "fmnist-report",
-    "launch.launch": "fmnist-launch",
-}
+# What each of our multi-process commands is launched with; another command
+# of ours runs as one process, and a command not ours (a wrapper) is passed on.
 _LAUNCHED_WITH = {"fmnist-train": "num_workers", "fmnist-tune": "tuner_workers"}
+
+
+def _our_commands() -> dict[str, str]:
+    """{module: console script} of this project, as setup.py installs them (`launch.train`: `fmnist-train`)."""
+    from importlib.metadata import entry_points
+
+    scripts = entry_points(group="console_scripts")
+    return {script.module: script.name for script in scripts if script.dist and script.dist.name == "fmnist-pipeline"}
 
 
 def _our_command(command: list[str]) -> str | None:
     """The fmnist-* command `command` runs, when it is one of ours."""
+    ours = _our_commands()
     name = Path(command[0]).name
-    if name in _OUR_COMMANDS.values():
+    if name in ours.values():
         return name
     if "-m" in command[:-1]:
-        return _OUR_COMMANDS.get(command[command.index("-m") + 1])
+        return ours.get(command[command.index("-m") + 1])
     return None
 
 
