@@ -123,3 +123,45 @@ print(json.dumps({{"max": max(differences)}}))
     difference = json.loads(done.stdout.strip().splitlines()[-1])["max"]
     # Float32 gradients rounded to bfloat16 (8 bits of mantissa): the weights move a little differently.
     assert 0 < difference < 1e-2, difference
+
+
+def test_a_resume_on_other_replicas_continues_and_says_it_is_not_exact():
+    from pipeline.training import loop
+
+    one = tf.distribute.get_strategy()
+    epoch = {"epoch": 3, "workers": 2, "replicas": 4}
+    note = loop.topology_change([epoch], one, epoch_step=0)
+    assert "epoch 3 trained on 2 worker(s), 4 replica(s) in all; this resume trains on 1 worker(s), 1 replica(s)" in note
+    assert "not exactly" in note and "rest of epoch" not in note
+    assert "the rest of epoch 4 is drawn from the new shards" in loop.topology_change([epoch], one, epoch_step=5)
+    assert loop.topology_change([epoch | {"workers": 1, "replicas": 1}], one, epoch_step=5) is None
+    # Nothing trained yet, or epochs recorded before they said where they trained: nothing to compare.
+    assert loop.topology_change([], one, epoch_step=5) is None
+    assert loop.topology_change([{"epoch": 3}], one, epoch_step=0) is None
+
+
+def test_a_run_resumed_on_two_replicas_records_where_each_epoch_trained(tiny_data_dir, tmp_path):
+    script = f"""
+import dataclasses, json, logging
+from pipeline.cluster import strategies
+strategies.use_logical_cpus(2)
+import tensorflow as tf
+from pipeline import config as C, presets
+from pipeline.training.driver import train_and_evaluate
+logging.basicConfig(level=logging.INFO)
+base = presets.preset("smoke")
+config = base.replace(data=C.DataConfig(data_dir={str(tiny_data_dir)!r}, validation_size=64))
+quiet = dict(progress=False, make_report=False, export=False)
+train_and_evaluate(config, {str(tmp_path)!r}, tf.distribute.get_strategy(), **quiet)
+longer = config.replace(train=dataclasses.replace(config.train, epochs=2))
+metrics = train_and_evaluate(longer, {str(tmp_path)!r}, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), **quiet)
+print(json.dumps(metrics["replicas"]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == 2
+    assert "epoch 1 trained on 1 worker(s), 1 replica(s) in all; this resume trains on 1 worker(s), 2" in done.stderr
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [(e["epoch"], e["workers"], e["replicas"]) for e in history] == [(1, 1, 1), (2, 1, 2)]

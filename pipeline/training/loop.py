@@ -68,6 +68,30 @@ def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, calls: int
     return steps.summarize(totals)
 
 
+def topology_change(history: list[dict], strategy, epoch_step: int) -> str | None:
+    """A note when a resume trains on other workers or replicas than the run's last completed epoch, else None.
+
+    The global batch and the schedule stay the same, so the recipe does; but
+    each replica's share of a batch, its batch-norm statistics and each
+    worker's shard of the images differ, so the run is close to an
+    uninterrupted one, not identical. A resume inside an epoch also draws the
+    rest of that epoch from the new shards' shuffles.
+    """
+    if not history or "replicas" not in history[-1]:
+        return None  # Nothing trained yet, or a history written before epochs recorded where they trained.
+    was = history[-1]["workers"], history[-1]["replicas"]
+    now = strategies.num_workers(strategy), strategy.num_replicas_in_sync
+    if was == now:
+        return None
+    rest = f"; the rest of epoch {history[-1]['epoch'] + 1} is drawn from the new shards" if epoch_step else ""
+    return (
+        f"epoch {history[-1]['epoch']} trained on {was[0]} worker(s), {was[1]} replica(s) in all; this resume "
+        f"trains on {now[0]} worker(s), {now[1]} replica(s): the same global batch and schedule, but other "
+        f"per-replica batches and batch-norm statistics, so the weights will be close to, not exactly, those of "
+        f"an uninterrupted run{rest}"
+    )
+
+
 def write_summaries(writers: dict, epoch: int, record: dict) -> None:
     """TensorBoard scalars for one epoch, of each split `writers` names."""
     for split, writer in writers.items():
@@ -224,6 +248,9 @@ def fit(
             "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
             "seconds": seconds,
             "elapsed_seconds": elapsed,
+            # Where the epoch trained: a resume may run on another number of workers or devices.
+            "workers": strategies.num_workers(strategy),
+            "replicas": strategy.num_replicas_in_sync,
         }
         log.info(
             "epoch %d: train loss %.4f acc %.4f | %s | %.1fs",
