@@ -99,6 +99,16 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
         assert f"trial {row['trial_id']}: up to epoch 1; " in done.stderr
         assert f"trial {row['trial_id']} completed: val accuracy {float(row['val_accuracy']):.4f}" in done.stderr
     assert "Search: Running Trial" not in done.stdout and "retracing" not in done.stderr
+    # What the search runs, before it runs; and the winner by its searched values and what trains it.
+    header = "random search of filters,dropout around 'smoke': up to 2 trials (--max_trials) of 1 epoch each"
+    assert done.stderr.index(header) < done.stderr.index("trial 0: up to epoch 1")
+    top = max(float(row["val_accuracy"]) for row in rows)
+    assert any(
+        f"best trial {row['trial_id']}: val accuracy {top:.4f}; filters_0=" in done.stderr
+        for row in rows
+        if float(row["val_accuracy"]) == top
+    )
+    assert f"{tune / 'best_config.json'} trains it for 1 epoch" in done.stderr
     assert list((tune / "tensorboard").iterdir())
     train = subprocess.run(
         [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from pipeline.runs.lock import WorkdirLock
 from pipeline.training.driver import train_and_evaluate
 from pipeline.training.preemption import StopSignal
 from tuning import results
-from tuning.tuner import TuneConfig, build_tuner
+from tuning.tuner import TuneConfig, build_tuner, describe_search, describe_searched
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +136,8 @@ def run_search(
         if chief:
             _check_same_search(directory, base, tune)
         tuner = build_tuner(directory, base, tune, strategy, stop)
+        if chief:
+            log.info(describe_search(base, tune))
         tuner.search()
         if not chief:
             return {}
@@ -154,10 +155,12 @@ def run_search(
             "trials": len(tuner.oracle.trials),
         }
         log.info(
-            "best trial %s: val accuracy %.4f; config %s",
+            "best trial %s: val accuracy %.4f; %s; %s trains it for %d epochs",
             best_trial.trial_id,
             best_trial.score,
-            json.dumps(config_files.to_dict(best.model)),
+            describe_searched(best_trial.hyperparameters),
+            summary["best_config"],
+            best.train.epochs,
         )
         if retrain_best:
             set_aside_if_retrained_for_another(directory / "best_run", best)

@@ -152,8 +152,7 @@ class PipelineTuner(kt.Tuner):
         # and its checkpoints, to new hyperparameters.
         self.save()
         values = trial.hyperparameters.values
-        searched = _searched(trial.hyperparameters)
-        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
+        shown = describe_searched(trial.hyperparameters)
         epochs = self.trial_config(trial.hyperparameters).train.epochs
         after = f", continuing trial {values['tuner/trial_id']}" if values.get("tuner/trial_id") else ""
         log.info("trial %s: up to epoch %d%s; %s", trial.trial_id, epochs, after, shown)
@@ -221,10 +220,29 @@ class PipelineTuner(kt.Tuner):
             optimizer_lib.start_average_at(state.optimizer, state.model.trainable_variables)
 
 
-def _searched(hp: kt.HyperParameters) -> dict:
-    """A trial's searched values: neither those fixed at the base config nor Hyperband's own (`tuner/...`)."""
+def describe_searched(hp: kt.HyperParameters) -> str:
+    """A trial's searched values, `name=value` each: neither those fixed at the base config nor Hyperband's own."""
     fixed = {p.name for p in hp.space if isinstance(p, kt.engine.hyperparameters.Fixed)}
-    return {k: v for k, v in hp.values.items() if k not in fixed and not k.startswith("tuner/")}
+    searched = {k: v for k, v in hp.values.items() if k not in fixed and not k.startswith("tuner/")}
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
+
+
+def describe_search(base: config_lib.Config, tune: TuneConfig) -> str:
+    """One line saying what a search will run: the groups, the trials and their epochs, the budget."""
+
+    def epochs(n: int) -> str:
+        return f"{n} epoch{'s' * (n != 1)}"
+
+    if tune.tuner == "hyperband":
+        trials = f"Hyperband's brackets of trials, up to {epochs(tune.max_epochs)} each (--max_epochs)"
+    else:
+        trials = f"up to {tune.max_trials} trials (--max_trials) of {epochs(tune.max_epochs)} each (--max_epochs)"
+    budget = tune.time_budget_seconds
+    budget = f"; no trial or epoch starts after {budget:g} s in all (--time_budget)" if budget else ""
+    return (
+        f"{tune.tuner} search of {','.join(tune.search)} around {base.name!r}: {trials}, scored by validation "
+        f"accuracy{budget}; the best config is written with {epochs(base.train.epochs)} (--epochs)"
+    )
 
 
 def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy, stop=None) -> PipelineTuner:
