@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging as std_logging
 import os
 import re
@@ -179,11 +180,15 @@ def _thread_settings() -> tuple[int | None, int | None]:
     return settings[0], settings[1]
 
 
-def start_tensorflow() -> None:
+def start_tensorflow(training: bool = False) -> None:
     """Picks this process's GPUs, applies the thread settings, imports TensorFlow and probes its devices quietly.
 
     In a Slurm job step each task keeps only its share of the node's GPUs:
     TensorFlow reads CUDA_VISIBLE_DEVICES once, when it initialises its devices.
+
+    Args:
+      training: the command trains, so GPUs it was given (CUDA_VISIBLE_DEVICES)
+        that TensorFlow cannot see are an error, not hours on the CPU.
     """
     from pipeline.cluster import environment as cluster_env
 
@@ -204,6 +209,8 @@ def start_tensorflow() -> None:
         if inter:
             tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.list_physical_devices()
+    if training:
+        _check_given_gpus_are_seen(tf)
     if intra or inter:
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         std_logging.getLogger("launch").info(
@@ -212,6 +219,28 @@ def start_tensorflow() -> None:
             inter or "default",
             ",".join(str(c) for c in cores) or "any",
         )
+
+
+def _check_given_gpus_are_seen(tf) -> None:
+    """Fails when CUDA_VISIBLE_DEVICES (fmnist-launch, Slurm, the user) gives GPUs that TensorFlow cannot see.
+
+    The usual causes: a TensorFlow built without CUDA on a GPU machine, or a
+    driver or CUDA library it cannot load; either way training would run on
+    the CPU, many times slower, with nothing to say so.
+    """
+    given = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    # CUDA stops at the first invalid id: "-1" (or an empty value) hides every GPU.
+    ids = list(itertools.takewhile(lambda g: g.strip() not in ("", "-1"), given.split(",")))
+    if not ids or tf.config.list_physical_devices("GPU"):
+        return
+    if tf.test.is_built_with_cuda():
+        cause = "check the NVIDIA driver and CUDA libraries (nvidia-smi; --verbosity=1 shows TensorFlow's reason)"
+    else:
+        cause = f"TensorFlow {tf.__version__} here is built without CUDA: pip install 'tensorflow[and-cuda]'"
+    fail(
+        f"CUDA_VISIBLE_DEVICES={given} gives this process GPUs, but TensorFlow sees none; {cause}, "
+        "or set CUDA_VISIBLE_DEVICES= (empty) to train on CPUs"
+    )
 
 
 def _quiet_console() -> None:

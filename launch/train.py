@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
             environment.parse_tf_config(os.environ["TF_CONFIG"])
     except environment.ClusterError as e:
         common.fail(str(e))
-    common.start_tensorflow()
+    common.start_tensorflow(training=True)
     from pipeline.cluster import strategies
 
     if FLAGS.logical_cpus:

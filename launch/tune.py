@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
     for name, tuners in TUNER_FLAGS.items():
         if FLAGS[name].present and FLAGS.tuner not in tuners:
             common.fail(f"--{name} is read by --tuner={' or '.join(tuners)}, not {FLAGS.tuner}; drop it", 2)
-    common.start_tensorflow()
+    common.start_tensorflow(training=True)
     from pipeline import config as config_lib
     from pipeline.cluster import strategies
     from tuning import search_space

@@ -197,3 +197,26 @@ def test_flags_that_contradict_each_other_are_refused_in_one_line(tmp_path, comm
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["fmnist-train", "fmnist-tune"])
+def test_gpus_given_that_tensorflow_cannot_see_are_refused_not_trained_on_the_cpu(tiny_data_dir, tmp_path, command):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has GPUs: CUDA_VISIBLE_DEVICES=0 names a real one")
+    workdir = tmp_path / "w"
+    args = [_command(command), f"--workdir={workdir}", "--preset=smoke", f"--data_dir={tiny_data_dir}"]
+    done = run(args, timeout=300, env=dict(subprocess_env(), CUDA_VISIBLE_DEVICES="0"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: CUDA_VISIBLE_DEVICES=0 gives this process GPUs, but TensorFlow sees none; ")
+    ), done.stderr[-1000:]
+    assert "or set CUDA_VISIBLE_DEVICES= (empty) to train on CPUs" in done.stderr
+    assert not workdir.exists()
+    if command == "fmnist-train":
+        # Hidden GPUs ("-1": CUDA takes none from the first invalid id) train on the CPU as asked.
+        hidden = run([*args, "--noexport", "--noreport"], 300, dict(subprocess_env(), CUDA_VISIBLE_DEVICES="-1"))
+        assert hidden.returncode == 0, hidden.stderr[-2000:]

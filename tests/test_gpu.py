@@ -100,3 +100,11 @@ def test_sigterm_and_resume_on_gpus_end_with_the_uninterrupted_weights(real_data
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     assert _fingerprints(resumed.stderr) == _fingerprints(reference.stderr)
+
+
+def test_gpus_that_cuda_cannot_open_stop_training_instead_of_falling_back_to_the_cpu(real_data_dir, tmp_path):
+    # An id past the machine's GPUs: CUDA opens none, as with a driver it cannot load.
+    missing = dict(subprocess_env(), CUDA_VISIBLE_DEVICES=str(len(GPUS) + 7))
+    done = run(_train(tmp_path / "w", real_data_dir, "--preset=smoke"), timeout=300, env=missing)
+    assert done.returncode == 1 and "gives this process GPUs, but TensorFlow sees none" in done.stderr
+    assert not (tmp_path / "w").exists()
