@@ -107,9 +107,11 @@ def input_errors() -> tuple[type[Exception], ...]:
 # matplotlib) shows warnings and errors only, unless --verbosity >= 1.
 OWN_LOGGERS = ("pipeline", "tuning", "launch", "benchmarks")
 # TensorFlow's C++ start-up lines: its INFO lines, the banner before absl's
-# log initialisation, and the CUDA probe that fails on machines without GPUs.
+# log initialisation, the CUDA probe that fails on machines without GPUs, and
+# TFLite's line as its interpreter applies the XNNPACK delegate.
 _NATIVE_CHATTER = re.compile(
-    r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog|E\d{4} .*(cuInit|cuda_(platform|dnn|fft|blas)))"
+    r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog|E\d{4} .*(cuInit|cuda_(platform|dnn|fft|blas))"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
 
 
@@ -128,12 +130,12 @@ def _verbose() -> bool:
 
 
 @contextlib.contextmanager
-def _native_logs_filtered():
-    """Holds back TensorFlow's C++ start-up chatter written to file descriptor 2.
+def native_logs_filtered():
+    """Holds back TensorFlow's C++ chatter written to file descriptor 2 (start-up, TFLite's delegate).
 
     TensorFlow writes these lines from C++ before its logging is initialised,
     so TF_CPP_MIN_LOG_LEVEL does not reach them. Anything else written
-    meanwhile (warnings, errors) is passed on once start-up is over.
+    meanwhile (warnings, errors) is passed on once the block is over.
     """
     if _verbose():
         yield
@@ -201,7 +203,7 @@ def start_tensorflow(training: bool = False) -> None:
     intra, inter = _thread_settings()
     if intra:
         os.environ.setdefault("OMP_NUM_THREADS", str(intra))  # oneDNN's pool, read when TensorFlow loads.
-    with _native_logs_filtered():
+    with native_logs_filtered():
         import tensorflow as tf
 
         if intra:

@@ -4,6 +4,7 @@ fmnist-predict --model=runs/default/export photo.jpg shirt.png
 fmnist-predict --model=runs/default/export photos/
 curl -s https://example.com/shirt.jpg | fmnist-predict --model=runs/default/export -
 fmnist-predict --model=runs/default/export/3 --polarity=invert --json photo.jpg
+fmnist-predict --model=runs/default/export/3/tflite/model_dynamic_range.tflite photo.jpg
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from absl import flags
 from launch import common
 
 flags.DEFINE_string(
-    "model", None, "Model base directory (newest version used) or one version directory.", required=True
+    "model",
+    None,
+    "Model base directory (newest version used), one version directory, or a .tflite file of one.",
+    required=True,
 )
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1, upper_bound=10)
 flags.DEFINE_enum(
@@ -54,7 +58,8 @@ def main(argv: list[str]) -> None:
     polarity = FLAGS.polarity
     if FLAGS.invert is not None:
         polarity = "invert" if FLAGS.invert else "as_is"
-    results = predict_files(model_dir, expand_directories(argv[1:]), FLAGS.top_k, polarity)
+    with common.native_logs_filtered():  # The TFLite interpreter announces its delegate from C++.
+        results = predict_files(model_dir, expand_directories(argv[1:]), FLAGS.top_k, polarity)
     if FLAGS.json:
         print(json.dumps(results, indent=2))
     else:

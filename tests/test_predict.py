@@ -201,3 +201,34 @@ def test_predict_reads_an_image_from_standard_input_given_as_a_dash(trained, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     piped, from_file = json.loads(done.stdout)
     assert piped["file"] == "-" and piped["top"] == from_file["top"]
+
+
+def test_predict_runs_the_exports_tflite_models_as_it_runs_the_saved_model(trained, tiny_data_dir, tmp_path):
+    workdir, _ = trained
+    export = export_lib.export_run(workdir, tmp_path / "exports", tflite=True)
+    images = data_lib.load(DataConfig(data_dir=str(tiny_data_dir), validation_size=64)).test.images[:3]
+    files = []
+    for i, image in enumerate(images):
+        files.append(str(tmp_path / f"{i}.png"))
+        (tmp_path / f"{i}.png").write_bytes(_encode(image, "PNG"))
+    copied = tmp_path / "alone.tflite"  # Out of its export: no class names or polarity beside it.
+    copied.write_bytes((export / "tflite" / "model_float.tflite").read_bytes())
+    lite = export / "tflite"
+    models = [export, lite / "model_float.tflite", lite / "model_dynamic_range.tflite", copied]
+    outputs = []
+    for model in models:
+        done = run([sys.executable, "-m", "launch.predict", f"--model={model}", "--json", "--top_k=10", *files], 120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        # Our results only: neither the interpreter's deprecation notice nor its delegate's INFO line.
+        assert "Interpreter is deprecated" not in done.stderr and "XNNPACK" not in done.stderr, done.stderr
+        results = json.loads(done.stdout)
+        outputs.append([{t["class_name"]: t["probability"] for t in r["top"]} for r in results])
+    saved_model, *tflite = outputs
+    for got in tflite:
+        for expected, result in zip(saved_model, got, strict=True):
+            assert expected.keys() == result.keys()
+            np.testing.assert_allclose([result[k] for k in expected], list(expected.values()), atol=0.02)
+    done = run([sys.executable, "-m", "launch.predict", f"--model={export / 'tflite'}", *files], 120)
+    assert done.returncode == 2 and "holds TFLite models (model_dynamic_range.tflite, model_float.tflite)" in (
+        done.stderr
+    )

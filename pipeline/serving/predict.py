@@ -1,14 +1,16 @@
-"""Predicting image files with an exported SavedModel (TensorFlow only at run time)."""
+"""Predicting image files with an exported SavedModel or one of its TFLite models (TensorFlow only at run time)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from pipeline.data.sources import CLASS_NAMES
 from pipeline.serving.images import POLARITIES, decode_to_grayscale_28
 
 NOT_AN_IMAGE = "not a PNG, JPEG, GIF, BMP or WebP image"
@@ -52,10 +54,13 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A version directory as given, or the highest numeric version under a base."""
+    """A version directory as given, a `.tflite` file as given, or the highest numeric version under a base."""
     path = Path(path)
-    if (path / "saved_model.pb").exists():
+    if (path / "saved_model.pb").exists() or (path.suffix == ".tflite" and path.is_file()):
         return path
+    if path.name == TFLITE_DIR and path.is_dir():
+        models = ", ".join(sorted(p.name for p in path.glob("*.tflite")))
+        raise ModelNotFoundError(f"{path} holds TFLite models ({models or 'none'}): give one file as --model")
     numbered = [p for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
     if not numbered:
         # A training run's workdir holds its exports under export/.
@@ -92,14 +97,50 @@ def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
         raise ValueError("an image that does not decode (damaged?)") from None
 
 
+TFLITE_DIR = "tflite"  # Where an export keeps its TFLite models (`fmnist-export --tflite`).
+
+
+def export_of(model: Path) -> Path:
+    """The SavedModel version directory `model` belongs to: itself, or for a TFLite file the export holding it."""
+    return model.parent.parent if model.suffix == ".tflite" else model
+
+
+def _tflite_classifier(path: Path):
+    """probabilities [10] of one uint8 [28, 28] image, from a TFLite model (`pipeline.serving.tflite`)."""
+    with warnings.catch_warnings():
+        # TensorFlow 2.21's interpreter runs these models; its notice points to
+        # the LiteRT package, which this project does not install.
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    (given,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(given["index"], [1, 28, 28])
+    interpreter.allocate_tensors()
+
+    def classify(image: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(given["index"], image[np.newaxis].astype(np.uint8))
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])[0]
+
+    return classify
+
+
+def _saved_model_classifier(path: Path):
+    """probabilities [10] of one uint8 [28, 28] image, from the export's `serving_default`."""
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return lambda image: serve(images=tf.constant(image[np.newaxis]))["probabilities"].numpy()[0]
+
+
 def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str | None = None) -> list[dict]:
     """One result per file: {"file", "top": [{class_name, class_id, probability}]} or {"file", "error"}.
 
-    `polarity` None reads the images as the export's bytes signature does (`recorded_polarity`).
+    `model_dir` is a SavedModel version directory or a TFLite file of one
+    (`resolve_model_dir`). `polarity` None reads the images as the export's
+    bytes signature does (`recorded_polarity`).
     """
-    polarity = polarity or recorded_polarity(model_dir)
-    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    names = _class_names(model_dir)
+    export = export_of(model_dir)
+    polarity = polarity or recorded_polarity(export)
+    classify = _tflite_classifier(model_dir) if model_dir.suffix == ".tflite" else _saved_model_classifier(model_dir)
+    names = _class_names(export)
     results = []
     for name in files:
         try:
@@ -107,8 +148,7 @@ def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str |
         except (OSError, ValueError) as e:
             results.append({"file": name, "error": getattr(e, "strerror", None) or str(e)})
             continue
-        out = serve(images=tf.constant(image[np.newaxis]))
-        probabilities = out["probabilities"].numpy()[0]
+        probabilities = classify(image)
         best = np.argsort(-probabilities)[:top_k]
         results.append(
             {
@@ -121,5 +161,7 @@ def predict_files(model_dir: Path, files: list[str], top_k: int, polarity: str |
     return results
 
 
-def _class_names(model_dir: Path) -> list[str]:
-    return (model_dir / "assets.extra" / "class_names.txt").read_text().splitlines()
+def _class_names(export: Path) -> list[str]:
+    names = export / "assets.extra" / "class_names.txt"
+    # A TFLite file copied out of its export carries no names: Fashion-MNIST's own, in class-id order.
+    return names.read_text().splitlines() if names.exists() else list(CLASS_NAMES)
