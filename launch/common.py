@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging as std_logging
 import os
 import re
@@ -230,10 +229,10 @@ def _check_given_gpus_are_seen(tf) -> None:
     driver or CUDA library it cannot load; either way training would run on
     the CPU, many times slower, with nothing to say so.
     """
+    from pipeline.cluster import environment as cluster_env
+
     given = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    # CUDA stops at the first invalid id: "-1" (or an empty value) hides every GPU.
-    ids = list(itertools.takewhile(lambda g: g.strip() not in ("", "-1"), given.split(",")))
-    if not ids or tf.config.list_physical_devices("GPU"):
+    if not cluster_env.cuda_device_ids(given) or tf.config.list_physical_devices("GPU"):
         return
     if tf.test.is_built_with_cuda():
         cause = "check the NVIDIA driver and CUDA libraries (nvidia-smi; --verbosity=1 shows TensorFlow's reason)"

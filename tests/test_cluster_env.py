@@ -62,6 +62,18 @@ def test_visible_gpus_without_nvidia_smi(tmp_path):
     assert cluster_env.visible_gpus({}, driver) == ["0", "1", "2", "3"]
     assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, driver) == ["2", "3"]
     assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
+    # As CUDA reads the variable: indices or UUIDs up to the first entry that is neither.
+    assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, driver) == []  # Slurm, no GPUs.
+    assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}, driver) == []
+    assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": "1, 3,-1,2"}, driver) == ["1", "3"]
+    uuids = "GPU-5d3e1a2b-0000-1111-2222-333344445555,MIG-0c1d2e3f-aaaa-bbbb-cccc-ddddeeeeffff"
+    assert cluster_env.visible_gpus({"CUDA_VISIBLE_DEVICES": uuids}, driver) == uuids.split(",")
+
+
+def test_a_slurm_job_without_gpus_trains_its_tasks_on_cpus(tmp_path):
+    # Slurm sets CUDA_VISIBLE_DEVICES=NoDevFiles in a job that asked for no GPUs: two tasks, no GPU shares.
+    env = _step(1, 0, 1, CUDA_VISIBLE_DEVICES="NoDevFiles")
+    assert cluster_env.assign_slurm_gpus(env, tmp_path / "no_driver") == []
 
 
 def test_gpu_shares_are_disjoint_and_refuse_more_processes_than_gpus():

@@ -127,10 +127,25 @@ def slurm_cluster(env: Mapping[str, str] = os.environ) -> tuple[dict[str, list[s
     return {"worker": workers}, rank
 
 
+def cuda_device_ids(value: str) -> list[str]:
+    """The GPUs a CUDA_VISIBLE_DEVICES value names, read as CUDA reads it.
+
+    CUDA takes the comma-separated indices or GPU-/MIG- UUIDs up to the first
+    entry that is neither, so "", "-1" and "NoDevFiles" (what Slurm sets in
+    a job without GPUs) hide every GPU.
+    """
+    ids = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        ids.append(entry)
+    return ids
+
+
 def visible_gpus(env: Mapping[str, str] = os.environ, driver_dir: Path = NVIDIA_PROC) -> list[str]:
     """The GPU ids this process may use: CUDA_VISIBLE_DEVICES when set, else every GPU the driver lists."""
     if "CUDA_VISIBLE_DEVICES" in env:
-        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+        return cuda_device_ids(env["CUDA_VISIBLE_DEVICES"])
     if driver_dir.is_dir():
         return [str(i) for i in range(len(list(driver_dir.iterdir())))]
     return []
