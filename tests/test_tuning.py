@@ -222,6 +222,21 @@ def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
     assert summary["trials"] == 3 and (tmp_path / "tune" / "best_config.json").exists()
 
 
+@pytest.mark.slow
+def test_two_workers_end_a_timed_search_on_the_chiefs_clock_with_every_trial_completed(tiny_data_dir, tmp_path):
+    # Each process starts its own clock when it starts. A worker that stopped
+    # trials by its own would fail those the chief still hands out, and three
+    # failures in a row end a KerasTuner search with an error.
+    tune = tmp_path / "tune"
+    budget = ["--max_trials=100000", "--time_budget=25"]
+    launch = [sys.executable, "-m", "launch.launch", "--tuner_workers=2", "--"]
+    done = run([*launch, *_tune(tune, tiny_data_dir, *budget)], timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    statuses = [json.loads(path.read_text())["status"] for path in (tune / "search").glob("trial_*/trial.json")]
+    assert len(statuses) >= 2 and set(statuses) == {"COMPLETED"}, statuses
+    assert json.loads((tune / "summary.json").read_text())["trials"] == len(statuses)
+
+
 @pytest.mark.parametrize("name", ["hyperband", "bayesian", "random"])
 def test_every_oracle_samples_the_search_space_from_the_first_trial(tiny_data_dir, tmp_path, name):
     from pipeline.cluster import strategies
@@ -293,27 +308,37 @@ def test_a_hyperband_trial_continuing_another_starts_its_weight_average_at_the_w
         np.testing.assert_array_equal(average.numpy(), loaded.numpy())  # Not Keras's zeros.
 
 
-def test_a_trial_the_budget_stops_before_its_first_epoch_ends_without_a_score(tiny_data_dir, tmp_path, monkeypatch):
+def test_once_the_budget_is_spent_the_oracle_ends_the_running_trial_and_hands_out_no_other(
+    tiny_data_dir, tmp_path, caplog, monkeypatch
+):
     from pipeline.cluster import strategies
-    from pipeline.runs import workdir as workdir_lib
     from tuning import search
     from tuning import tuner as tuning_tuner
 
     base = presets.preset("smoke")
     base = base.replace(data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)))
     tune = tuning_tuner.TuneConfig(
-        tuner="random", max_trials=1, max_epochs=2, time_budget_seconds=3600.0, search=("filters",)
+        tuner="random", max_trials=3, max_epochs=2, time_budget_seconds=3600.0, search=("filters",)
     )
     built = []
 
-    def late_tuner(*args, **kwargs):
+    def tuner_whose_budget_ends_with_the_first_report(*args, **kwargs):
         built.append(tuning_tuner.build_tuner(*args, **kwargs))
-        built[-1].deadline = time.time() - 1  # Passed after the oracle hands out the trial, before its first epoch.
+        clock, recorded = built[-1].oracle.clock, []
+        record = clock.record
+        clock.record = lambda: (recorded.append(True), record())
+        clock.deadline = lambda: time.time() - 1 if recorded else None
         return built[-1]
 
-    monkeypatch.setattr(search, "build_tuner", late_tuner)
-    with pytest.raises(workdir_lib.WorkdirError, match="no trial in .* has a score: the time budget ran out"):
-        search.run_search(tmp_path, base, tune, strategies.make_strategy("default"))
-    (trial,) = built[0].oracle.trials.values()
-    # Failed, not a score of 0 that a Bayesian oracle would learn from.
-    assert trial.status == "FAILED" and trial.score is None and "before the trial's first epoch" in trial.message
+    monkeypatch.setattr(search, "build_tuner", tuner_whose_budget_ends_with_the_first_report)
+    with caplog.at_level("INFO", logger="tuning"):
+        summary = search.run_search(tmp_path, base, tune, strategies.make_strategy("default"))
+    oracle = built[0].oracle
+    (trial,) = oracle.trials.values()
+    # The trial the budget ran out in keeps the score of the epoch it trained: completed, not failed.
+    assert trial.status == "COMPLETED" and trial.score == summary["best_val_accuracy"]
+    assert trial.metrics.get_last_value("epochs") == 1
+    assert "the time budget is spent; it ends after epoch 1" in caplog.text
+    # Nor is a trial queued for retry (one a stopped search was running) handed out once the budget is spent.
+    oracle._retry_queue.append(trial.trial_id)
+    assert oracle.create_trial("tuner0").status == "STOPPED" and oracle._retry_queue == [trial.trial_id]

@@ -31,6 +31,7 @@ from tuning.budget import BudgetClock
 
 log = logging.getLogger(__name__)
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+STOPPED = kt.engine.trial.TrialStatus.STOPPED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,14 @@ class TuneConfig:
 
 
 def _budgeted(oracle_class):
-    """An oracle subclass that stops handing out trials once the budget is spent.
+    """An oracle subclass that keeps the search's time budget: the only clock a search obeys.
 
     The oracle runs in the chief (or the single process), so it alone keeps
-    the budget's accounts: every reported epoch updates DIR/budget.json.
+    the budget's accounts: every reported epoch updates DIR/budget.json. Each
+    tuner process started at its own moment, so a clock of their own would
+    disagree with the chief's; instead the oracle answers a tuner's epoch
+    report with STOPPED once the budget is spent (`PipelineTuner.run_trial`
+    then ends the trial after that epoch), and hands out no trial after it.
     """
 
     class BudgetedOracle(oracle_class):
@@ -67,16 +72,28 @@ def _budgeted(oracle_class):
         def _save_trial(self, trial):
             workdir_lib.write_json(Path(self._get_trial_dir(trial.trial_id)) / "trial.json", trial.get_state())
 
-        def populate_space(self, trial_id):
+        def budget_spent(self) -> bool:
             deadline = self.clock.deadline()
-            if deadline is not None and time.time() > deadline:
-                log.info("time budget reached: no new trials")
-                return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
-            return super().populate_space(trial_id)
+            return deadline is not None and time.time() > deadline
 
-        def update_trial(self, *args, **kwargs):
+        def create_trial(self, tuner_id):
+            # Before KerasTuner's own choice, which hands out a trial queued for
+            # retry (one a stopped search was running) without asking
+            # `populate_space`. A tuner's own ongoing trial is its to finish.
+            if tuner_id not in self.ongoing_trials and self.budget_spent():
+                log.info("time budget reached: no new trials")
+                self.tuner_ids.discard(tuner_id)  # As KerasTuner does for a stopped tuner: the chief may exit.
+                return kt.engine.trial.Trial(self.get_space(), trial_id=str(len(self.trials)), status=STOPPED)
+            return super().create_trial(tuner_id)
+
+        def update_trial(self, trial_id, metrics, step=0):
             self.clock.record()
-            return super().update_trial(*args, **kwargs)
+            trial = super().update_trial(trial_id, metrics, step=step)
+            if not self.budget_spent():
+                return trial
+            # A copy says STOPPED to the tuner; the oracle's own record stays
+            # RUNNING until the tuner ends the trial with its score.
+            return kt.engine.trial.Trial(trial.hyperparameters, trial_id=trial.trial_id, status=STOPPED)
 
     return BudgetedOracle
 
@@ -125,9 +142,6 @@ class PipelineTuner(kt.Tuner):
     """Runs each trial through the project's training loop instead of `model.fit`."""
 
     def __init__(self, oracle, base: config_lib.Config, tune: TuneConfig, strategy, dataset, stop=None, **kwargs):
-        # In a tuning cluster `self.oracle` becomes a client proxy, so the
-        # deadline is kept here too (read from the budget file at start).
-        self.deadline = oracle.clock.deadline()
         # A stop signal saves the running trial's step and ends the search (`TrainingStopped`).
         self.tune, self.strategy, self.dataset, self.stop = tune, strategy, dataset, stop
         super().__init__(oracle, hypermodel=PipelineHyperModel(base, tune.search), **kwargs)
@@ -181,7 +195,7 @@ class PipelineTuner(kt.Tuner):
             self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps_per_epoch)
         started = time.time()
 
-        def report(record):
+        def report(record) -> bool:
             # Every metric goes in here: once the objective has been reported,
             # KerasTuner ignores the dict run_trial returns.
             metrics = {
@@ -189,7 +203,11 @@ class PipelineTuner(kt.Tuner):
                 "epochs": float(record["epoch"]),
                 "seconds": time.time() - started,
             }
-            self.oracle.update_trial(trial.trial_id, metrics, step=record["epoch"])
+            reply = self.oracle.update_trial(trial.trial_id, metrics, step=record["epoch"])
+            # The oracle (the chief's, in a distributed search) keeps the time budget.
+            if reply.status == STOPPED and record["epoch"] < config.train.epochs:
+                log.info("trial %s: the time budget is spent; it ends after epoch %d", trial.trial_id, record["epoch"])
+            return reply.status == STOPPED
 
         history = loop.fit(
             config,
@@ -200,13 +218,12 @@ class PipelineTuner(kt.Tuner):
             trial_dir,
             progress=False,
             on_epoch_end=report,
-            deadline=self.deadline,
             stop=self.stop,
         )
         final_model.save_final_model(state.model, trial_dir)
         if not history and not self.oracle.get_trial(trial.trial_id).metrics.exists(OBJECTIVE.name):
-            # The budget ran out between the oracle handing out this trial and its first epoch.
-            raise kt.errors.FailedTrialError("the time budget ran out before the trial's first epoch: no score")
+            # Restored past its last epoch, whose report a kill interrupted: no score, rather than 0.
+            raise kt.errors.FailedTrialError("the trial trained no epoch and has no reported score")
         best = max((h["val_accuracy"] for h in history), default=0.0)
         return {"val_accuracy": best, "epochs": float(len(history)), "seconds": time.time() - started}
 

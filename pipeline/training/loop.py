@@ -179,7 +179,6 @@ def fit(
     out_dir: Path,
     progress: bool,
     on_epoch_end=None,
-    deadline: float | None = None,
     stop: preemption.StopSignal | None = None,
 ) -> list[dict]:
     """Trains from the restored position to `config.train.epochs`, checkpointing each epoch.
@@ -192,8 +191,8 @@ def fit(
       history: the records of the epochs already completed.
       out_dir: where this process writes checkpoints and TensorBoard logs.
       progress: show a progress bar and a line per epoch.
-      on_epoch_end: optional `fn(record)` called after each epoch (tuning).
-      deadline: optional `time.time()` after which no new epoch starts.
+      on_epoch_end: optional `fn(record) -> bool` called after each epoch,
+        once it is checkpointed (tuning); True ends training there.
       stop: the installed `StopSignal`, if any: a requested stop saves a
         checkpoint at the next step boundary and raises `TrainingStopped`.
 
@@ -213,9 +212,6 @@ def fit(
         start_step = int(state.epoch_step.numpy())
         if start_step == 0 and should_stop(config, state, epoch - 1):
             log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
-            break
-        if start_step == 0 and deadline is not None and time.time() > deadline:
-            log.info("time budget reached before epoch %d", epoch)
             break
         start, seconds_before = time.perf_counter(), float(state.epoch_seconds.numpy())
         if progress:
@@ -270,8 +266,8 @@ def fit(
         if strategies.is_chief(strategy):
             workdir_lib.write_json(out_dir / "history.json", history)
         path = train_state.save(state)
-        if on_epoch_end:
-            on_epoch_end(record)
+        if on_epoch_end and on_epoch_end(record):
+            break
         if stop is not None and epoch < config.train.epochs and stop.agreed(strategy):
             raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
     return history
