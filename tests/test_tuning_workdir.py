@@ -23,6 +23,25 @@ def test_time_budget_counts_earlier_runs_of_the_search(tmp_path):
     assert BudgetClock(tmp_path / "new", budget_seconds=None).deadline() is None
 
 
+def test_a_tie_for_best_goes_to_the_trial_that_started_first_whatever_order_a_resume_reads_them_in(tmp_path):
+    import keras_tuner as kt
+
+    from tuning.budget import BudgetClock
+    from tuning.tuner import TuneConfig, make_oracle
+
+    oracle = make_oracle(TuneConfig(tuner="random", search=("filters",)), BudgetClock(tmp_path, None))
+    scores = {"09": 0.5, "10": 0.75, "11": 0.75, "12": None}
+    for trial_id, score in scores.items():
+        status = "COMPLETED" if score is not None else "FAILED"
+        trial = kt.engine.trial.Trial(oracle.get_space(), trial_id=trial_id, status=status)
+        trial.score = score
+        oracle.trials[trial_id] = trial
+    oracle.start_order = list(scores)
+    for order in (list(scores), list(reversed(scores))):
+        oracle.trials = {trial_id: oracle.trials[trial_id] for trial_id in order}
+        assert [t.trial_id for t in oracle.get_best_trials(4)] == ["10", "11", "09", "12"]
+
+
 def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
     from pipeline.runs import workdir as workdir_lib
     from tuning.search import _check_same_search

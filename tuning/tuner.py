@@ -86,6 +86,17 @@ def _budgeted(oracle_class):
                 return kt.engine.trial.Trial(self.get_space(), trial_id=str(len(self.trials)), status=STOPPED)
             return super().create_trial(tuner_id)
 
+        def get_best_trials(self, num_trials=1):
+            # Ties go to the trial that started first. KerasTuner keeps the
+            # order of `self.trials`, which a resumed search fills in the order
+            # the trial files are found, so a rerun could name another best
+            # (and `--retrain_best` retrain it).
+            started = {trial_id: i for i, trial_id in enumerate(self.start_order)}
+            trials = list(self.trials.values())
+            scored = [t for t in trials if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None]
+            scored.sort(key=lambda t: (-t.score, started.get(t.trial_id, len(started)), t.trial_id))
+            return (scored + [t for t in trials if t not in scored])[:num_trials]
+
         def update_trial(self, trial_id, metrics, step=0):
             self.clock.record()
             trial = super().update_trial(trial_id, metrics, step=step)
