@@ -59,6 +59,9 @@ MALFORMED_TF_CONFIG_CASES = [
     ('{"cluster": {"worker": ["127.0.0.1:1"]}}', 'needs a "task" object'),
     ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "outside 0..0"),
     ('{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+    # Task types MultiWorkerMirroredStrategy has no use for, on the task of that type and on the others alike.
+    ('{"cluster": {"worker": ["h:1"], "ps": ["h:2"]}, "task": {"type": "ps", "index": 0}}', "lists 'ps' tasks"),
+    ('{"cluster": {"chief": ["h:1"], "evaluator": ["h:2"]}, "task": {"type": "chief", "index": 0}}', "'evaluator'"),
 ]
 
 

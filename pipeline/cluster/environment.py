@@ -37,6 +37,14 @@ def parse_tf_config(text: str) -> dict:
         raise ClusterError(f"TF_CONFIG is not valid JSON ({e}); see WORKSPACE.md for its format") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict):
         raise ClusterError('TF_CONFIG needs a "cluster" object, e.g. {"cluster": {"worker": ["host:port", ...]}, ...}')
+    others = sorted(set(spec["cluster"]) - {"chief", "worker"})
+    if others:
+        # Parameter servers belong to ParameterServerStrategy, and a side-car
+        # evaluator has nothing to do: the chief validates every epoch itself.
+        raise ClusterError(
+            f"TF_CONFIG lists {', '.join(repr(t) for t in others)} tasks, but MultiWorkerMirroredStrategy trains "
+            'with "chief" and "worker" tasks only (the chief validates every epoch): make every process a "worker"'
+        )
     task = spec.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise ClusterError('TF_CONFIG needs a "task" object with "type" and "index"')
