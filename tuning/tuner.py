@@ -36,7 +36,7 @@ STOPPED = kt.engine.trial.TrialStatus.STOPPED
 
 @dataclasses.dataclass(frozen=True)
 class TuneConfig:
-    """The search itself; saved as DIR/tune_config.json."""
+    """The search itself; saved with its base config in DIR/search_config.json."""
 
     tuner: Literal["hyperband", "bayesian", "random"] = "hyperband"
     max_trials: int = 30  # Bayesian and random; Hyperband derives its own count.
