@@ -155,6 +155,8 @@ quiet = dict(progress=False, make_report=False, export=False)
 train_and_evaluate(config, {str(tmp_path)!r}, tf.distribute.get_strategy(), **quiet)
 longer = config.replace(train=dataclasses.replace(config.train, epochs=2))
 metrics = train_and_evaluate(longer, {str(tmp_path)!r}, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), **quiet)
+# A rerun of the finished run, on one replica again, trains nothing and has nothing to say about it.
+train_and_evaluate(longer, {str(tmp_path)!r}, tf.distribute.get_strategy(), **quiet)
 print(json.dumps(metrics["replicas"]))
 """
     done = subprocess.run(
@@ -163,5 +165,6 @@ print(json.dumps(metrics["replicas"]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == 2
     assert "epoch 1 trained on 1 worker(s), 1 replica(s) in all; this resume trains on 1 worker(s), 2" in done.stderr
+    assert done.stderr.count("this resume trains on") == 1
     history = json.loads((tmp_path / "history.json").read_text())
     assert [(e["epoch"], e["workers"], e["replicas"]) for e in history] == [(1, 1, 1), (2, 1, 2)]

@@ -262,7 +262,8 @@ def train_and_evaluate(
                 recorded = config.replace(train=dataclasses.replace(config.train, precision=policy))
                 config_files.save(recorded, workdir / "config.json")
             history = workdir_lib.load_history(workdir, done)
-            if note := loop.topology_change(history, strategy, int(state.epoch_step.numpy())):
+            training_left = int(state.epoch.numpy()) < config.train.epochs
+            if training_left and (note := loop.topology_change(history, strategy, int(state.epoch_step.numpy()))):
                 log.info(note)
             history = loop.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             # The final model holds the moving average, if the run keeps one (the best weights already do).
