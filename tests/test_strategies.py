@@ -62,3 +62,20 @@ print("auto:", strategies.make_strategy("auto").num_replicas_in_sync)
         "refused: devices ['/cpu:0'] are for the mirrored strategy, not 'default'; add --strategy=mirrored"
     )
     assert lines[2:] == ["auto: 2"]
+
+
+@pytest.mark.parametrize("kind", ["default", "mirrored"])
+@pytest.mark.parametrize(
+    "cluster",
+    [
+        {"TF_CONFIG": '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}'},
+        {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"},
+    ],
+    ids=["tf_config", "slurm"],
+)
+def test_a_task_of_a_cluster_refuses_a_strategy_that_would_train_it_alone(monkeypatch, kind, cluster):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for name, value in cluster.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(strategies.ClusterError, match=f"--strategy={kind} would train it alone: use --strategy=multi"):
+        strategies.make_strategy(kind)

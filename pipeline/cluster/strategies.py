@@ -77,9 +77,17 @@ def make_strategy(kind: StrategyKind, devices: list[str] | None = None) -> tf.di
     gpus = tf.config.list_physical_devices("GPU")
     cpu = tf.config.list_physical_devices("CPU")[0]
     logical_cpus = len(tf.config.get_logical_device_configuration(cpu) or [])
+    in_cluster = _in_cluster()
     if kind == "auto":
         several = len(gpus) >= 2 or (not gpus and logical_cpus >= 2)
-        kind = "multi_worker" if _in_cluster() else "mirrored" if several else "default"
+        kind = "multi_worker" if in_cluster else "mirrored" if several else "default"
+    if in_cluster and kind in ("default", "mirrored"):
+        # Every task would train a model of its own, into the same workdir.
+        source = "TF_CONFIG names several tasks" if "TF_CONFIG" in os.environ else "a Slurm step of several tasks"
+        raise ClusterError(
+            f"this process is one task of a cluster ({source}), and --strategy={kind} would train it alone: "
+            "use --strategy=multi_worker (or auto)"
+        )
     if devices and kind != "mirrored":
         raise ValueError(f"devices {devices} are for the mirrored strategy, not {kind!r}; add --strategy=mirrored")
     if kind == "default" and logical_cpus >= 2:
