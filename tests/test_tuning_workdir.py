@@ -137,3 +137,21 @@ def test_a_retrained_run_of_an_earlier_best_is_kept_aside_and_one_of_the_best_re
     assert kept == tmp_path / "best_run.earlier-1" and not run_dir.exists()
     assert config_files.load_run_config(kept / "config.json") == config_files.validate(earlier)
     assert set_aside_if_retrained_for_another(run_dir, smoke) is None
+
+
+def test_trials_png_lays_its_panels_in_rows_of_four_and_stars_the_oracles_best(tmp_path):
+    from PIL import Image
+
+    from tuning import results
+
+    rows = [
+        {"trial_id": str(i), "status": "COMPLETED", "val_accuracy": 0.5 + 0.01 * (i % 3), "epochs": 2, "seconds": 1.0}
+        | {name: (i % 4) * 0.001 + 0.001 for name in results.MAIN_HYPERPARAMETERS}
+        for i in range(12)
+    ]
+    results.plot_trials(rows, tmp_path / "trials.png", best_id="5")
+    width, height = Image.open(tmp_path / "trials.png").size
+    panels = 1 + len(results.MAIN_HYPERPARAMETERS)
+    assert width == 100 * 4 * results.COLUMNS and height == round(100 * 3.4 * -(-panels // results.COLUMNS))
+    results.plot_trials(rows, tmp_path / "unstarred.png")
+    assert (tmp_path / "trials.png").read_bytes() != (tmp_path / "unstarred.png").read_bytes()

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorboard.plugins.hparams import api as hparams_api  # noqa: E402
 
@@ -23,15 +24,20 @@ MAIN_HYPERPARAMETERS = (
     "kernel_size",
     "dropout_rate",
     "learning_rate",
+    "weight_decay",
     "dense_units",
     "augment_shift",
 )
+# Searched on a log scale (`search_space`), so plotted on one.
+LOG_SCALE = ("learning_rate", "weight_decay")
+COLUMNS = 4  # Panels per row of trials.png.
 
 
 def trial_rows(oracle) -> list[dict]:
     """One row per finished trial: id, status, objective, epochs, seconds, hyperparameters."""
     rows = []
-    for trial in sorted(oracle.trials.values(), key=lambda t: t.trial_id):
+    # In the order the ids count: KerasTuner pads them to the digits of `max_trials`, which an extended search raises.
+    for trial in sorted(oracle.trials.values(), key=lambda t: (int(t.trial_id), t.trial_id)):
         metrics = trial.metrics
         row = {
             "trial_id": trial.trial_id,
@@ -65,33 +71,47 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def plot_trials(rows: list[dict], path: Path) -> None:
+def plot_trials(rows: list[dict], path: Path, best_id: str | None = None) -> None:
     """Validation accuracy per trial, and against each main hyperparameter, coloured by epochs trained.
 
     Hyperband's trials train for different numbers of epochs, and a short
     trial scores lower for its length alone, so each length has its colour.
+    The best trial (`best_id`, the oracle's) is starred in every panel.
     """
     done = [r for r in rows if r["val_accuracy"] is not None]
     names = [n for n in MAIN_HYPERPARAMETERS if len({r.get(n) for r in done if r.get(n) is not None}) > 1]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.6), squeeze=False)
+    panels = 1 + len(names)
+    columns = min(panels, COLUMNS)
+    grid = (-(-panels // columns), columns)
+    fig, axes = plt.subplots(*grid, figsize=(4 * columns, 3.4 * grid[0]), squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    per_trial, by_name = axes.flat[0], dict(zip(names, axes.flat[1:panels], strict=True))
     lengths = sorted({r["epochs"] for r in done}, key=lambda e: e or 0)
     for colour, length in enumerate(lengths):
         trials = [(i, r) for i, r in enumerate(done) if r["epochs"] == length]
         style = dict(
             linestyle="none", marker="o", alpha=0.7, color=f"C{colour}", label=f"{length} epoch{'s' * (length != 1)}"
         )
-        axes[0, 0].plot([i for i, _ in trials], [r["val_accuracy"] for _, r in trials], **style)
-        for ax, name in zip(axes[0, 1:], names, strict=True):
+        per_trial.plot([i for i, _ in trials], [r["val_accuracy"] for _, r in trials], **style)
+        for name, ax in by_name.items():
             points = [(r[name], r["val_accuracy"]) for _, r in trials if r.get(name) is not None]
             ax.plot([p[0] for p in points], [p[1] for p in points], **style)
-    axes[0, 0].set(xlabel="trial (in the order of their ids)", ylabel="validation accuracy", title="per trial")
-    if len(lengths) > 1:
-        axes[0, 0].legend(fontsize=8)
-    for ax, name in zip(axes[0, 1:], names, strict=True):
+    for best_index, best in [(i, r) for i, r in enumerate(done) if r["trial_id"] == best_id]:
+        label = f"best (trial {best['trial_id']})"
+        star = dict(marker="*", markersize=14, color="black", linestyle="none", label=label)
+        per_trial.plot([best_index], [best["val_accuracy"]], **star)
+        for name, ax in by_name.items():
+            if best.get(name) is not None:
+                ax.plot([best[name]], [best["val_accuracy"]], **star)
+    per_trial.set(xlabel="trial (in the order of their ids)", ylabel="validation accuracy", title="per trial")
+    per_trial.legend(fontsize=8)
+    for name, ax in by_name.items():
         ax.set(xlabel=name, title=f"by {name}")
-        if name == "learning_rate":
+        if name in LOG_SCALE:
             ax.set_xscale("log")
-    for ax in axes.flat:
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # Decades only: no crowded labels.
+    for ax in axes.flat[:panels]:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

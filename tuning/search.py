@@ -67,7 +67,8 @@ def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneCon
     """Writes trials.{csv,md,png}, HParams logs and best_config.json; returns the best config."""
     rows = results.trial_rows(tuner.oracle)
     results.write_tables(rows, directory)
-    results.plot_trials(rows, directory / "trials.png")
+    (best_trial,) = tuner.oracle.get_best_trials(1)
+    results.plot_trials(rows, directory / "trials.png", best_trial.trial_id)
     results.write_hparams_logs(rows, directory / "tensorboard")
     best = results.best_config(tuner.oracle, base, tune.search)
     config_files.save(best, directory / "best_config.json")
