@@ -33,11 +33,16 @@ LOG_SCALE = ("learning_rate", "weight_decay")
 COLUMNS = 4  # Panels per row of trials.png.
 
 
+def _id_order(trial) -> tuple:
+    # The order the ids count: KerasTuner pads them to the digits of
+    # `max_trials`, which an extended search raises ("8", then "09", "10").
+    return (0, int(trial.trial_id), "") if trial.trial_id.isdigit() else (1, 0, trial.trial_id)
+
+
 def trial_rows(oracle) -> list[dict]:
     """One row per finished trial: id, status, objective, epochs, seconds, hyperparameters."""
     rows = []
-    # In the order the ids count: KerasTuner pads them to the digits of `max_trials`, which an extended search raises.
-    for trial in sorted(oracle.trials.values(), key=lambda t: (int(t.trial_id), t.trial_id)):
+    for trial in sorted(oracle.trials.values(), key=_id_order):
         metrics = trial.metrics
         row = {
             "trial_id": trial.trial_id,
