@@ -56,7 +56,8 @@ def _fast() -> Config:
     # on every seed than 32 and 64 channels for 32 to 35 epochs in about the
     # same time (docs/design.md lists the other candidates). 18 epochs validated
     # as high as 20 over three seeds, within their spread, in nine tenths of
-    # the time (the benchmark record's candidates section). The first block,
+    # the time (the benchmark record's candidates section); batches of 1,024 at
+    # twice the rate, half the steps, validated far lower. The first block,
     # at full resolution, stays at 16 channels: 32 there doubled the time of
     # an epoch. Channel counts stay multiples of 16: in mixed_bfloat16, oneDNN
     # ran a network with 24 channels in its first block at a quarter of the
