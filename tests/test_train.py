@@ -198,10 +198,12 @@ def test_an_evaluation_shown_in_steps_sums_as_one_call(tiny_data_dir):
 
 
 @pytest.mark.slow
-def test_deterministic_runs_are_recorded_and_repeat_exactly(tiny_data_dir, tmp_path):
+def test_deterministic_runs_are_recorded_and_repeat_exactly(tiny_data_dir, tmp_path, machine_precision):
     histories = []
+    # One precision for both (see `machine_precision`): the runs compared differ in nothing else.
+    flags = ("--deterministic", "--noexport", "--noreport", f"--precision={machine_precision}")
     for name in ("a", "b"):
-        command = smoke_train_command(tmp_path / name, tiny_data_dir, "--deterministic", "--noexport", "--noreport")
+        command = smoke_train_command(tmp_path / name, tiny_data_dir, *flags)
         done = run(command, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads((tmp_path / name / "config.json").read_text())["train"]["deterministic"] is True
