@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import time
 
 import helpers
 import numpy as np
@@ -167,3 +168,41 @@ def test_tfds_manual_dir_is_the_last_resort(real_data_dir, tmp_path, monkeypatch
         return np.sort(split.images.reshape(len(split), -1).astype(np.int64) @ weights * 10 + split.labels)
 
     np.testing.assert_array_equal(keys(train), keys(reference))
+
+
+def test_an_offline_machine_without_local_data_hears_so_in_seconds(tmp_path, monkeypatch):
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    from pipeline.data import tfds_source
+
+    # No local directory anywhere, nothing prepared, no manual directory and no proxy: TFDS would download.
+    monkeypatch.setattr(data_lib, "DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(data_lib, "KERAS_CACHE_DIR", tmp_path / "none")
+    # Whatever a developer's ~/tensorflow_datasets holds (tensorflow-datasets reads its
+    # data directory once, when imported).
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: False)
+    for name in ("FASHION_MNIST_MANUAL_DIR", *tfds_source.PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    tried = []
+
+    def offline(address, timeout):
+        tried.append((address, timeout))
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    started = time.monotonic()
+    with pytest.raises(data_lib.DataError) as error:
+        data_lib.load_train_test(None)
+    host = ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80)
+    assert time.monotonic() - started < 60 and tried == [(host, 10.0)]
+    message = str(error.value)
+    assert message.startswith(
+        "no local Fashion-MNIST, and tensorflow-datasets cannot download it: http://fashion-mnist"
+    )
+    assert "Temporary failure in name resolution" in message and "--data_dir=DIR" in message and "\n" not in message
+    # Behind a proxy a direct connection proves nothing: the download itself decides.
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    tfds_source.check_reachable("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+    assert len(tried) == 1

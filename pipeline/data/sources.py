@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.data import tfds_source
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -164,29 +165,6 @@ def load_directory(directory: str | Path) -> tuple[Split, Split]:
     return _load_split(directory, "train"), _load_split(directory, "test")
 
 
-def _load_tfds() -> tuple[Split, Split]:
-    import tensorflow_datasets as tfds
-
-    manual_dir = os.environ.get("FASHION_MNIST_MANUAL_DIR")
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    splits = tfds.load(
-        "fashion_mnist",
-        split=["train", "test"],
-        as_supervised=True,
-        shuffle_files=False,
-        download_and_prepare_kwargs={"download_config": config} if config else None,
-    )
-
-    def to_split(ds) -> Split:
-        # Batches of a fixed size: `batch_size=-1` sizes its one batch from the
-        # dataset's metadata, which not every copy of the data carries.
-        batches = list(tfds.as_numpy(ds.batch(10_000)))
-        images = np.concatenate([x for x, _ in batches])[..., 0].astype(np.uint8)
-        return Split(images, np.concatenate([y for _, y in batches]).astype(np.uint8))
-
-    return to_split(splits[0]), to_split(splits[1])
-
-
 def candidate_directories(data_dir: str | None) -> list[tuple[str, Path]]:
     """The directory sources in search order, as (description, path)."""
     found = []
@@ -214,7 +192,14 @@ def load_train_test(data_dir: str | None = None) -> tuple[Split, Split, str]:
             return train, test, source
     log.info("no local Fashion-MNIST found; trying tensorflow-datasets (downloads if needed)")
     try:
-        train, test = _load_tfds()
+        (train_images, train_labels), (test_images, test_labels) = tfds_source.load()
+        train, test = Split(train_images, train_labels), Split(test_images, test_labels)
+    except tfds_source.Unreachable as e:
+        raise DataError(
+            f"no local Fashion-MNIST, and tensorflow-datasets cannot download it: {e}. Pass --data_dir=DIR with the "
+            "four IDX files, set FASHION_MNIST_DIR (or FASHION_MNIST_MANUAL_DIR to the upstream .gz files), or "
+            "`apt-get install dataset-fashion-mnist`"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any TFDS failure means "no data".
         raise DataError(
             f"could not find Fashion-MNIST: no local directory and tensorflow-datasets failed ({e}). "
