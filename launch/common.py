@@ -211,7 +211,12 @@ def start_tensorflow(training: bool = False) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.list_physical_devices()
     if training:
-        _check_given_gpus_are_seen(tf)
+        from pipeline.cluster import strategies
+
+        try:
+            strategies.check_given_gpus_are_seen()
+        except strategies.ClusterError as e:
+            fail(str(e))
     if intra or inter:
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         std_logging.getLogger("launch").info(
@@ -220,28 +225,6 @@ def start_tensorflow(training: bool = False) -> None:
             inter or "default",
             ",".join(str(c) for c in cores) or "any",
         )
-
-
-def _check_given_gpus_are_seen(tf) -> None:
-    """Fails when CUDA_VISIBLE_DEVICES (fmnist-launch, Slurm, the user) gives GPUs that TensorFlow cannot see.
-
-    The usual causes: a TensorFlow built without CUDA on a GPU machine, or a
-    driver or CUDA library it cannot load; either way training would run on
-    the CPU, many times slower, with nothing to say so.
-    """
-    from pipeline.cluster import environment as cluster_env
-
-    given = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if not cluster_env.cuda_device_ids(given) or tf.config.list_physical_devices("GPU"):
-        return
-    if tf.test.is_built_with_cuda():
-        cause = "check the NVIDIA driver and CUDA libraries (nvidia-smi; --verbosity=1 shows TensorFlow's reason)"
-    else:
-        cause = f"TensorFlow {tf.__version__} here is built without CUDA: pip install 'tensorflow[and-cuda]'"
-    fail(
-        f"CUDA_VISIBLE_DEVICES={given} gives this process GPUs, but TensorFlow sees none; {cause}, "
-        "or set CUDA_VISIBLE_DEVICES= (empty) to train on CPUs"
-    )
 
 
 def _quiet_console() -> None:

@@ -79,3 +79,13 @@ def test_a_task_of_a_cluster_refuses_a_strategy_that_would_train_it_alone(monkey
         monkeypatch.setenv(name, value)
     with pytest.raises(strategies.ClusterError, match=f"--strategy={kind} would train it alone: use --strategy=multi"):
         strategies.make_strategy(kind)
+
+
+def test_gpus_named_in_cuda_visible_devices_must_be_seen_by_tensorflow():
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has GPUs: the GPU tier checks an id CUDA cannot open")
+    with pytest.raises(strategies.ClusterError, match="CUDA_VISIBLE_DEVICES=0,1 gives this process GPUs, but"):
+        strategies.check_given_gpus_are_seen({"CUDA_VISIBLE_DEVICES": "0,1"})
+    for hidden in ("", "-1", "NoDevFiles"):  # No GPU asked for: the CPU is what was meant.
+        strategies.check_given_gpus_are_seen({"CUDA_VISIBLE_DEVICES": hidden})
+    strategies.check_given_gpus_are_seen({})

@@ -30,6 +30,26 @@ def use_logical_cpus(count: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
+def check_given_gpus_are_seen(env=os.environ) -> None:
+    """Raises ClusterError when CUDA_VISIBLE_DEVICES (fmnist-launch, Slurm, the user) gives GPUs TensorFlow cannot see.
+
+    The usual causes: a TensorFlow built without CUDA on a GPU machine, or a
+    driver or CUDA library it cannot load; either way training would run on
+    the CPU, many times slower, with nothing to say so.
+    """
+    given = env.get("CUDA_VISIBLE_DEVICES", "")
+    if not cluster_env.cuda_device_ids(given) or tf.config.list_physical_devices("GPU"):
+        return
+    if tf.test.is_built_with_cuda():
+        cause = "check the NVIDIA driver and CUDA libraries (nvidia-smi; --verbosity=1 shows TensorFlow's reason)"
+    else:
+        cause = f"TensorFlow {tf.__version__} here is built without CUDA: pip install 'tensorflow[and-cuda]'"
+    raise ClusterError(
+        f"CUDA_VISIBLE_DEVICES={given} gives this process GPUs, but TensorFlow sees none; {cause}, "
+        "or set CUDA_VISIBLE_DEVICES= (empty) to train on CPUs"
+    )
+
+
 def _in_cluster() -> bool:
     if "TF_CONFIG" not in os.environ:
         return cluster_env.in_slurm_step()
