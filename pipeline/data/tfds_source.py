@@ -6,6 +6,7 @@ validates them as it does the other sources'.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import urllib.parse
@@ -34,6 +35,18 @@ def check_reachable(url: str, timeout: float = 10.0) -> None:
     socket.create_connection((parts.hostname, port), timeout=timeout).close()
 
 
+def _prepared(builder) -> bool:
+    # `is_prepared` logs a warning about the dataset's folder whenever the
+    # data is not there yet, which is the usual case here, not a fault.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
+
+
 def load() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((train images, labels), (test images, labels)) as uint8, prepared by tensorflow-datasets.
 
@@ -48,7 +61,7 @@ def load() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
     manual_dir = os.environ.get("FASHION_MNIST_MANUAL_DIR")
     builder = tfds.builder("fashion_mnist")
     url = getattr(type(builder), "URL", None)
-    if not manual_dir and not builder.is_prepared() and url:
+    if not manual_dir and not _prepared(builder) and url:
         try:
             check_reachable(url)
         except OSError as e:
