@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from pipeline import config as config_lib
 from pipeline import presets
+from pipeline.serving import tflite as tflite_lib
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> None:
@@ -30,7 +30,7 @@ def write_idx(path: str | Path, array: np.ndarray, compress: bool = False) -> No
 
 def tflite_probabilities(path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Runs a TFLite model from `write_tflite_models` over uint8 images [N, 28, 28]."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = tflite_lib.load_interpreter(path)
     source, target = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
     parts = []
     for start in range(0, len(images), batch_size):

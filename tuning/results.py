@@ -134,8 +134,7 @@ def write_hparams_logs(rows: list[dict], directory: Path) -> None:
             tf.summary.scalar("val_accuracy", row["val_accuracy"], step=row["epochs"] or 0)
 
 
-def best_config(oracle, base: config_lib.Config, search) -> config_lib.Config:
-    """The best trial's config, with the base's full training length (trials are short)."""
-    (best,) = oracle.get_best_trials(1)
+def best_config(best, base: config_lib.Config, search) -> config_lib.Config:
+    """The config of trial `best`, with the base's full training length (trials are short)."""
     config = search_space.config_from_hp(best.hyperparameters, base, search)
     return config.replace(name=f"tuned-{base.name}", train=dataclasses.replace(config.train, epochs=base.train.epochs))

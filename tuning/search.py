@@ -63,14 +63,13 @@ def _check_same_search(directory: Path, base: config_lib.Config, tune: TuneConfi
     workdir_lib.write_json(path, {"base": config_files.to_dict(base), "tune": config_files.to_dict(tune)})
 
 
-def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneConfig) -> config_lib.Config:
-    """Writes trials.{csv,md,png}, HParams logs and best_config.json; returns the best config."""
+def write_results(directory: Path, tuner, base: config_lib.Config, tune: TuneConfig, best_trial) -> config_lib.Config:
+    """Writes trials.{csv,md,png}, HParams logs and best_config.json (of `best_trial`); returns the best config."""
     rows = results.trial_rows(tuner.oracle)
     results.write_tables(rows, directory)
-    (best_trial,) = tuner.oracle.get_best_trials(1)
     results.plot_trials(rows, directory / "trials.png", best_trial.trial_id)
     results.write_hparams_logs(rows, directory / "tensorboard")
-    best = results.best_config(tuner.oracle, base, tune.search)
+    best = results.best_config(best_trial, base, tune.search)
     config_files.save(best, directory / "best_config.json")
     return best
 
@@ -148,8 +147,8 @@ def run_search(
                 f"no trial in {directory} has a score: the time budget ran out before any finished an epoch, or "
                 "every trial failed (their search/trial_*/trial.json say why); raise --time_budget and rerun"
             )
-        best = write_results(directory, tuner, base, tune)
         (best_trial,) = scored
+        best = write_results(directory, tuner, base, tune, best_trial)
         summary = {
             "best_config": str(directory / "best_config.json"),
             "best_val_accuracy": best_trial.score,

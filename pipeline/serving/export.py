@@ -209,9 +209,9 @@ def export_run(
             _write_warmup(staging, warmup_images)
             _write_metadata(staging, workdir, config, polarity)
             if tflite:
-                from pipeline.serving.tflite import write_tflite_models
+                from pipeline.serving import tflite as tflite_lib
 
-                write_tflite_models(model, staging / "tflite")
+                tflite_lib.write_tflite_models(model, staging / tflite_lib.DIRECTORY)
             os.chmod(staging, 0o755)  # mkdtemp makes it 0700; servers may run as another user.
         target = _publish(staging, base, version, chosen is None)
     except BaseException:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from pipeline.data.sources import CLASS_NAMES
+from pipeline.serving import tflite as tflite_lib
 from pipeline.serving.images import POLARITIES, decode_to_grayscale_28
 
 NOT_AN_IMAGE = "not a PNG, JPEG, GIF, BMP or WebP image"
@@ -58,7 +58,7 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / "saved_model.pb").exists() or (path.suffix == ".tflite" and path.is_file()):
         return path
-    if path.name == TFLITE_DIR and path.is_dir():
+    if path.name == tflite_lib.DIRECTORY and path.is_dir():
         models = ", ".join(sorted(p.name for p in path.glob("*.tflite")))
         raise ModelNotFoundError(f"{path} holds TFLite models ({models or 'none'}): give one file as --model")
     numbered = [p for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
@@ -97,9 +97,6 @@ def load_image(path: Path, polarity: str = "auto") -> np.ndarray:
         raise ValueError("an image that does not decode (damaged?)") from None
 
 
-TFLITE_DIR = "tflite"  # Where an export keeps its TFLite models (`fmnist-export --tflite`).
-
-
 def export_of(model: Path) -> Path:
     """The SavedModel version directory `model` belongs to: itself, or for a TFLite file the export holding it."""
     return model.parent.parent if model.suffix == ".tflite" else model
@@ -107,11 +104,7 @@ def export_of(model: Path) -> Path:
 
 def _tflite_classifier(path: Path):
     """probabilities [10] of one uint8 [28, 28] image, from a TFLite model (`pipeline.serving.tflite`)."""
-    with warnings.catch_warnings():
-        # TensorFlow 2.21's interpreter runs these models; its notice points to
-        # the LiteRT package, which this project does not install.
-        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = tflite_lib.load_interpreter(path)
     (given,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     interpreter.resize_tensor_input(given["index"], [1, 28, 28])
     interpreter.allocate_tensors()

@@ -1,7 +1,8 @@
-"""TensorFlow Lite models of an export: float and dynamic-range quantised."""
+"""TensorFlow Lite models of an export: float and dynamic-range quantised, written and loaded."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import tensorflow as tf
@@ -11,6 +12,7 @@ from pipeline.data import input_pipeline as ip
 from pipeline.model import views
 
 VARIANTS = {"float": [], "dynamic_range": [tf.lite.Optimize.DEFAULT]}
+DIRECTORY = "tflite"  # Where an export keeps them (`fmnist-export --tflite`).
 
 
 def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
@@ -31,3 +33,12 @@ def write_tflite_models(model: tf.Module, directory: Path) -> dict[str, Path]:
         written[name] = directory / f"model_{name}.tflite"
         written[name].write_bytes(converter.convert())
     return written
+
+
+def load_interpreter(path: Path) -> tf.lite.Interpreter:
+    """An interpreter of one model `write_tflite_models` wrote (tensors not yet allocated)."""
+    with warnings.catch_warnings():
+        # TensorFlow 2.21's interpreter runs these models; its notice points to
+        # the LiteRT package, which this project does not install.
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_path=str(path))
