@@ -4,6 +4,7 @@ sums in bfloat16 only where TensorFlow's collective accepts it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -130,14 +131,20 @@ def test_a_resume_on_other_replicas_continues_and_says_it_is_not_exact():
 
     one = tf.distribute.get_strategy()
     epoch = {"epoch": 3, "workers": 2, "replicas": 4}
-    note = loop.topology_change([epoch], one, epoch_step=0)
+    # The checkpoint says where it was written, at an epoch's end or inside the next one.
+    note = loop.topology_change((2, 4), [epoch], one, epoch=3, epoch_step=0)
     assert "epoch 3 trained on 2 worker(s), 4 replica(s) in all; this resume trains on 1 worker(s), 1" in note
     assert "not exactly" in note and "rest of epoch" not in note
-    assert "the rest of epoch 4 is drawn from the new shards" in loop.topology_change([epoch], one, epoch_step=5)
-    assert loop.topology_change([epoch | {"workers": 1, "replicas": 1}], one, epoch_step=5) is None
+    inside = loop.topology_change((2, 2), [], one, epoch=0, epoch_step=492)
+    assert inside.startswith("epoch 1's first 492 steps trained on 2 worker(s), 2 replica(s) in all")
+    assert inside.endswith("the rest of epoch 1 is drawn from the new shards")
+    assert loop.topology_change((1, 1), [epoch], one, epoch=3, epoch_step=5) is None
+    # A checkpoint written before checkpoints recorded it: the last epoch of the history says.
+    assert "epoch 3 trained on 2 worker(s), 4" in loop.topology_change(None, [epoch], one, epoch=3, epoch_step=0)
+    assert loop.topology_change(None, [epoch | {"workers": 1, "replicas": 1}], one, epoch=3, epoch_step=5) is None
     # Nothing trained yet, or epochs recorded before they said where they trained: nothing to compare.
-    assert loop.topology_change([], one, epoch_step=5) is None
-    assert loop.topology_change([{"epoch": 3}], one, epoch_step=0) is None
+    assert loop.topology_change(None, [], one, epoch=0, epoch_step=5) is None
+    assert loop.topology_change(None, [{"epoch": 3}], one, epoch=3, epoch_step=0) is None
 
 
 def test_a_run_resumed_on_two_replicas_records_where_each_epoch_trained(tiny_data_dir, tmp_path):
@@ -157,6 +164,20 @@ longer = config.replace(train=dataclasses.replace(config.train, epochs=2))
 metrics = train_and_evaluate(longer, {str(tmp_path)!r}, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), **quiet)
 # A rerun of the finished run, on one replica again, trains nothing and has nothing to say about it.
 train_and_evaluate(longer, {str(tmp_path)!r}, tf.distribute.get_strategy(), **quiet)
+
+class StopAfterOneCall:  # A SIGTERM that arrives during the first epoch.
+    signum, calls = 15, 1
+    def agreed(self, strategy):
+        self.calls -= 1
+        return self.calls < 0
+from pipeline.training import preemption
+try:
+    train_and_evaluate(config, {str(tmp_path / "stopped")!r}, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                       stop=StopAfterOneCall(), **quiet)
+except preemption.TrainingStopped:
+    pass
+# No epoch completed, so only the checkpoint can say where its steps trained.
+train_and_evaluate(config, {str(tmp_path / "stopped")!r}, tf.distribute.get_strategy(), **quiet)
 print(json.dumps(metrics["replicas"]))
 """
     done = subprocess.run(
@@ -165,6 +186,11 @@ print(json.dumps(metrics["replicas"]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == 2
     assert "epoch 1 trained on 1 worker(s), 1 replica(s) in all; this resume trains on 1 worker(s), 2" in done.stderr
-    assert done.stderr.count("this resume trains on") == 1
+    assert re.search(
+        r"epoch 1's first \d+ steps trained on 1 worker\(s\), 2 replica\(s\) in all; this resume trains on "
+        r"1 worker\(s\), 1 replica\(s\).*the rest of epoch 1 is drawn from the new shards",
+        done.stderr,
+    )
+    assert done.stderr.count("this resume trains on") == 2
     history = json.loads((tmp_path / "history.json").read_text())
     assert [(e["epoch"], e["workers"], e["replicas"]) for e in history] == [(1, 1, 1), (2, 1, 2)]

@@ -55,7 +55,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     from pipeline.data import sources as data_lib
     from pipeline.runs import final_model
     from pipeline.training import optimizer as optimizer_lib
-    from pipeline.training import preemption
+    from pipeline.training import preemption, restore
     from pipeline.training import state as train_state
 
     class Interrupted(Exception):
@@ -69,7 +69,7 @@ def _fit_to_fingerprint(config, workdir, stop_after_epoch=None, stop=None):
     dataset = data_lib.load(config.data)
     steps_per_epoch = ip.steps_per_epoch(len(dataset.train), config.train.global_batch_size)
     state = train_state.build_state(config, strategy, "float32", steps_per_epoch, workdir, dataset.train.images)
-    train_state.restore(state, workdir, strategy, steps_per_epoch)
+    restore.restore(state, workdir, strategy, steps_per_epoch)
     history = workdir_lib.load_history(workdir, int(state.epoch.numpy()))
     try:
         loop.fit(config, strategy, state, dataset, history, workdir, False, on_epoch_end=interrupt, stop=stop)

@@ -23,7 +23,7 @@ from pipeline.data import sources as data_lib
 from pipeline.model import network as models
 from pipeline.runs import final_model
 from pipeline.runs import workdir as workdir_lib
-from pipeline.training import loop, precision
+from pipeline.training import loop, precision, restore
 from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import state as train_state
 from tuning import search_space
@@ -199,9 +199,7 @@ class PipelineTuner(kt.Tuner):
         state = train_state.build_state(
             config, self.strategy, policy, steps_per_epoch, trial_dir, self.dataset.train.images
         )
-        restored = train_state.restore(state, trial_dir, self.strategy, steps_per_epoch) or int(
-            state.epoch_step.numpy()
-        )
+        restored = restore.restore(state, trial_dir, self.strategy, steps_per_epoch) or int(state.epoch_step.numpy())
         if not restored and "tuner/trial_id" in hp.values:
             self._warm_start(state, hp.values["tuner/trial_id"], hp.values["tuner/initial_epoch"], steps_per_epoch)
         started = time.time()

@@ -30,7 +30,7 @@ from pipeline.runs import final_model, report
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
 from pipeline.serving import export as export_lib
-from pipeline.training import loop, precision, preemption, steps
+from pipeline.training import loop, precision, preemption, restore, steps
 from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import state as train_state
 
@@ -249,7 +249,7 @@ def train_and_evaluate(
         out_dir = workdir_lib.write_dir(workdir, strategy)
         try:
             state = train_state.build_state(config, strategy, policy, steps_per_epoch, out_dir, dataset.train.images)
-            done = train_state.restore(state, workdir, strategy, steps_per_epoch)
+            done = restore.restore(state, workdir, strategy, steps_per_epoch)
             train_state.check_epochs_ahead(state, config.train.epochs)
             if previous is not None and (
                 change := optimizer_lib.describe_new_length(
@@ -263,7 +263,8 @@ def train_and_evaluate(
                 config_files.save(recorded, workdir / "config.json")
             history = workdir_lib.load_history(workdir, done)
             training_left = int(state.epoch.numpy()) < config.train.epochs
-            if training_left and (note := loop.topology_change(history, strategy, int(state.epoch_step.numpy()))):
+            position = int(state.epoch.numpy()), int(state.epoch_step.numpy())
+            if training_left and (note := loop.topology_change(state.restored_topology, history, strategy, *position)):
                 log.info(note)
             history = loop.fit(config, strategy, state, dataset, history, out_dir, progress and chief, stop=stop)
             # The final model holds the moving average, if the run keeps one (the best weights already do).

@@ -68,24 +68,40 @@ def evaluate(strategy, eval_steps_fn, eval_fn, split: data_lib.Split, calls: int
     return steps.summarize(totals)
 
 
-def topology_change(history: list[dict], strategy, epoch_step: int) -> str | None:
-    """A note when a resume trains on other workers or replicas than the run's last completed epoch, else None.
+def topology_change(
+    trained_on: tuple[int, int] | None, history: list[dict], strategy, epoch: int, epoch_step: int
+) -> str | None:
+    """A note when a resume trains on other workers or replicas than the restored checkpoint, else None.
 
     The global batch and the schedule stay the same, so the recipe does; but
     each replica's share of a batch, its batch-norm statistics and each
     worker's shard of the images differ, so the run is close to an
     uninterrupted one, not identical. A resume inside an epoch also draws the
     rest of that epoch from the new shards' shuffles.
+
+    Args:
+      trained_on: (workers, replicas) that wrote the restored checkpoint, or
+        None for one written before checkpoints recorded it; then the last
+        epoch of `history` says, if it recorded where it trained.
+      history: the run's epochs so far.
+      strategy: the strategy this resume trains with.
+      epoch: completed epochs at the checkpoint.
+      epoch_step: optimizer steps into the next epoch at the checkpoint.
     """
-    if not history or "replicas" not in history[-1]:
-        return None  # Nothing trained yet, or a history written before epochs recorded where they trained.
-    was = history[-1]["workers"], history[-1]["replicas"]
+    if trained_on is None and history and "replicas" in history[-1]:
+        trained_on = history[-1]["workers"], history[-1]["replicas"]
     now = strategies.num_workers(strategy), strategy.num_replicas_in_sync
-    if was == now:
+    if trained_on is None or tuple(trained_on) == now:
         return None
-    rest = f"; the rest of epoch {history[-1]['epoch'] + 1} is drawn from the new shards" if epoch_step else ""
+    if epoch_step:
+        where, rest = (
+            f"epoch {epoch + 1}'s first {epoch_step} steps",
+            f"; the rest of epoch {epoch + 1} is drawn from the new shards",
+        )
+    else:
+        where, rest = f"epoch {epoch}", ""
     return (
-        f"epoch {history[-1]['epoch']} trained on {was[0]} worker(s), {was[1]} replica(s) in all; this resume "
+        f"{where} trained on {trained_on[0]} worker(s), {trained_on[1]} replica(s) in all; this resume "
         f"trains on {now[0]} worker(s), {now[1]} replica(s): the same global batch and schedule, but other "
         f"per-replica batches and batch-norm statistics, so the weights will be close to, not exactly, those of "
         f"an uninterrupted run{rest}"
@@ -186,7 +202,7 @@ def fit(
     Args:
       config: the run's configuration.
       strategy: the distribution strategy the state was built under.
-      state: from `train_state.build_state`, restored by `train_state.restore`.
+      state: from `train_state.build_state`, restored by `restore.restore`.
       dataset: the three splits.
       history: the records of the epochs already completed.
       out_dir: where this process writes checkpoints and TensorBoard logs.

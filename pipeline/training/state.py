@@ -1,18 +1,16 @@
-"""What a training checkpoint holds, and restoring it, falling back past a corrupt one.
+"""What a training checkpoint holds: the state built for a run, saving it, and where it stands.
 
 Checkpoints are numbered by optimizer step (`checkpoints/ckpt-<step>`): one at
 the end of every epoch, and mid-epoch ones when training is stopped by a
 signal or `train.checkpoint_every_steps` asks for them. Besides the model,
 optimiser and counters, a checkpoint holds the position inside the epoch
 (optimizer steps, running loss and accuracy sums, seconds), so a run resumed
-mid-epoch ends exactly as an uninterrupted one.
+mid-epoch ends exactly as an uninterrupted one. `training.restore` reads them back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import shutil
 from pathlib import Path
 
 import keras
@@ -28,8 +26,7 @@ from pipeline.runs import final_model
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import optimizer as optimizer_lib
 
-log = logging.getLogger(__name__)
-CHECKPOINTS, QUARANTINE = "checkpoints", "corrupt"
+CHECKPOINTS = "checkpoints"
 
 
 @dataclasses.dataclass
@@ -46,6 +43,7 @@ class TrainState:
     epoch_step: tf.Variable
     epoch_totals: tf.Variable
     epoch_seconds: tf.Variable
+    topology: tf.Variable  # [workers, replicas in all] writing the checkpoints.
     manager: tf.train.CheckpointManager
     best_manager: tf.train.CheckpointManager
     policy: str = "float32"  # The model's Keras dtype policy.
@@ -53,6 +51,7 @@ class TrainState:
     # checkpoints hold and per-epoch validation evaluates.
     network: keras.Model | None = None
     checkpoint_every_steps: int | None = None
+    restored_topology: tuple[int, int] | None = None  # The restored checkpoint's, if it recorded one.
 
     def core(self) -> tf.train.Checkpoint:
         """The checkpoint's fields that every checkpoint has had."""
@@ -66,7 +65,9 @@ class TrainState:
         )
 
     def position(self) -> tf.train.Checkpoint:
-        return tf.train.Checkpoint(step=self.epoch_step, totals=self.epoch_totals, seconds=self.epoch_seconds)
+        return tf.train.Checkpoint(
+            step=self.epoch_step, totals=self.epoch_totals, seconds=self.epoch_seconds, topology=self.topology
+        )
 
 
 def build_state(
@@ -100,6 +101,7 @@ def build_state(
             epoch_step=tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step"),
             epoch_totals=tf.Variable(tf.zeros([3], tf.float64), trainable=False, name="epoch_totals"),
             epoch_seconds=tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_seconds"),
+            topology=tf.Variable(topology_of(strategy), dtype=tf.int64, trainable=False, name="topology"),
         )
     state = TrainState(
         model,
@@ -140,6 +142,11 @@ def _manager(state: TrainState, checkpoint, directory, last_step: int) -> tf.tra
     )
 
 
+def reset_manager(state: TrainState, last_step: int) -> None:
+    """A new checkpoint manager: it reads the state file anew and counts its interval from `last_step`."""
+    state.manager = _manager(state, state.manager.checkpoint, state.manager.directory, last_step)
+
+
 def random_states(model: keras.Model) -> dict[str, tf.Variable]:
     """The dropout layers' random-number states, by layer name.
 
@@ -155,104 +162,9 @@ def random_states(model: keras.Model) -> dict[str, tf.Variable]:
     }
 
 
-def _restore_one(state: TrainState, path: str) -> None:
-    # Checkpoints written before the position was recorded resume at an epoch boundary.
-    for variable in (state.epoch_step, state.epoch_totals, state.epoch_seconds):
-        variable.assign(tf.zeros_like(variable))
-    state.core().restore(path).assert_existing_objects_matched().expect_partial()
-    tf.train.Checkpoint(position=state.position()).restore(path).expect_partial()
-
-
-def _readable(path: str) -> bool:
-    """True when every tensor of the checkpoint at `path` reads back: it is intact, whatever it holds."""
-    try:
-        reader = tf.train.load_checkpoint(path)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, IndexError):
-        return False
-    return True
-
-
-def _quarantine(path: str, reason: str) -> None:
-    """Moves a corrupt checkpoint's files aside (never deletes them) and drops it from the state file."""
-    directory = Path(path).parent
-    aside = directory / QUARANTINE
-    aside.mkdir(exist_ok=True)
-    for file in directory.glob(f"{Path(path).name}.*"):
-        shutil.move(str(file), aside / file.name)
-    (aside / f"{Path(path).name}.reason.txt").write_text(reason + "\n")
-    state = tf.train.get_checkpoint_state(str(directory))
-    kept = [p for p in state.all_model_checkpoint_paths if Path(p).name != Path(path).name]
-    if kept:
-        tf.compat.v1.train.update_checkpoint_state(str(directory), kept[-1], all_model_checkpoint_paths=kept)
-    else:
-        (directory / "checkpoint").unlink()
-
-
-def restore(state: TrainState, workdir: Path, strategy, steps_per_epoch: int) -> int:
-    """Restores the newest usable checkpoint in the chief's workdir; returns completed epochs.
-
-    A checkpoint that cannot be read is named, moved to checkpoints/corrupt/
-    (by the chief) and the previous one is used, with a warning saying how
-    much training that loses. A checkpoint that reads but does not fit the
-    model or optimiser (another config or precision) is never moved: it is
-    a one-line error. Every worker reads the chief's checkpoint (the
-    workdir must be shared on a multi-host cluster); a consistency check
-    stops workers that disagree.
-
-    Raises:
-      WorkdirError: when checkpoints exist but none of them can be read, or
-        one is intact but does not fit this run.
-    """
-    directory = workdir / CHECKPOINTS
-    saved = tf.train.get_checkpoint_state(str(directory)) if directory.exists() else None
-    candidates = list(reversed(saved.all_model_checkpoint_paths)) if saved else []
-    failures, restored = [], None
-    for path in candidates:
-        path = str(directory / Path(path).name)
-        try:
-            _restore_one(state, path)
-            restored = path
-            break
-        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
-            if _readable(path):
-                raise workdir_lib.WorkdirError(
-                    f"checkpoint {path} is intact but does not fit this run's model and optimizer "
-                    f"(precision {state.policy}: {str(e).splitlines()[0][:160]}); resume with the config and "
-                    "--precision it was written with (its config.json), or use a new --workdir"
-                ) from None
-            reason = f"{Path(path).name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-            failures.append(reason)
-            log.warning("checkpoint %s", reason)
-            if strategies.is_chief(strategy):
-                _quarantine(path, reason)
-    if failures and restored is None:
-        raise workdir_lib.WorkdirError(
-            f"no usable checkpoint in {directory} ({'; '.join(failures)}; moved to {directory / QUARANTINE}); "
-            "rerun the same command to train from scratch in this workdir, or use a new --workdir"
-        )
-    if restored:
-        if failures:
-            lost = _step(candidates[0]) - _step(restored)
-            log.warning(
-                "resumed from the older checkpoint %s: %d optimizer steps (%.1f epochs) will be trained again",
-                Path(restored).name,
-                lost,
-                lost / steps_per_epoch,
-            )
-        log.info("resumed from %s (%s)", restored, describe_position(state))
-    _check_workers_agree(strategy, int(state.optimizer.iterations.numpy()))
-    # Anew: it reads the state file after any quarantine, and counts its interval from the restored step.
-    state.manager = _manager(
-        state, state.manager.checkpoint, state.manager.directory, int(state.optimizer.iterations.numpy())
-    )
-    return int(state.epoch.numpy())
-
-
-def _step(path: str) -> int:
-    """The optimizer step (or, for older checkpoints, the epoch) in a checkpoint's name."""
-    return int(Path(path).name.rsplit("-", 1)[1])
+def topology_of(strategy) -> list[int]:
+    """[workers, replicas in all] that `strategy` trains on."""
+    return [strategies.num_workers(strategy), strategy.num_replicas_in_sync]
 
 
 def describe_position(state: TrainState) -> str:
@@ -296,11 +208,3 @@ def save(state: TrainState, periodic: bool = False) -> str | None:
     with workdir_lib.writing("a checkpoint", directory):
         path = state.manager.save(checkpoint_number=int(state.optimizer.iterations.numpy()), check_interval=periodic)
     return path if path is not None or periodic else state.manager.latest_checkpoint
-
-
-def _check_workers_agree(strategy, step: int) -> None:
-    if not strategies.workers_agree(strategy, float(step)):
-        raise workdir_lib.WorkdirError(
-            "workers restored different checkpoints: the workdir must be on a file system every "
-            "worker can read (NFS, GCS, a shared volume)"
-        )
