@@ -110,7 +110,7 @@ OWN_LOGGERS = ("pipeline", "tuning", "launch", "benchmarks")
 # TFLite's line as its interpreter applies the XNNPACK delegate.
 _NATIVE_CHATTER = re.compile(
     r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog|E\d{4} .*(cuInit|cuda_(platform|dnn|fft|blas))"
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate|E\d{4} .*oneDNN supports DT_HALF only)"
 )
 
 
@@ -154,6 +154,22 @@ def native_logs_filtered():
                 if not _NATIVE_CHATTER.match(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def measure_precision_quietly(precision: str) -> None:
+    """Runs `precision`'s once-per-process measurement of this CPU now, with TensorFlow's native lines held back.
+
+    Timing float16 on a CPU without float16 kernels makes oneDNN log an
+    error-level line about falling back to Eigen's; the measurement's own
+    warning says what matters to the user, that float16 is the slower here.
+    Call it once the strategy exists (the measurement starts TensorFlow's runtime).
+    """
+    if precision != "mixed_float16":
+        return
+    from pipeline.training import precision as precision_lib
+
+    with native_logs_filtered():
+        precision_lib.resolve_precision(precision)
 
 
 def define_thread_flags() -> None:

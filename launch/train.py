@@ -66,6 +66,7 @@ def main(argv: list[str]) -> None:
 
     try:
         strategy = strategies.make_strategy(FLAGS.strategy, FLAGS.devices)
+        common.measure_precision_quietly(config.train.precision)
         with StopSignal() as stop:
             metrics = train_and_evaluate(
                 config,

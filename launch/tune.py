@@ -85,6 +85,7 @@ def main(argv: list[str]) -> None:
     sys.stdout = common.WithoutLines(sys.stdout, ("True",))
     try:
         strategy = strategies.make_strategy(FLAGS.strategy)
+        common.measure_precision_quietly(base.train.precision)
         with StopSignal() as stop:
             summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best, stop)
     except TrainingStopped as e:
