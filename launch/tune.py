@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import os
 import sys
 
 from absl import flags
@@ -43,11 +44,47 @@ FLAGS = flags.FLAGS
 TUNER_FLAGS = {"max_trials": ("bayesian", "random"), "hyperband_factor": ("hyperband",)}
 
 
+def _join_a_slurm_search() -> None:
+    """Makes the tasks of a Slurm step one KerasTuner search; refuses a TF_CONFIG cluster, which trials cannot use.
+
+    Each trial trains in one process, so the tasks of a step are the
+    search's oracle chief and its tuner workers, not one training cluster.
+    """
+    from pipeline.cluster import environment
+
+    try:
+        if "TF_CONFIG" in os.environ:
+            cluster = environment.parse_tf_config(os.environ["TF_CONFIG"])["cluster"]
+            if sum(len(tasks) for tasks in cluster.values()) > 1:
+                common.fail(
+                    "TF_CONFIG names several tasks, but fmnist-tune trains each trial in one process: start a "
+                    "distributed search with fmnist-launch --tuner_workers=N, srun (Slurm) or the KERASTUNER_* "
+                    "variables (README, Tune), and unset TF_CONFIG"
+                )
+        roles = environment.slurm_search_roles()
+    except environment.ClusterError as e:
+        common.fail(str(e))
+    if roles:
+        os.environ.update(roles)
+        oracle = f"{roles['KERASTUNER_ORACLE_IP']}:{roles['KERASTUNER_ORACLE_PORT']}"
+        role = (
+            "the oracle chief, listening on" if roles["KERASTUNER_TUNER_ID"] == "chief" else "a tuner of the oracle on"
+        )
+        std_logging.getLogger("launch").info(
+            "search from Slurm: task %s of %s is %s %s",
+            os.environ["SLURM_PROCID"],
+            os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS")),
+            role,
+            oracle,
+        )
+
+
 def main(argv: list[str]) -> None:
     common.reject_arguments(argv)
     for name, tuners in TUNER_FLAGS.items():
         if FLAGS[name].present and FLAGS.tuner not in tuners:
             common.fail(f"--{name} is read by --tuner={' or '.join(tuners)}, not {FLAGS.tuner}; drop it", 2)
+    _join_a_slurm_search()
     common.start_tensorflow(training=True)
     from pipeline import config as config_lib
     from pipeline.cluster import strategies

@@ -10,6 +10,7 @@ daemon it started. Needs root and Debian's `slurm-wlm` and `munge` packages;
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,9 @@ CredType=cred/munge
 # (120 s by default); a short one lets the requeue tests run in seconds.
 AuthInfo=socket={munge_socket},cred_expire=10
 StateSaveLocation={root}/state
+# Jobs' ports derive from their ids (pipeline/cluster/environment.py): a
+# random first id keeps two test clusters on one host (two test workers) apart.
+FirstJobId={first_job_id}
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd.pid
@@ -112,6 +116,7 @@ class LocalSlurm:
                 munge_socket=self.root / "munge" / "munge.socket",
                 root=self.root,
                 cpus=self.cpus,
+                first_job_id=random.randrange(1000, 60000),
             )
         )
 

@@ -53,6 +53,21 @@ def test_in_slurm_step_needs_several_tasks():
     assert not cluster_env.in_slurm_step({"SLURM_JOB_ID": "1"})
 
 
+def test_the_tasks_of_a_slurm_step_running_fmnist_tune_are_one_search_not_one_training_cluster():
+    roles = [cluster_env.slurm_search_roles(_step(*task)) for task in [(0, 0, 0), (1, 0, 1), (4, 2, 0)]]
+    port = str(20000 + (4242 % 2000) * 16)
+    assert [r["KERASTUNER_TUNER_ID"] for r in roles] == ["chief", "tuner1", "tuner4"]
+    assert all(r["KERASTUNER_ORACLE_IP"] == "gpu07" and r["KERASTUNER_ORACLE_PORT"] == port for r in roles)
+    reserved = cluster_env.slurm_search_roles(_step(2, 1, 0, SLURM_STEP_RESV_PORTS="12000-12001"))
+    assert reserved["KERASTUNER_ORACLE_PORT"] == "12000"
+    # Once they are set (by the user, or for this process), the step trains no cluster.
+    searching = {**_step(1, 0, 1), **roles[1]}
+    assert cluster_env.in_slurm_step(searching) and not cluster_env.in_slurm_training_step(searching)
+    assert cluster_env.slurm_search_roles(searching) == {}
+    assert cluster_env.in_slurm_training_step(_step(1, 0, 1))
+    assert cluster_env.slurm_search_roles({**_step(0, 0, 0), "SLURM_STEP_NUM_TASKS": "1"}) == {}
+
+
 def test_visible_gpus_without_nvidia_smi(tmp_path):
     driver = tmp_path / "gpus"
     assert cluster_env.visible_gpus({}, driver) == []  # A CPU node: no driver directory.

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LAUNCH, fmnist_train, run, scratch_env, start
+from conftest import LAUNCH, fmnist_train, run, scratch_env, start, subprocess_env
 
 
 @pytest.mark.slow
@@ -174,3 +174,17 @@ def test_a_command_launched_in_the_wrong_mode_is_refused_in_one_line(tmp_path):
         "error: fmnist-train is launched with --num_workers, not --tuner_workers"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_fmnist_tune_in_a_tf_config_cluster_is_refused_in_one_line(tmp_path):
+    # Its trials each train in one process; a distributed search is KerasTuner's chief and tuners.
+    tf_config = '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}'
+    env = dict(subprocess_env(), TF_CONFIG=tf_config)
+    done = run([sys.executable, "-m", "launch.tune", f"--workdir={tmp_path / 'search'}", "--preset=smoke"], 60, env=env)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: TF_CONFIG names several tasks, but fmnist-tune trains each trial in one process: start a distributed "
+        "search with fmnist-launch --tuner_workers=N, srun (Slurm) or the KERASTUNER_* variables (README, Tune), "
+        "and unset TF_CONFIG"
+    ]
+    assert not (tmp_path / "search").exists()

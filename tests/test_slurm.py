@@ -1,8 +1,9 @@
-"""The project's own `launch/cluster/slurm.sbatch`, submitted unchanged to a real one-node Slurm.
+"""The project's own `launch/cluster/slurm.sbatch` and `tune.sbatch`, submitted unchanged to a real one-node Slurm.
 
 The cluster (munged, slurmctld, slurmd from Debian's `slurm-wlm` and `munge`)
-is started by `local_slurm` with a config written here; the job runs 2 tasks
-on 1 node, which form one two-worker MultiWorkerMirroredStrategy job.
+is started by `local_slurm` with a config written here. A training job runs 2
+tasks on 1 node, which form one two-worker MultiWorkerMirroredStrategy job; a
+search job's 2 tasks are its oracle chief and one tuner.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "launch" / "cluster" / "slurm.sbatch"
+SEARCH_SCRIPT = REPO / "launch" / "cluster" / "tune.sbatch"
 # Epochs of 171 steps, long enough to signal one mid-way.
 TRAIN_ARGS = ("--preset=smoke", "--epochs=2", "--max_train_examples=11000", "--seed=3")
 
@@ -33,16 +35,16 @@ def slurm(tmp_path_factory):
         yield cluster
 
 
-def _submit(slurm, workdir: Path, data_dir: Path, log: Path, precision: str) -> int:
-    # The job's tasks run the installed fmnist-train, as a user's job does.
+def _submit(slurm, workdir: Path, data_dir: Path, log: Path, precision: str, script=SCRIPT, args=TRAIN_ARGS) -> int:
+    # The job's tasks run the installed fmnist-train (or fmnist-tune), as a user's job does.
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "fmnist-train").exists():
         pytest.skip(f"fmnist-train is not installed beside {sys.executable} (pip install -e .)")
     env = {"WORKDIR": str(workdir), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     options = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={log}"]
     # The jobs compared train in one precision (`auto` measures, and may measure differently).
-    args = (*TRAIN_ARGS, f"--data_dir={data_dir}", f"--precision={precision}")
-    return slurm.submit(options, SCRIPT, *args, env=env, cwd=REPO)
+    args = (*args, f"--data_dir={data_dir}", f"--precision={precision}")
+    return slurm.submit(options, script, *args, env=env, cwd=REPO)
 
 
 def _fingerprints(text: str) -> list[str]:
@@ -98,3 +100,54 @@ def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(
     assert metrics["test_loss"] == reference["test_loss"]
     assert _fingerprints(text)[-2:] == _fingerprints(reference_log)
     assert not re.search(r"unhealthy|crashed|Traceback", text), text[-3000:]
+
+
+# Three trials of two epochs of 11,000 images: a search long enough to signal mid-way.
+SEARCH_ARGS = (
+    "--preset=smoke",
+    "--tuner=random",
+    "--max_trials=3",
+    "--max_epochs=2",
+    "--max_train_examples=11000",
+    "--search_space=filters",
+)
+
+
+def _search_ended_well(workdir: Path, text: str) -> None:
+    rows = (workdir / "trials.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3 and all(",COMPLETED," in row for row in rows), rows
+    assert "task 0 of 2 is the oracle chief, listening on" in text and "task 1 of 2 is a tuner of the oracle" in text
+    assert (workdir / "best_run" / "export" / "1" / "saved_model.pb").exists()  # The script retrains the best.
+    assert not re.search(r"unhealthy|crashed|Traceback|Connection refused", text), text[-3000:]
+
+
+def test_a_slurm_search_is_one_oracle_chief_and_its_tuners_and_retrains_the_best(
+    slurm, long_data_dir, tmp_path, machine_precision
+):
+    log = tmp_path / "job.log"
+    job = _submit(slurm, tmp_path / "search", long_data_dir, log, machine_precision, SEARCH_SCRIPT, SEARCH_ARGS)
+    state = slurm.wait(job, timeout=600)
+    text = log.read_text(errors="replace")
+    assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)
+    _search_ended_well(tmp_path / "search", text)
+
+
+def test_a_slurm_search_stopped_by_sigterm_requeues_and_resumes(slurm, long_data_dir, tmp_path, machine_precision):
+    log = tmp_path / "job.log"
+    job = _submit(slurm, tmp_path / "search", long_data_dir, log, machine_precision, SEARCH_SCRIPT, SEARCH_ARGS)
+    deadline = time.time() + 300
+    while "trial 1: up to epoch 2" not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.time() < deadline and slurm.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (
+            log.read_text(errors="replace") if log.exists() else slurm.state(job)
+        )
+        time.sleep(0.5)
+    time.sleep(1.0)
+    slurm.run("scancel", "--signal=TERM", str(job))  # What --signal=TERM@120 sends before the time limit.
+    state = slurm.wait(job, timeout=600)
+    text = log.read_text(errors="replace")
+    assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)
+    # The tuner checkpoints its trial, the chief keeps the oracle's state; both end as stopped, not failed.
+    assert "search stopped by SIGTERM: the oracle's state is saved" in text, text[-3000:]
+    assert "requeueing job" in text and "(restart 1)" in text
+    assert re.search(r"resumed from .*trial_1/checkpoints/ckpt-\d+", text), text[-3000:]
+    _search_ended_well(tmp_path / "search", text)

@@ -81,6 +81,15 @@ def test_a_task_of_a_cluster_refuses_a_strategy_that_would_train_it_alone(monkey
         strategies.make_strategy(kind)
 
 
+def test_the_tasks_of_a_slurm_search_each_train_their_trials_alone(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    step = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "KERASTUNER_TUNER_ID": "tuner1"}
+    for name, value in step.items():
+        monkeypatch.setenv(name, value)
+    assert strategies.strategy_name(strategies.make_strategy("auto")) == "default"
+    assert strategies.strategy_name(strategies.make_strategy("default")) == "default"
+
+
 def test_gpus_named_in_cuda_visible_devices_must_be_seen_by_tensorflow():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has GPUs: the GPU tier checks an id CUDA cannot open")

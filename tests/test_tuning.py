@@ -108,7 +108,7 @@ def test_two_trial_search_writes_a_config_that_fmnist_train_accepts(tiny_data_di
         for row in rows
         if float(row["val_accuracy"]) == top
     )
-    assert f"{tune / 'best_config.json'} trains it for 1 epoch" in done.stderr
+    assert f"{tune / 'best_config.json'} trains it for 1 epoch\n" in done.stderr
     assert list((tune / "tensorboard").iterdir())
     train = subprocess.run(
         [

@@ -155,3 +155,23 @@ def test_trials_png_lays_its_panels_in_rows_of_four_and_stars_the_oracles_best(t
     assert width == 100 * 4 * results.COLUMNS and height == round(100 * 3.4 * -(-panels // results.COLUMNS))
     results.plot_trials(rows, tmp_path / "unstarred.png")
     assert (tmp_path / "trials.png").read_bytes() != (tmp_path / "unstarred.png").read_bytes()
+
+
+@pytest.mark.parametrize("tuner", ["random", "bayesian", "hyperband"])
+def test_a_search_with_the_same_seed_draws_the_same_trials_the_default_seed_too(tmp_path, tuner):
+    import keras_tuner as kt
+
+    from tuning.budget import BudgetClock
+    from tuning.tuner import TuneConfig, make_oracle
+
+    def first_draws(seed: int) -> list[dict]:
+        oracle = make_oracle(TuneConfig(tuner=tuner, seed=seed), BudgetClock(tmp_path, None))
+        space = kt.HyperParameters()
+        space.Int("filters", 8, 128, step=8)
+        space.Float("learning_rate", 1e-3, 1.0, sampling="log")
+        oracle.update_space(space)
+        return [oracle.populate_space(f"{i:02d}")["values"] for i in range(3)]
+
+    # KerasTuner reads a seed of 0 as none and draws one at random.
+    assert first_draws(0) == first_draws(0)
+    assert first_draws(1) == first_draws(1) != first_draws(0)

@@ -155,12 +155,13 @@ def run_search(
             "trials": len(tuner.oracle.trials),
         }
         log.info(
-            "best trial %s: val accuracy %.4f; %s; %s trains it for %d epochs",
+            "best trial %s: val accuracy %.4f; %s; %s trains it for %d epoch%s",
             best_trial.trial_id,
             best_trial.score,
             describe_searched(best_trial.hyperparameters),
             summary["best_config"],
             best.train.epochs,
+            "" if best.train.epochs == 1 else "s",
         )
         if retrain_best:
             set_aside_if_retrained_for_another(directory / "best_run", best)

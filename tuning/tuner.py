@@ -26,7 +26,7 @@ from pipeline.runs import workdir as workdir_lib
 from pipeline.training import loop, precision, restore
 from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import state as train_state
-from tuning import search_space
+from tuning import chief, search_space
 from tuning.budget import BudgetClock
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,17 @@ def _budgeted(oracle_class):
 
 def make_oracle(tune: TuneConfig, clock: BudgetClock):
     """The KerasTuner oracle for `tune.tuner`, with the time budget applied."""
+    # KerasTuner's oracles take a seed of 0 for none and draw a random one, so
+    # a search with the default seed would not repeat: every seed is shifted by one.
+    seed = tune.seed + 1
     if tune.tuner == "hyperband":
         oracle = _budgeted(kt.oracles.HyperbandOracle)(
-            OBJECTIVE, max_epochs=tune.max_epochs, factor=tune.hyperband_factor, seed=tune.seed
+            OBJECTIVE, max_epochs=tune.max_epochs, factor=tune.hyperband_factor, seed=seed
         )
     elif tune.tuner == "bayesian":
-        oracle = _budgeted(kt.oracles.BayesianOptimizationOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
+        oracle = _budgeted(kt.oracles.BayesianOptimizationOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=seed)
     else:
-        oracle = _budgeted(kt.oracles.RandomSearchOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=tune.seed)
+        oracle = _budgeted(kt.oracles.RandomSearchOracle)(OBJECTIVE, max_trials=tune.max_trials, seed=seed)
     oracle.clock = clock
     # Each tuner says what its trials do (`PipelineTuner.on_trial_begin`), in
     # the trial ids of the results; KerasTuner's display counts from 1.
@@ -156,6 +159,12 @@ class PipelineTuner(kt.Tuner):
         # A stop signal saves the running trial's step and ends the search (`TrainingStopped`).
         self.tune, self.strategy, self.dataset, self.stop = tune, strategy, dataset, stop
         super().__init__(oracle, hypermodel=PipelineHyperModel(base, tune.search), **kwargs)
+
+    def search(self, *fit_args, **fit_kwargs):
+        if not chief.is_distributed_chief():
+            return super().search(*fit_args, **fit_kwargs)
+        # A stopped tuner never asks the chief for another trial: the chief ends on its own stop.
+        chief.serve(lambda: super(PipelineTuner, self).search(*fit_args, **fit_kwargs), self.stop)
 
     def trial_config(self, hp: kt.HyperParameters) -> config_lib.Config:
         """The config a trial trains: the mapped hp with the trial's epoch budget."""

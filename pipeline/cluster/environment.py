@@ -89,8 +89,37 @@ def expand_tasks_per_node(text: str) -> list[int]:
 
 
 def in_slurm_step(env: Mapping[str, str] = os.environ) -> bool:
-    """True inside a Slurm job step of several tasks (`srun`), where the tasks form one cluster."""
+    """True inside a Slurm job step of several tasks (`srun`): one training cluster, or one search."""
     return "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1
+
+
+def in_slurm_training_step(env: Mapping[str, str] = os.environ) -> bool:
+    """True inside a Slurm step of several tasks that train as one cluster: not a search's (`slurm_search_roles`)."""
+    return in_slurm_step(env) and "KERASTUNER_TUNER_ID" not in env
+
+
+def slurm_search_roles(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The KerasTuner variables that make the tasks of a Slurm step one distributed search.
+
+    Task 0 is the oracle chief: it answers the other tasks' requests, then
+    writes the results and (`--retrain_best`) retrains the best config on its
+    own share of its node. Task k is tuner k and trains its trials alone. The
+    oracle listens on the step's first node, on the port its first task would
+    train on. Empty outside a step of several tasks, and when the variables
+    are set already (the user's own).
+    """
+    if not in_slurm_step(env) or "KERASTUNER_TUNER_ID" in env:
+        return {}
+    try:
+        hosts = expand_hostlist(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"])
+        rank = int(env["SLURM_PROCID"])
+    except KeyError as e:
+        raise ClusterError(f"Slurm variable {e.args[0]} is not set; start fmnist-tune with srun") from None
+    return {
+        "KERASTUNER_TUNER_ID": "chief" if rank == 0 else f"tuner{rank}",
+        "KERASTUNER_ORACLE_IP": hosts[0],
+        "KERASTUNER_ORACLE_PORT": str(_step_ports(env, 1)[0]),
+    }
 
 
 def _step_ports(env: Mapping[str, str], count: int) -> list[int]:

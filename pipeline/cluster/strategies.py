@@ -52,13 +52,13 @@ def check_given_gpus_are_seen(env=os.environ) -> None:
 
 def _in_cluster() -> bool:
     if "TF_CONFIG" not in os.environ:
-        return cluster_env.in_slurm_step()
+        return cluster_env.in_slurm_training_step()
     cluster = parse_tf_config(os.environ["TF_CONFIG"])["cluster"]
     return sum(len(members) for members in cluster.values()) > 1
 
 
 def _cluster_resolver():
-    if "TF_CONFIG" not in os.environ and cluster_env.in_slurm_step():
+    if "TF_CONFIG" not in os.environ and cluster_env.in_slurm_training_step():
         spec, index = cluster_env.slurm_cluster()
         gpus = len(tf.config.list_physical_devices("GPU"))
         log.info(

@@ -1,0 +1,41 @@
+"""The oracle chief of a distributed search ends on a stop signal, not only when its tuners ask it to."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from pipeline.training.preemption import TrainingStopped
+from tuning import chief
+
+
+class _Stop:
+    signum = int(signal.SIGTERM)
+
+    def __init__(self, received=None):
+        self.received = received
+
+
+def test_the_chief_returns_when_its_search_ends_and_passes_on_what_it_raised():
+    chief.serve(lambda: time.sleep(0.2), _Stop())
+
+    def fails():
+        raise RuntimeError("Number of consecutive failures exceeded the limit of 3.")
+
+    with pytest.raises(RuntimeError, match="consecutive failures"):
+        chief.serve(fails, _Stop())
+
+
+def test_a_stopped_chief_answers_for_its_grace_then_stops_with_sigterms_exit_code():
+    forever, stop = threading.Event(), _Stop()
+    threading.Timer(0.3, lambda: setattr(stop, "received", int(signal.SIGTERM))).start()
+    started = time.monotonic()
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM: the oracle's state is saved") as stopped:
+        chief.serve(forever.wait, stop, grace=1.0)
+    assert stopped.value.exit_code == 143
+    assert 1.0 <= time.monotonic() - started < 5.0
+    # A search that ends within the grace (its tuners' last reports in) ends as usual.
+    chief.serve(lambda: time.sleep(0.5), _Stop(int(signal.SIGTERM)), grace=5.0)

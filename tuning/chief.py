@@ -1,0 +1,59 @@
+"""The oracle chief of a distributed search: it serves the oracle until the search ends or a stop signal.
+
+KerasTuner's chief serves until every tuner has asked for a trial after the
+last one. A tuner stopped by SIGTERM saves its trial's checkpoint and exits
+without asking again, so on a stop the chief must end by itself; the
+oracle's state is written at every change, and a rerun sends the trials
+that were running back out, to resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from pipeline.training.preemption import StopSignal, TrainingStopped
+
+# After a stop, how long the chief still answers: a tuner whose epoch ended as
+# the signal came reports it before it stops, and must find the chief there.
+GRACE_SECONDS = 10.0
+
+
+def is_distributed_chief() -> bool:
+    """True in the oracle chief of a distributed search (KerasTuner's rule: "chief" in the tuner id)."""
+    return "KERASTUNER_ORACLE_IP" in os.environ and "chief" in os.environ.get("KERASTUNER_TUNER_ID", "")
+
+
+def serve(search: Callable[[], None], stop: StopSignal | None, grace: float = GRACE_SECONDS) -> None:
+    """Runs the chief's `search` (which serves the oracle) until it returns, or raises on a stop.
+
+    Raises:
+      TrainingStopped: a stop was requested and the search had not ended
+        `grace` seconds later.
+      Exception: whatever `search` raised.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            search()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it.
+            failure.append(e)
+
+    # A daemon thread: the gRPC server it runs must not keep a stopped process alive.
+    server = threading.Thread(target=run, name="oracle-chief", daemon=True)
+    server.start()
+    while server.is_alive():
+        server.join(timeout=0.5)
+        if stop is not None and stop.received is not None and server.is_alive():
+            server.join(timeout=grace)
+            if server.is_alive():
+                raise TrainingStopped(
+                    f"stopped by {signal.Signals(stop.signum).name}: the oracle's state is saved, and the trials "
+                    "that were running resume from their checkpoints; rerun the same command (every task) to resume",
+                    stop.signum,
+                )
+    if failure:
+        raise failure[0]
