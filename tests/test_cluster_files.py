@@ -30,9 +30,15 @@ def _tfjob_arguments() -> list[str]:
     return [line.strip()[2:] for line in block.splitlines()]
 
 
-@pytest.mark.parametrize("arguments", [_sbatch_arguments(), _tfjob_arguments()], ids=["slurm", "tfjob"])
-def test_cluster_files_train_at_their_presets_own_rate(arguments):
-    assert any(a.startswith("--workdir=") for a in arguments) and "--strategy=multi_worker" in arguments
+@pytest.mark.parametrize(
+    "arguments, strategy",
+    # A Slurm job may be one task (its node's GPUs mirrored) or several (one cluster); a TFJob's TF_CONFIG always
+    # names its cluster, of one worker or more.
+    [(_sbatch_arguments(), "auto"), (_tfjob_arguments(), "multi_worker")],
+    ids=["slurm", "tfjob"],
+)
+def test_cluster_files_train_at_their_presets_own_rate(arguments, strategy):
+    assert any(a.startswith("--workdir=") for a in arguments) and f"--strategy={strategy}" in arguments
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["fmnist-train", *arguments])

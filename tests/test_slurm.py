@@ -73,6 +73,20 @@ def test_slurm_job_trains_two_tasks_as_one_multi_worker_job(uninterrupted):
     assert not re.search(r"^E\d{4} |unhealthy|crashed|Traceback|error:", log, re.M), log[-3000:]
 
 
+def test_a_slurm_job_of_one_task_trains_on_its_own_devices(slurm, tiny_data_dir, tmp_path, machine_precision):
+    log = tmp_path / "job.log"
+    bin_dir = Path(sys.executable).parent
+    env = {"WORKDIR": str(tmp_path / "run"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    options = ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2", "--gpus-per-node=0", f"--output={log}"]
+    args = ("--preset=smoke", f"--data_dir={tiny_data_dir}", f"--precision={machine_precision}")
+    job = slurm.submit(options, SCRIPT, *args, env=env, cwd=REPO)
+    state = slurm.wait(job, timeout=600)
+    text = log.read_text(errors="replace")
+    assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["workers"] == 1 and metrics["strategy"] == "default" and metrics["epochs_completed"] == 1
+
+
 def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(
     slurm, uninterrupted, long_data_dir, tmp_path, machine_precision
 ):

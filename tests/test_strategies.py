@@ -81,6 +81,15 @@ def test_a_task_of_a_cluster_refuses_a_strategy_that_would_train_it_alone(monkey
         strategies.make_strategy(kind)
 
 
+def test_multi_worker_in_a_slurm_step_of_one_task_names_the_fix(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for name, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(strategies.ClusterError, match="this Slurm job step has one: start it with srun over sev"):
+        strategies.make_strategy("multi_worker")
+    assert strategies.strategy_name(strategies.make_strategy("auto")) == "default"
+
+
 def test_the_tasks_of_a_slurm_search_each_train_their_trials_alone(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     step = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "KERASTUNER_TUNER_ID": "tuner1"}

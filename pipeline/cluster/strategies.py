@@ -71,9 +71,14 @@ def _cluster_resolver():
             num_accelerators={"GPU": gpus},
             rpc_layer="grpc",
         )
+    if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+        raise ClusterError(
+            "--strategy=multi_worker needs several tasks, and this Slurm job step has one: start it with srun over "
+            "several tasks (--ntasks-per-node, --nodes), or use --strategy=auto to mirror over this task's GPUs"
+        )
     if "TF_CONFIG" not in os.environ:
         raise ClusterError(
-            "--strategy=multi_worker needs TF_CONFIG (or a Slurm job); start the workers with "
+            "--strategy=multi_worker needs TF_CONFIG (or a Slurm job step of several tasks); start the workers with "
             "fmnist-launch, the Slurm script or the TFJob manifest (see README)"
         )
     parse_tf_config(os.environ["TF_CONFIG"])
