@@ -73,7 +73,7 @@ def _join_a_slurm_search() -> None:
         std_logging.getLogger("launch").info(
             "search from Slurm: task %s of %s is %s %s",
             os.environ["SLURM_PROCID"],
-            os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS")),
+            os.environ["SLURM_STEP_NUM_TASKS"],
             role,
             oracle,
         )

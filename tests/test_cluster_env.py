@@ -51,6 +51,8 @@ def test_in_slurm_step_needs_several_tasks():
     assert cluster_env.in_slurm_step(_step(0, 0, 0))
     assert not cluster_env.in_slurm_step({**_step(0, 0, 0), "SLURM_STEP_NUM_TASKS": "1"})
     assert not cluster_env.in_slurm_step({"SLURM_JOB_ID": "1"})
+    # The batch script's shell: the job's task count, but one process, not a step's task.
+    assert not cluster_env.in_slurm_step({"SLURM_JOB_ID": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
 
 
 def test_the_tasks_of_a_slurm_step_running_fmnist_tune_are_one_search_not_one_training_cluster():

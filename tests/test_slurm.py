@@ -87,6 +87,18 @@ def test_a_slurm_job_of_one_task_trains_on_its_own_devices(slurm, tiny_data_dir,
     assert metrics["workers"] == 1 and metrics["strategy"] == "default" and metrics["epochs_completed"] == 1
 
 
+def test_fmnist_train_in_the_batch_shell_of_a_job_of_several_tasks_trains_alone(slurm, tiny_data_dir, tmp_path):
+    # Without srun there is one process; the job's task count must not make it wait for peers that never start.
+    log, bin_dir = tmp_path / "job.log", Path(sys.executable).parent
+    train = f"fmnist-train --workdir={tmp_path / 'run'} --preset=smoke --data_dir={tiny_data_dir} --precision=float32"
+    options = ["--ntasks=2", "--cpus-per-task=1", f"--output={log}", "--time=5", f"--wrap={train}"]
+    job = slurm.submit(options, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, cwd=REPO)
+    state = slurm.wait(job, timeout=300)
+    text = log.read_text(errors="replace")
+    assert state == "COMPLETED" and "cluster from Slurm" not in text, text[-3000:] + slurm.diagnosis(job)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["workers"] == 1
+
+
 def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(
     slurm, uninterrupted, long_data_dir, tmp_path, machine_precision
 ):

@@ -89,8 +89,13 @@ def expand_tasks_per_node(text: str) -> list[int]:
 
 
 def in_slurm_step(env: Mapping[str, str] = os.environ) -> bool:
-    """True inside a Slurm job step of several tasks (`srun`): one training cluster, or one search."""
-    return "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1
+    """True inside a Slurm job step of several tasks (`srun`): one training cluster, or one search.
+
+    Only srun's tasks have `SLURM_STEP_NUM_TASKS`. The batch script's own
+    shell also has `SLURM_PROCID` (0) and the job's `SLURM_NTASKS`, but it is
+    one process: a command run there without srun trains alone.
+    """
+    return "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1
 
 
 def in_slurm_training_step(env: Mapping[str, str] = os.environ) -> bool:
