@@ -39,3 +39,20 @@ def test_a_stopped_chief_answers_for_its_grace_then_stops_with_sigterms_exit_cod
     assert 1.0 <= time.monotonic() - started < 5.0
     # A search that ends within the grace (its tuners' last reports in) ends as usual.
     chief.serve(lambda: time.sleep(0.5), _Stop(int(signal.SIGTERM)), grace=5.0)
+
+
+def test_a_tuner_stopped_between_trials_asks_for_no_other():
+    import types
+
+    import tensorflow as tf
+
+    from pipeline.training.preemption import StopSignal
+    from tuning.tuner import PipelineTuner
+
+    stop = StopSignal()  # Not installed: the test raises its flag.
+    tuner = types.SimpleNamespace(stop=stop, strategy=tf.distribute.get_strategy())
+    PipelineTuner.pre_create_trial(tuner)
+    stop.received = int(signal.SIGTERM)
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM after its last trial ended") as stopped:
+        PipelineTuner.pre_create_trial(tuner)
+    assert stopped.value.exit_code == 143

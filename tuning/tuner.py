@@ -166,6 +166,12 @@ class PipelineTuner(kt.Tuner):
         # A stopped tuner never asks the chief for another trial: the chief ends on its own stop.
         chief.serve(lambda: super(PipelineTuner, self).search(*fit_args, **fit_kwargs), self.stop)
 
+    def pre_create_trial(self):
+        # A stop between trials ends the search before it asks for another
+        # (or, waiting for one, asks again), as it would end a trial.
+        if self.stop is not None:
+            self.stop.check(self.strategy, "its last trial ended", collective=False)
+
     def trial_config(self, hp: kt.HyperParameters) -> config_lib.Config:
         """The config a trial trains: the mapped hp with the trial's epoch budget."""
         config = self.hypermodel.config(hp)
