@@ -186,7 +186,7 @@ class LocalSlurm:
         )
         return int(out.stdout.strip().split(";")[0])
 
-    def state(self, job_id: int) -> str:
+    def state(self, job_id: int | str) -> str:
         """The job's state as scontrol reports it (PENDING, RUNNING, COMPLETED, ...)."""
         out = self.run("scontrol", "show", "job", str(job_id), check=False).stdout
         for field in out.split():
@@ -194,7 +194,9 @@ class LocalSlurm:
                 return field.split("=", 1)[1]
         return "UNKNOWN"
 
-    def wait(self, job_id: int, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), timeout=600.0):
+    def wait(
+        self, job_id: int | str, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), timeout=600.0
+    ):
         """Waits until the job is in one of `states`; returns the state."""
         deadline = time.time() + timeout
         while time.time() < deadline:

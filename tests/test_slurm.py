@@ -59,6 +59,20 @@ def uninterrupted(slurm, long_data_dir, tmp_path_factory, machine_precision):
     return state, root / "run", (root / "job.log").read_text(errors="replace")
 
 
+def _signal_once_logged(slurm, job: int, log: Path, marker: str) -> tuple[str, str]:
+    """Sends the job SIGTERM a second after `marker` appears in its log; returns its final state and its log."""
+    deadline = time.time() + 300
+    while marker not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.time() < deadline and slurm.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (
+            log.read_text(errors="replace") if log.exists() else slurm.state(job)
+        )
+        time.sleep(0.5)
+    time.sleep(1.0)
+    slurm.run("scancel", "--signal=TERM", str(job))  # What --signal=TERM@120 sends before the time limit.
+    state = slurm.wait(job, timeout=600)
+    return state, log.read_text(errors="replace")
+
+
 def test_slurm_job_trains_two_tasks_as_one_multi_worker_job(uninterrupted):
     state, workdir, log = uninterrupted
     assert state == "COMPLETED", log[-3000:]
@@ -87,6 +101,21 @@ def test_a_slurm_job_of_one_task_trains_on_its_own_devices(slurm, tiny_data_dir,
     assert metrics["workers"] == 1 and metrics["strategy"] == "default" and metrics["epochs_completed"] == 1
 
 
+def test_a_slurm_job_array_trains_one_seed_per_array_task_each_in_its_own_workdir(slurm, tiny_data_dir, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    env = {"WORKDIR": str(tmp_path / "run"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    options = ["--array=0-1", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2", "--gpus-per-node=0"]
+    options.append(f"--output={tmp_path / 'job-%a.log'}")
+    args = ("--preset=smoke", f"--data_dir={tiny_data_dir}", "--precision=float32")
+    job = slurm.submit(options, SCRIPT, *args, env=env, cwd=REPO)
+    for index in (0, 1):
+        state = slurm.wait(f"{job}_{index}", timeout=600)
+        text = (tmp_path / f"job-{index}.log").read_text(errors="replace")
+        assert state == "COMPLETED", text[-3000:]
+        config = json.loads((tmp_path / f"run-{index}" / "config.json").read_text())
+        assert config["train"]["seed"] == index and (tmp_path / f"run-{index}" / "metrics.json").exists()
+
+
 def test_fmnist_train_in_the_batch_shell_of_a_job_of_several_tasks_trains_alone(slurm, tiny_data_dir, tmp_path):
     # Without srun there is one process; the job's task count must not make it wait for peers that never start.
     log, bin_dir = tmp_path / "job.log", Path(sys.executable).parent
@@ -105,17 +134,8 @@ def test_slurm_preemption_requeues_and_resumes_to_the_same_weights(
     _, reference_dir, reference_log = uninterrupted
     log = tmp_path / "job.log"
     job = _submit(slurm, tmp_path / "run", long_data_dir, log, machine_precision)
-    deadline = time.time() + 300
     # Mid-epoch: once the second epoch's progress bar has started.
-    while "Epoch 2/2" not in (log.read_text(errors="replace") if log.exists() else ""):
-        assert time.time() < deadline and slurm.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (
-            log.read_text(errors="replace") if log.exists() else slurm.state(job)
-        )
-        time.sleep(0.5)
-    time.sleep(1.0)
-    slurm.run("scancel", "--signal=TERM", str(job))  # What --signal=TERM@120 sends before the time limit.
-    state = slurm.wait(job, timeout=600)
-    text = log.read_text(errors="replace")
+    state, text = _signal_once_logged(slurm, job, log, "Epoch 2/2")
     assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)
     assert re.search(r"stopped by SIGTERM at optimizer step \d+ \(epoch 2 in progress", text), text[-3000:]
     assert "requeueing job" in text and "(restart 1)" in text
@@ -161,16 +181,7 @@ def test_a_slurm_search_is_one_oracle_chief_and_its_tuners_and_retrains_the_best
 def test_a_slurm_search_stopped_by_sigterm_requeues_and_resumes(slurm, long_data_dir, tmp_path, machine_precision):
     log = tmp_path / "job.log"
     job = _submit(slurm, tmp_path / "search", long_data_dir, log, machine_precision, SEARCH_SCRIPT, SEARCH_ARGS)
-    deadline = time.time() + 300
-    while "trial 1: up to epoch 2" not in (log.read_text(errors="replace") if log.exists() else ""):
-        assert time.time() < deadline and slurm.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (
-            log.read_text(errors="replace") if log.exists() else slurm.state(job)
-        )
-        time.sleep(0.5)
-    time.sleep(1.0)
-    slurm.run("scancel", "--signal=TERM", str(job))  # What --signal=TERM@120 sends before the time limit.
-    state = slurm.wait(job, timeout=600)
-    text = log.read_text(errors="replace")
+    state, text = _signal_once_logged(slurm, job, log, "trial 1: up to epoch 2")
     assert state == "COMPLETED", text[-3000:] + slurm.diagnosis(job)
     # The tuner checkpoints its trial, the chief keeps the oracle's state; both end as stopped, not failed.
     assert "search stopped by SIGTERM: the oracle's state is saved" in text, text[-3000:]
