@@ -153,7 +153,8 @@ def tuner_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) 
     common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
     # No thread or core limits for the chief: it answers requests while the
     # workers search, then (`--retrain_best`) retrains on the whole machine.
-    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief"})
+    tuners = ",".join(f"tuner{i}" for i in range(num_workers))
+    chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", "FMNIST_SEARCH_TUNERS": tuners})
     threads = thread_env(threads_per_process(num_workers))
     shares = core_shares(num_workers) if pin_cores else [None] * num_workers
     return [chief] + [

@@ -59,6 +59,7 @@ def test_the_tasks_of_a_slurm_step_running_fmnist_tune_are_one_search_not_one_tr
     roles = [cluster_env.slurm_search_roles(_step(*task)) for task in [(0, 0, 0), (1, 0, 1), (4, 2, 0)]]
     port = str(20000 + (4242 % 2000) * 16)
     assert [r["KERASTUNER_TUNER_ID"] for r in roles] == ["chief", "tuner1", "tuner4"]
+    assert roles[0]["FMNIST_SEARCH_TUNERS"] == "tuner1,tuner2,tuner3,tuner4" and "FMNIST_SEARCH_TUNERS" not in roles[1]
     assert all(r["KERASTUNER_ORACLE_IP"] == "gpu07" and r["KERASTUNER_ORACLE_PORT"] == port for r in roles)
     reserved = cluster_env.slurm_search_roles(_step(2, 1, 0, SLURM_STEP_RESV_PORTS="12000-12001"))
     assert reserved["KERASTUNER_ORACLE_PORT"] == "12000"

@@ -32,6 +32,7 @@ def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_port
     assert all(s["cluster"] == specs[0]["cluster"] for s in specs)
     tuners = local_cluster.tuner_tasks(2)
     assert [t.env["KERASTUNER_TUNER_ID"] for t in tuners] == ["chief", "tuner0", "tuner1"]
+    assert tuners[0].env["FMNIST_SEARCH_TUNERS"] == "tuner0,tuner1"  # The chief waits for each to hear the end.
     assert len({t.env["KERASTUNER_ORACLE_PORT"] for t in tuners}) == 1
 
 

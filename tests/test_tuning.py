@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -220,6 +221,10 @@ def test_chief_with_two_workers_completes(tiny_data_dir, tmp_path):
     assert not [line for line in done.stdout.splitlines() if line.endswith("] True")], done.stdout[-3000:]
     summary = json.loads((tmp_path / "tune" / "summary.json").read_text())
     assert summary["trials"] == 3 and (tmp_path / "tune" / "best_config.json").exists()
+    # The oracle's state holds no trial as running, so a rerun (a requeued job) sends none out again.
+    assert json.loads((tmp_path / "tune" / "search" / "oracle.json").read_text())["ongoing_trials"] == {}
+    again = run(command, timeout=600)
+    assert again.returncode == 0 and not re.search(r"\] trial \d+: up to epoch", again.stdout), again.stdout[-3000:]
 
 
 @pytest.mark.slow

@@ -56,3 +56,10 @@ def test_a_tuner_stopped_between_trials_asks_for_no_other():
     with pytest.raises(TrainingStopped, match="stopped by SIGTERM after its last trial ended") as stopped:
         PipelineTuner.pre_create_trial(tuner)
     assert stopped.value.exit_code == 143
+
+
+def test_the_chief_knows_the_tuners_it_waits_for(monkeypatch):
+    monkeypatch.setenv("FMNIST_SEARCH_TUNERS", "tuner1,tuner2")
+    assert chief.expected_tuners() == {"tuner1", "tuner2"}
+    monkeypatch.delenv("FMNIST_SEARCH_TUNERS")
+    assert chief.expected_tuners() == set()

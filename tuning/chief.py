@@ -26,6 +26,17 @@ def is_distributed_chief() -> bool:
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" in os.environ.get("KERASTUNER_TUNER_ID", "")
 
 
+def expected_tuners() -> set[str]:
+    """The ids of the tuners the launcher started (`FMNIST_SEARCH_TUNERS`), which the chief waits for.
+
+    KerasTuner's chief ends once every tuner that has asked for a trial has
+    been told the search is over; a tuner that starts late (or a search
+    resumed when it was already complete) would then ask a chief that is
+    gone, and wait forever. Knowing the tuners, the chief waits for each.
+    """
+    return {name for name in os.environ.get("FMNIST_SEARCH_TUNERS", "").split(",") if name}
+
+
 def serve(search: Callable[[], None], stop: StopSignal | None, grace: float = GRACE_SECONDS) -> None:
     """Runs the chief's `search` (which serves the oracle) until it returns, or raises on a stop.
 

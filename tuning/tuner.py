@@ -72,6 +72,14 @@ def _budgeted(oracle_class):
         def _save_trial(self, trial):
             workdir_lib.write_json(Path(self._get_trial_dir(trial.trial_id)) / "trial.json", trial.get_state())
 
+        @kt.synchronized
+        def end_trial(self, trial):
+            super().end_trial(trial)
+            # KerasTuner writes its state before it drops the trial from the
+            # running ones; a search resumed from that state (a requeued
+            # distributed search) would send the finished trial out again.
+            self.save()
+
         def budget_spent(self) -> bool:
             deadline = self.clock.deadline()
             return deadline is not None and time.time() > deadline
@@ -163,6 +171,8 @@ class PipelineTuner(kt.Tuner):
     def search(self, *fit_args, **fit_kwargs):
         if not chief.is_distributed_chief():
             return super().search(*fit_args, **fit_kwargs)
+        # Every tuner launched must hear that the search is over before the chief ends.
+        self.oracle.tuner_ids.update(chief.expected_tuners())
         # A stopped tuner never asks the chief for another trial: the chief ends on its own stop.
         chief.serve(lambda: super(PipelineTuner, self).search(*fit_args, **fit_kwargs), self.stop)
 

@@ -120,11 +120,14 @@ def slurm_search_roles(env: Mapping[str, str] = os.environ) -> dict[str, str]:
         rank = int(env["SLURM_PROCID"])
     except KeyError as e:
         raise ClusterError(f"Slurm variable {e.args[0]} is not set; start fmnist-tune with srun") from None
-    return {
+    roles = {
         "KERASTUNER_TUNER_ID": "chief" if rank == 0 else f"tuner{rank}",
         "KERASTUNER_ORACLE_IP": hosts[0],
         "KERASTUNER_ORACLE_PORT": str(_step_ports(env, 1)[0]),
     }
+    if rank == 0:  # The tuners the chief waits for (`tuning.chief.expected_tuners`).
+        roles["FMNIST_SEARCH_TUNERS"] = ",".join(f"tuner{k}" for k in range(1, int(env["SLURM_STEP_NUM_TASKS"])))
+    return roles
 
 
 def _step_ports(env: Mapping[str, str], count: int) -> list[int]:
