@@ -74,6 +74,27 @@ def test_two_launched_workers_each_train_on_their_own_gpu(real_data_dir, tmp_pat
     assert not re.search(r"unhealthy|crashed|Traceback", done.stdout)
 
 
+@pytest.mark.skipif(len(GPUS) < 2, reason="two launched tuners need two GPUs")
+def test_two_launched_tuners_search_on_their_own_gpus_and_the_chief_retrains_on_all(real_data_dir, tmp_path):
+    launch = [sys.executable, "-m", "launch.launch", "--tuner_workers=2", "--"]
+    tune = [
+        sys.executable,
+        "-m",
+        "launch.tune",
+        f"--workdir={tmp_path}",
+        f"--data_dir={real_data_dir}",
+        "--preset=fast",
+    ]
+    tune += ["--tuner=random", "--max_trials=2", "--max_epochs=1", "--search_space=filters", "--retrain_best", *SHORT]
+    done = run([*launch, *tune], timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "[tuner0]" in done.stdout and "[tuner1]" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # Each tuner sees its own share of the GPUs; the chief, which retrains, sees them all.
+    assert summary["trials"] == 2 and summary["retrained"]["replicas"] == len(GPUS)
+    assert not re.search(r"unhealthy|crashed|Traceback", done.stdout)
+
+
 def test_an_export_from_a_gpu_run_serves_on_cpu_as_trained(real_data_dir, tmp_path):
     done = run(_train(tmp_path, real_data_dir, "--preset=fast", *SHORT), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
