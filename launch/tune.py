@@ -53,14 +53,12 @@ def _join_a_slurm_search() -> None:
     from pipeline.cluster import environment
 
     try:
-        if "TF_CONFIG" in os.environ:
-            cluster = environment.parse_tf_config(os.environ["TF_CONFIG"])["cluster"]
-            if sum(len(tasks) for tasks in cluster.values()) > 1:
-                common.fail(
-                    "TF_CONFIG names several tasks, but fmnist-tune trains each trial in one process: start a "
-                    "distributed search with fmnist-launch --tuner_workers=N, srun (Slurm) or the KERASTUNER_* "
-                    "variables (README, Tune), and unset TF_CONFIG"
-                )
+        if environment.tf_config_tasks() > 1:
+            common.fail(
+                "TF_CONFIG names several tasks, but fmnist-tune trains each trial in one process: start a "
+                "distributed search with fmnist-launch --tuner_workers=N, srun (Slurm) or the KERASTUNER_* "
+                "variables (README, Tune), and unset TF_CONFIG"
+            )
         roles = environment.slurm_search_roles()
     except environment.ClusterError as e:
         common.fail(str(e))

@@ -56,6 +56,13 @@ def parse_tf_config(text: str) -> dict:
     return spec
 
 
+def tf_config_tasks(env: Mapping[str, str] = os.environ) -> int:
+    """How many tasks TF_CONFIG's cluster names (checked by `parse_tf_config`); 0 without TF_CONFIG."""
+    if "TF_CONFIG" not in env:
+        return 0
+    return sum(len(members) for members in parse_tf_config(env["TF_CONFIG"])["cluster"].values())
+
+
 def expand_hostlist(hostlist: str) -> list[str]:
     """Slurm's compressed host list, expanded in order: 'n[1-2],m5' -> ['n1', 'n2', 'm5']."""
     hosts, part, depth = [], "", 0

@@ -53,12 +53,14 @@ def check_given_gpus_are_seen(env=os.environ) -> None:
 def _in_cluster() -> bool:
     if "TF_CONFIG" not in os.environ:
         return cluster_env.in_slurm_training_step()
-    cluster = parse_tf_config(os.environ["TF_CONFIG"])["cluster"]
-    return sum(len(members) for members in cluster.values()) > 1
+    return cluster_env.tf_config_tasks() > 1
 
 
 def _cluster_resolver():
-    if "TF_CONFIG" not in os.environ and cluster_env.in_slurm_training_step():
+    if "TF_CONFIG" in os.environ:
+        parse_tf_config(os.environ["TF_CONFIG"])
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if cluster_env.in_slurm_training_step():
         spec, index = cluster_env.slurm_cluster()
         gpus = len(tf.config.list_physical_devices("GPU"))
         log.info(
@@ -71,18 +73,15 @@ def _cluster_resolver():
             num_accelerators={"GPU": gpus},
             rpc_layer="grpc",
         )
-    if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+    if "SLURM_JOB_ID" in os.environ:
         raise ClusterError(
             "--strategy=multi_worker needs several tasks, and this Slurm job step has one: start it with srun over "
             "several tasks (--ntasks-per-node, --nodes), or use --strategy=auto to mirror over this task's GPUs"
         )
-    if "TF_CONFIG" not in os.environ:
-        raise ClusterError(
-            "--strategy=multi_worker needs TF_CONFIG (or a Slurm job step of several tasks); start the workers with "
-            "fmnist-launch, the Slurm script or the TFJob manifest (see README)"
-        )
-    parse_tf_config(os.environ["TF_CONFIG"])
-    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    raise ClusterError(
+        "--strategy=multi_worker needs TF_CONFIG (or a Slurm job step of several tasks); start the workers with "
+        "fmnist-launch, the Slurm script or the TFJob manifest (see README)"
+    )
 
 
 def make_strategy(kind: StrategyKind, devices: list[str] | None = None) -> tf.distribute.Strategy:

@@ -91,7 +91,7 @@ def topology_change(
     if trained_on is None and history and "replicas" in history[-1]:
         trained_on = history[-1]["workers"], history[-1]["replicas"]
     now = strategies.num_workers(strategy), strategy.num_replicas_in_sync
-    if trained_on is None or tuple(trained_on) == now:
+    if trained_on is None or trained_on == now:
         return None
     if epoch_step:
         where, rest = (
