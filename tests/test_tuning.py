@@ -159,6 +159,10 @@ def test_interrupted_search_resumes(tiny_data_dir, tmp_path):
     assert 1 <= len(finished) < 4
     done = run(command, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The resume is announced in our words, not KerasTuner's own print.
+    assert "Reloading" not in done.stdout + done.stderr
+    assert f"resuming the search in {tmp_path / 'tune'}: " in done.stderr
+    assert f"{len(finished)} completed" in done.stderr
     assert json.loads((tmp_path / "tune" / "summary.json").read_text())["trials"] == 4
     assert len((tmp_path / "tune" / "trials.csv").read_text().splitlines()) == 5
 

@@ -42,6 +42,21 @@ def test_a_tie_for_best_goes_to_the_trial_that_started_first_whatever_order_a_re
         assert [t.trial_id for t in oracle.get_best_trials(4)] == ["10", "11", "09", "12"]
 
 
+def test_a_resumed_search_counts_its_recorded_trials_by_status(tmp_path):
+    import keras_tuner as kt
+
+    from tuning.budget import BudgetClock
+    from tuning.results import describe_recorded
+    from tuning.tuner import TuneConfig, make_oracle
+
+    oracle = make_oracle(TuneConfig(tuner="random", search=("filters",)), BudgetClock(tmp_path, None))
+    for trial_id, status in {"0": "COMPLETED", "1": "COMPLETED", "2": "RUNNING"}.items():
+        oracle.trials[trial_id] = kt.engine.trial.Trial(oracle.get_space(), trial_id=trial_id, status=status)
+    assert describe_recorded(oracle) == "3 trials recorded (2 completed, 1 running)"
+    del oracle.trials["1"], oracle.trials["2"]
+    assert describe_recorded(oracle) == "1 trial recorded (1 completed)"
+
+
 def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
     from pipeline.runs import workdir as workdir_lib
     from tuning.search import _check_same_search

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 from pathlib import Path
@@ -37,6 +38,14 @@ def _id_order(trial) -> tuple:
     # The order the ids count: KerasTuner pads them to the digits of
     # `max_trials`, which an extended search raises ("8", then "09", "10").
     return (0, int(trial.trial_id), "") if trial.trial_id.isdigit() else (1, 0, trial.trial_id)
+
+
+def describe_recorded(oracle) -> str:
+    """The oracle's trials by status, e.g. "3 trials recorded (2 completed, 1 running)"."""
+    counts = collections.Counter(str(trial.status).lower() for trial in oracle.trials.values())
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    total = len(oracle.trials)
+    return f"{total} trial{'' if total == 1 else 's'} recorded ({statuses})"
 
 
 def trial_rows(oracle) -> list[dict]:

@@ -138,6 +138,8 @@ def run_search(
         tuner = build_tuner(directory, base, tune, strategy, stop)
         if chief:
             log.info(describe_search(base, tune))
+            if tuner.oracle.trials:
+                log.info("resuming the search in %s: %s", directory, results.describe_recorded(tuner.oracle))
         tuner.search()
         if not chief:
             return {}

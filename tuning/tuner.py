@@ -8,7 +8,9 @@ on the validation split; the test set is never touched here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import time
 from pathlib import Path
@@ -299,14 +301,16 @@ def describe_search(base: config_lib.Config, tune: TuneConfig) -> str:
 def build_tuner(directory: Path, base: config_lib.Config, tune: TuneConfig, strategy, stop=None) -> PipelineTuner:
     """Creates (or reloads, to resume) the tuner whose state lives in DIRECTORY/search."""
     dataset = data_lib.load(base.data)
-    return PipelineTuner(
-        make_oracle(tune, BudgetClock(directory, tune.time_budget_seconds)),
-        base,
-        tune,
-        strategy,
-        dataset,
-        stop=stop,
-        directory=str(directory),
-        project_name="search",
-        overwrite=False,
-    )
+    # KerasTuner prints its own line when it reloads a search; `run_search` says so in ours.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return PipelineTuner(
+            make_oracle(tune, BudgetClock(directory, tune.time_budget_seconds)),
+            base,
+            tune,
+            strategy,
+            dataset,
+            stop=stop,
+            directory=str(directory),
+            project_name="search",
+            overwrite=False,
+        )
