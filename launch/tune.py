@@ -87,8 +87,8 @@ def main(argv: list[str]) -> None:
     from pipeline import config as config_lib
     from pipeline.cluster import strategies
     from tuning import search_space
+    from tuning.oracle import TuneConfig
     from tuning.search import check_base, run_search
-    from tuning.tuner import TuneConfig
 
     try:
         base = common.config_from_flags()

@@ -249,7 +249,8 @@ def test_two_workers_end_a_timed_search_on_the_chiefs_clock_with_every_trial_com
 @pytest.mark.parametrize("name", ["hyperband", "bayesian", "random"])
 def test_every_oracle_samples_the_search_space_from_the_first_trial(tiny_data_dir, tmp_path, name):
     from pipeline.cluster import strategies
-    from tuning.tuner import TuneConfig, build_tuner
+    from tuning.oracle import TuneConfig
+    from tuning.tuner import build_tuner
 
     base = presets.preset("smoke")
     base = base.replace(data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)))
@@ -287,7 +288,8 @@ def test_a_hyperband_trial_continuing_another_starts_its_weight_average_at_the_w
     from pipeline.data import input_pipeline as ip
     from pipeline.runs import final_model
     from pipeline.training import state as train_state
-    from tuning.tuner import TuneConfig, build_tuner
+    from tuning.oracle import TuneConfig
+    from tuning.tuner import build_tuner
 
     base = presets.preset("smoke")
     base = base.replace(
@@ -323,12 +325,11 @@ def test_once_the_budget_is_spent_the_oracle_ends_the_running_trial_and_hands_ou
     from pipeline.cluster import strategies
     from tuning import search
     from tuning import tuner as tuning_tuner
+    from tuning.oracle import TuneConfig
 
     base = presets.preset("smoke")
     base = base.replace(data=dataclasses.replace(base.data, data_dir=str(tiny_data_dir)))
-    tune = tuning_tuner.TuneConfig(
-        tuner="random", max_trials=3, max_epochs=2, time_budget_seconds=3600.0, search=("filters",)
-    )
+    tune = TuneConfig(tuner="random", max_trials=3, max_epochs=2, time_budget_seconds=3600.0, search=("filters",))
     built = []
 
     def tuner_whose_budget_ends_with_the_first_report(*args, **kwargs):

@@ -27,7 +27,7 @@ def test_a_tie_for_best_goes_to_the_trial_that_started_first_whatever_order_a_re
     import keras_tuner as kt
 
     from tuning.budget import BudgetClock
-    from tuning.tuner import TuneConfig, make_oracle
+    from tuning.oracle import TuneConfig, make_oracle
 
     oracle = make_oracle(TuneConfig(tuner="random", search=("filters",)), BudgetClock(tmp_path, None))
     scores = {"09": 0.5, "10": 0.75, "11": 0.75, "12": None}
@@ -46,8 +46,8 @@ def test_a_resumed_search_counts_its_recorded_trials_by_status(tmp_path):
     import keras_tuner as kt
 
     from tuning.budget import BudgetClock
+    from tuning.oracle import TuneConfig, make_oracle
     from tuning.results import describe_recorded
-    from tuning.tuner import TuneConfig, make_oracle
 
     oracle = make_oracle(TuneConfig(tuner="random", search=("filters",)), BudgetClock(tmp_path, None))
     for trial_id, status in {"0": "COMPLETED", "1": "COMPLETED", "2": "RUNNING"}.items():
@@ -59,8 +59,8 @@ def test_a_resumed_search_counts_its_recorded_trials_by_status(tmp_path):
 
 def test_resume_accepts_retrain_only_changes_and_refuses_others(tmp_path):
     from pipeline.runs import workdir as workdir_lib
+    from tuning.oracle import TuneConfig
     from tuning.search import _check_same_search
-    from tuning.tuner import TuneConfig
 
     base, tune = presets.preset("default"), TuneConfig(time_budget_seconds=60.0)
     _check_same_search(tmp_path, base, tune)
@@ -104,8 +104,8 @@ def test_a_search_and_a_training_run_never_share_a_directory(tiny_data_dir, tmp_
 
     from pipeline.runs import workdir as workdir_lib
     from pipeline.training.driver import train_and_evaluate
+    from tuning.oracle import TuneConfig
     from tuning.search import run_search
-    from tuning.tuner import TuneConfig
 
     base = presets.preset("smoke").replace(data=config_lib.DataConfig(data_dir=str(tiny_data_dir), validation_size=64))
     run_dir, search_dir = tmp_path / "run", tmp_path / "search"
@@ -177,7 +177,7 @@ def test_a_search_with_the_same_seed_draws_the_same_trials_the_default_seed_too(
     import keras_tuner as kt
 
     from tuning.budget import BudgetClock
-    from tuning.tuner import TuneConfig, make_oracle
+    from tuning.oracle import TuneConfig, make_oracle
 
     def first_draws(seed: int) -> list[dict]:
         oracle = make_oracle(TuneConfig(tuner=tuner, seed=seed), BudgetClock(tmp_path, None))

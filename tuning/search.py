@@ -15,7 +15,8 @@ from pipeline.runs.lock import WorkdirLock
 from pipeline.training.driver import train_and_evaluate
 from pipeline.training.preemption import StopSignal
 from tuning import results
-from tuning.tuner import TuneConfig, build_tuner, describe_search, describe_searched
+from tuning.oracle import TuneConfig
+from tuning.tuner import build_tuner, describe_search, describe_searched
 
 log = logging.getLogger(__name__)
 
