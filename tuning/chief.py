@@ -37,8 +37,27 @@ def expected_tuners() -> set[str]:
     return {name for name in os.environ.get("FMNIST_SEARCH_TUNERS", "").split(",") if name}
 
 
-def serve(search: Callable[[], None], stop: StopSignal | None, grace: float = GRACE_SECONDS) -> None:
+def search_over(oracle) -> bool:
+    """KerasTuner's own end of a chief's search: no trial running and every tuner told the search is over."""
+    return not oracle.ongoing_trials and not oracle.tuner_ids
+
+
+def serve(
+    search: Callable[[], None],
+    stop: StopSignal | None,
+    grace: float = GRACE_SECONDS,
+    over: Callable[[], bool] | None = None,
+) -> None:
     """Runs the chief's `search` (which serves the oracle) until it returns, or raises on a stop.
+
+    Args:
+      search: serves the oracle; returns when KerasTuner's chief ends.
+      stop: the installed stop signal, if any.
+      grace: seconds the chief still answers after a stop.
+      over: optional `fn() -> bool`, true once the search has ended. The
+        chief then returns at once: KerasTuner's own server thread sees the
+        end only every 20 s. It is left to answer late calls until the
+        process exits.
 
     Raises:
       TrainingStopped: a stop was requested and the search had not ended
@@ -58,6 +77,8 @@ def serve(search: Callable[[], None], stop: StopSignal | None, grace: float = GR
     server.start()
     while server.is_alive():
         server.join(timeout=0.5)
+        if over is not None and over() and not failure:
+            return
         if stop is not None and stop.received is not None and server.is_alive():
             server.join(timeout=grace)
             if server.is_alive():

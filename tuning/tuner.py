@@ -69,9 +69,12 @@ class PipelineTuner(kt.Tuner):
         if not chief.is_distributed_chief():
             return super().search(*fit_args, **fit_kwargs)
         # Every tuner launched must hear that the search is over before the chief ends.
-        self.oracle.tuner_ids.update(chief.expected_tuners())
+        expected = chief.expected_tuners()
+        self.oracle.tuner_ids.update(expected)
+        # Knowing every tuner, the chief sees the end as the last one is told; without, KerasTuner's own end holds.
+        over = (lambda: chief.search_over(self.oracle)) if expected else None
         # A stopped tuner never asks the chief for another trial: the chief ends on its own stop.
-        chief.serve(lambda: super(PipelineTuner, self).search(*fit_args, **fit_kwargs), self.stop)
+        chief.serve(lambda: super(PipelineTuner, self).search(*fit_args, **fit_kwargs), self.stop, over=over)
 
     def pre_create_trial(self):
         # A stop between trials ends the search before it asks for another
