@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
     common.start_tensorflow(training=True)
     from pipeline import config as config_lib
     from pipeline.cluster import strategies
-    from tuning import search_space
+    from tuning import chief, search_space
     from tuning.oracle import TuneConfig
     from tuning.search import check_base, run_search
 
@@ -119,6 +119,8 @@ def main(argv: list[str]) -> None:
     # chief and every tuner would print a line "True" (`dropout_rate`'s condition) per trial.
     sys.stdout = common.WithoutLines(sys.stdout, ("True",))
     try:
+        if chief.is_distributed_chief():
+            chief.leave_gpu_memory_to_tuners()
         strategy = strategies.make_strategy(FLAGS.strategy)
         common.measure_precision_quietly(base.train.precision)
         with StopSignal() as stop:

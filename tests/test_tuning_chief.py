@@ -83,3 +83,14 @@ def test_the_chief_knows_the_tuners_it_waits_for(monkeypatch):
     assert chief.expected_tuners() == {"tuner1", "tuner2"}
     monkeypatch.delenv("FMNIST_SEARCH_TUNERS")
     assert chief.expected_tuners() == set()
+
+
+def test_the_chief_of_a_launched_search_takes_gpu_memory_only_as_it_needs_it(monkeypatch):
+    import tensorflow as tf
+
+    gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
+    growing = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda gpu, on: growing.append((gpu.name, on)))
+    chief.leave_gpu_memory_to_tuners()
+    assert growing == [(gpu.name, True) for gpu in gpus]

@@ -37,6 +37,22 @@ def expected_tuners() -> set[str]:
     return {name for name in os.environ.get("FMNIST_SEARCH_TUNERS", "").split(",") if name}
 
 
+def leave_gpu_memory_to_tuners() -> None:
+    """Makes this process take GPU memory as it needs it, not nearly all of every GPU it sees at once.
+
+    Under `fmnist-launch --tuner_workers=N` the chief sees every GPU of the
+    host, and its tuners train on them. The chief trains nothing while they
+    search (with `--retrain_best` it retrains once they are done), but
+    TensorFlow's default reserves nearly all of a GPU's memory at the first
+    allocation there, leaving the tuners none. Call it before TensorFlow
+    initialises its devices.
+    """
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
 def search_over(oracle) -> bool:
     """KerasTuner's own end of a chief's search: no trial running and every tuner told the search is over."""
     return not oracle.ongoing_trials and not oracle.tuner_ids
