@@ -71,6 +71,28 @@ def test_the_tasks_of_a_slurm_step_running_fmnist_tune_are_one_search_not_one_tr
     assert cluster_env.slurm_search_roles({**_step(0, 0, 0), "SLURM_STEP_NUM_TASKS": "1"}) == {}
 
 
+def test_a_slurm_searchs_tuners_share_every_gpu_and_its_chief_sees_those_of_its_node():
+    def shares(tasks_per_node: str, gpus: str, tasks: list[tuple[int, int, int]]) -> list[str]:
+        out = []
+        for procid, nodeid, localid in tasks:
+            env = _step(procid, nodeid, localid, SLURM_STEP_TASKS_PER_NODE=tasks_per_node, CUDA_VISIBLE_DEVICES=gpus)
+            env.update(cluster_env.slurm_search_roles(env))
+            out.append(",".join(cluster_env.assign_slurm_gpus(env)))
+        return out
+
+    # 2 nodes of 2 GPUs and 2 tasks: the chief's node's one tuner mirrors over both, the chief retrains on both after.
+    assert shares("2(x2)", "0,1", [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]) == ["0,1", "0,1", "0", "1"]
+    # 4 GPUs among the chief's node's 3 tuners: shares differ by one GPU, none idle.
+    assert shares("4", "0,1,2,3", [(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 0, 3)]) == ["0,1,2,3", "0", "1", "2,3"]
+    assert shares("2", "NoDevFiles", [(0, 0, 0), (1, 0, 1)]) == ["", ""]  # CPU nodes.
+    with pytest.raises(cluster_env.ClusterError, match="at most one tuner per GPU"):
+        shares("3", "0", [(1, 0, 1)])
+    # A training step (no search roles) splits its nodes' GPUs evenly, the chief's share its own.
+    assert cluster_env.assign_slurm_gpus(_step(0, 0, 0, SLURM_STEP_TASKS_PER_NODE="2", CUDA_VISIBLE_DEVICES="0,1")) == [
+        "0"
+    ]
+
+
 def test_visible_gpus_without_nvidia_smi(tmp_path):
     driver = tmp_path / "gpus"
     assert cluster_env.visible_gpus({}, driver) == []  # A CPU node: no driver directory.

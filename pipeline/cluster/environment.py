@@ -23,6 +23,8 @@ NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 # Ports of a job step's tasks when Slurm reserves none (MpiParams=ports=...): a
 # block per job, so jobs sharing a node rarely collide; FMNIST_PORT_BASE overrides.
 PORT_RANGE_START, PORT_BLOCK, PORT_BLOCKS = 20000, 16, 2000
+# Set in every task of a search whose roles come from Slurm's variables (`slurm_search_roles`).
+SEARCH_FROM_SLURM = "FMNIST_SEARCH_FROM_SLURM"
 
 
 class ClusterError(ValueError):
@@ -115,7 +117,8 @@ def slurm_search_roles(env: Mapping[str, str] = os.environ) -> dict[str, str]:
 
     Task 0 is the oracle chief: it answers the other tasks' requests, then
     writes the results and (`--retrain_best`) retrains the best config on its
-    own share of its node. Task k is tuner k and trains its trials alone. The
+    node's GPUs. Task k is tuner k and trains its trials alone
+    (`search_gpu_share` says on which GPUs). The
     oracle listens on the step's first node, on the port its first task would
     train on. Empty outside a step of several tasks, and when the variables
     are set already (the user's own).
@@ -131,6 +134,7 @@ def slurm_search_roles(env: Mapping[str, str] = os.environ) -> dict[str, str]:
         "KERASTUNER_TUNER_ID": "chief" if rank == 0 else f"tuner{rank}",
         "KERASTUNER_ORACLE_IP": hosts[0],
         "KERASTUNER_ORACLE_PORT": str(_step_ports(env, 1)[0]),
+        SEARCH_FROM_SLURM: "1",  # Read by `assign_slurm_gpus`.
     }
     if rank == 0:  # The tuners the chief waits for (`tuning.chief.expected_tuners`).
         roles["FMNIST_SEARCH_TUNERS"] = ",".join(f"tuner{k}" for k in range(1, int(env["SLURM_STEP_NUM_TASKS"])))
@@ -220,6 +224,29 @@ def gpu_share(gpus: list[str], index: int, count: int) -> list[str]:
     return gpus[index * size : (index + 1) * size]
 
 
+def search_gpu_share(gpus: list[str], rank: int, node: int, local: int, tasks_here: int) -> list[str]:
+    """The GPUs of a task of a Slurm search (`slurm_search_roles`), so that none stays idle.
+
+    The chief (task 0, the first on the step's first node) trains only once
+    the search is over (`--retrain_best`): it sees every GPU of its node and
+    takes memory as it needs it (`tuning.chief.leave_gpu_memory_to_tuners`),
+    while the node's tuners share those GPUs. Elsewhere a node's tuners share
+    its GPUs. A trial mirrors over whatever its tuner has, so shares may
+    differ by one GPU where the GPUs do not divide evenly.
+    """
+    if rank == 0:
+        return gpus
+    tuners, index = (tasks_here - 1, local - 1) if node == 0 else (tasks_here, local)
+    if index < 0:  # Task 0 is not the first of the first node (an arbitrary distribution): even shares.
+        return gpu_share(gpus, local, tasks_here)
+    if gpus and len(gpus) < tuners:
+        raise ClusterError(
+            f"{tuners} tuner(s) on this node but {len(gpus)} GPU(s): run at most one tuner per GPU "
+            "(fewer tasks per node), or hide the GPUs with CUDA_VISIBLE_DEVICES="
+        )
+    return gpus[index * len(gpus) // tuners : (index + 1) * len(gpus) // tuners]
+
+
 def assign_slurm_gpus(env: dict[str, str] = os.environ, driver_dir: Path = NVIDIA_PROC) -> list[str] | None:
     """In a Slurm step, restricts this task to its share of the node's GPUs; returns it (None outside Slurm).
 
@@ -232,6 +259,10 @@ def assign_slurm_gpus(env: dict[str, str] = os.environ, driver_dir: Path = NVIDI
         return visible_gpus(env, driver_dir)
     node = int(env.get("SLURM_NODEID", "0"))
     tasks_here = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env["SLURM_TASKS_PER_NODE"])[node]
-    share = gpu_share(visible_gpus(env, driver_dir), int(env.get("SLURM_LOCALID", "0")), tasks_here)
+    gpus, local = visible_gpus(env, driver_dir), int(env.get("SLURM_LOCALID", "0"))
+    if env.get(SEARCH_FROM_SLURM):
+        share = search_gpu_share(gpus, int(env["SLURM_PROCID"]), node, local, tasks_here)
+    else:
+        share = gpu_share(gpus, local, tasks_here)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
     return share
