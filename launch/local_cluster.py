@@ -93,13 +93,13 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n}
 
 
-def gpu_env(gpus: list[str], index: int, count: int) -> dict[str, str]:
-    """CUDA_VISIBLE_DEVICES of process `index` of `count`: its own share of `gpus` (nothing without GPUs).
+def gpu_env(gpus: list[str], index: int, count: int, share=cluster_env.gpu_share) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES of process `index` of `count`: its own `share` of `gpus` (nothing without GPUs).
 
     Without it every process would see, and allocate memory on, every GPU.
     """
-    share = cluster_env.gpu_share(gpus, index, count)
-    return {"CUDA_VISIBLE_DEVICES": ",".join(share)} if share else {}
+    gpus = share(gpus, index, count)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
 
 
 def tf_config_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) -> list[Task]:
@@ -157,12 +157,9 @@ def tuner_tasks(num_workers: int, pin_cores: bool = True, gpus: list[str] = ()) 
     chief = Task("chief", {**common, "KERASTUNER_TUNER_ID": "chief", "FMNIST_SEARCH_TUNERS": tuners})
     threads = thread_env(threads_per_process(num_workers))
     shares = core_shares(num_workers) if pin_cores else [None] * num_workers
+    gpu_envs = [gpu_env(list(gpus), i, num_workers, cluster_env.tuner_gpu_share) for i in range(num_workers)]
     return [chief] + [
-        Task(
-            f"tuner{i}",
-            {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads, **gpu_env(list(gpus), i, num_workers)},
-            shares[i],
-        )
+        Task(f"tuner{i}", {**common, "KERASTUNER_TUNER_ID": f"tuner{i}", **threads, **gpu_envs[i]}, shares[i])
         for i in range(num_workers)
     ]
 

@@ -34,6 +34,11 @@ def test_local_cluster_gives_each_process_its_own_task_on_distinct_loopback_port
     assert [t.env["KERASTUNER_TUNER_ID"] for t in tuners] == ["chief", "tuner0", "tuner1"]
     assert tuners[0].env["FMNIST_SEARCH_TUNERS"] == "tuner0,tuner1"  # The chief waits for each to hear the end.
     assert len({t.env["KERASTUNER_ORACLE_PORT"] for t in tuners}) == 1
+    # Workers hold equal shares of the GPUs; tuners give out every GPU, and the chief sees them all.
+    three = ["0", "1", "2"]
+    assert [t.env.get("CUDA_VISIBLE_DEVICES") for t in local_cluster.tf_config_tasks(2, gpus=three)] == ["0", "1"]
+    in_search = [t.env.get("CUDA_VISIBLE_DEVICES") for t in local_cluster.tuner_tasks(2, gpus=three)]
+    assert in_search == [None, "0", "1,2"]
 
 
 def test_each_local_worker_gets_its_share_of_the_cores_unless_threads_are_set(monkeypatch):

@@ -239,12 +239,21 @@ def search_gpu_share(gpus: list[str], rank: int, node: int, local: int, tasks_he
     tuners, index = (tasks_here - 1, local - 1) if node == 0 else (tasks_here, local)
     if index < 0:  # Task 0 is not the first of the first node (an arbitrary distribution): even shares.
         return gpu_share(gpus, local, tasks_here)
-    if gpus and len(gpus) < tuners:
+    return tuner_gpu_share(gpus, index, tuners)
+
+
+def tuner_gpu_share(gpus: list[str], index: int, count: int) -> list[str]:
+    """Tuner `index` of `count` on one host: its consecutive share of `gpus`, every GPU given out.
+
+    Unlike a training cluster's workers, which must hold equal shares, a
+    tuner's trial mirrors over whatever it has, so shares may differ by one.
+    """
+    if gpus and len(gpus) < count:
         raise ClusterError(
-            f"{tuners} tuner(s) on this node but {len(gpus)} GPU(s): run at most one tuner per GPU "
-            "(fewer tasks per node), or hide the GPUs with CUDA_VISIBLE_DEVICES="
+            f"{count} tuner(s) on this host but {len(gpus)} GPU(s): run at most one tuner per GPU "
+            "(fewer tasks per node or tuners), or hide the GPUs with CUDA_VISIBLE_DEVICES="
         )
-    return gpus[index * len(gpus) // tuners : (index + 1) * len(gpus) // tuners]
+    return gpus[index * len(gpus) // count : (index + 1) * len(gpus) // count]
 
 
 def assign_slurm_gpus(env: dict[str, str] = os.environ, driver_dir: Path = NVIDIA_PROC) -> list[str] | None:
