@@ -41,6 +41,16 @@ def test_the_probe_trains_the_default_models_blocks_in_both_dtypes():
     assert precision.block_step_rate("bfloat16", seconds=0.05, batch=8) > 0
 
 
+def test_every_timing_window_reuses_one_traced_probe_step():
+    # On a busy machine a window holds only a few calls; a step traced anew per window made TensorFlow
+    # print its excessive-retracing warning on the run's console.
+    import tensorflow as tf
+
+    for _ in range(3):
+        precision.block_step_rate("float32", seconds=0.01, batch=4)
+    assert precision._probe_step(tf.float32, 4).experimental_get_tracing_count() == 1
+
+
 def test_a_busy_neighbour_slowing_two_of_one_dtypes_windows_does_not_tip_the_choice():
     # bf16 runs 1.5x float32 on this CPU, but another process halved two of its three windows.
     bf16_windows = iter([225.0, 450.0, 225.0])

@@ -136,8 +136,15 @@ def speed_over_float32(rate, dtype: str) -> float:
     return max(rates[dtype]) / max(rates["float32"])
 
 
+@functools.cache
 def _probe_step(dtype: tf.DType, batch: int):
-    """Forward and backward of three blocks of two 3x3 convolutions (16, 32, 64 filters) on 28x28 inputs."""
+    """Forward and backward of three blocks of two 3x3 convolutions (16, 32, 64 filters) on 28x28 inputs.
+
+    One step per dtype and batch, traced once: each timing window reuses it.
+    A new function for every window would trace again each time, and on a
+    busy machine, where a window holds only a few calls, TensorFlow would
+    print its warning about excessive retracing on the run's console.
+    """
     images = tf.cast(tf.random.stateless_normal([batch, 28, 28, 1], seed=[0, 1]), dtype)
     shapes = ((1, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64))
     kernels = [
