@@ -94,6 +94,7 @@ def serve(
     while server.is_alive():
         server.join(timeout=0.5)
         if over is not None and over() and not failure:
+            server.join(timeout=1.0)  # Time for the answer to the last tuner's request to leave.
             return
         if stop is not None and stop.received is not None and server.is_alive():
             server.join(timeout=grace)
