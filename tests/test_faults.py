@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,6 +93,17 @@ def test_ctrl_c_once_checkpoints_and_twice_exits_at_once(long_data_dir, tmp_path
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 130 and "exiting at once" in stderr, stderr[-2000:]
     assert time.time() - signalled < 2 and "stopped by SIGINT" not in stderr
+
+
+@pytest.mark.slow
+def test_the_stop_message_starts_a_line_of_its_own_beside_the_progress_bar(long_data_dir, tmp_path):
+    child = start(_train(tmp_path, long_data_dir, "--epochs=20"), merge_stderr=True)
+    wait_for(lambda: (tmp_path / "checkpoints" / "checkpoint").exists(), process=child)
+    time.sleep(0.5)  # Into the next epoch, whose progress bar is drawn on one line.
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 143, output[-2000:]
+    assert re.search(r"(^|\n)SIGTERM: stopping at the next step boundary", output), output[-2000:]
 
 
 @pytest.mark.slow

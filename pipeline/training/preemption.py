@@ -83,13 +83,15 @@ class StopSignal:
     def _handle(self, signum: int) -> None:
         if signum not in (signal.SIGTERM, signal.SIGINT):
             return
+        # Each message starts a line of its own: a progress bar on the console
+        # is usually mid-line when a signal comes.
         if self.received is not None and signum == signal.SIGINT:
-            os.write(2, b"interrupted again: exiting at once, without a checkpoint\n")
+            os.write(2, b"\ninterrupted again: exiting at once, without a checkpoint\n")
             os._exit(128 + signal.SIGINT)
         if self.received is None:
             self.received = signum
             name = signal.Signals(signum).name
-            message = f"{name}: stopping at the next step boundary to save a checkpoint (Ctrl-C again to quit)\n"
+            message = f"\n{name}: stopping at the next step boundary to save a checkpoint (Ctrl-C again to quit)\n"
             os.write(2, message.encode())
 
     def agreed(self, strategy) -> bool:
