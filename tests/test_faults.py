@@ -86,6 +86,8 @@ def test_ctrl_c_once_checkpoints_and_twice_exits_at_once(long_data_dir, tmp_path
     twice = tmp_path / "twice"
     child = start(_train(twice, long_data_dir, "--epochs=20", "--steps_per_execution=180"))
     wait_for(lambda: (twice / "checkpoints" / "checkpoint").exists())
+    # Past epoch 1's own stop check, which follows its checkpoint: into epoch 2's call, which takes seconds.
+    time.sleep(0.3)
     child.send_signal(signal.SIGINT)
     time.sleep(0.05)
     signalled = time.time()
