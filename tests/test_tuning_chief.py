@@ -41,24 +41,29 @@ def test_a_stopped_chief_answers_for_its_grace_then_stops_with_sigterms_exit_cod
     chief.serve(lambda: time.sleep(0.5), _Stop(int(signal.SIGTERM)), grace=5.0)
 
 
-def test_the_chief_returns_as_the_last_tuner_is_told_the_search_is_over():
-    import types
+def test_the_chief_returns_as_the_last_tuner_is_told_the_search_is_over(tmp_path):
+    from keras_tuner.src.distribute.oracle_chief import exit_chief
 
-    oracle = types.SimpleNamespace(ongoing_trials={"tuner1": "3"}, tuner_ids={"tuner1", "tuner2"})
+    from tuning.budget import BudgetClock
+    from tuning.oracle import TuneConfig, make_oracle
+
+    oracle = make_oracle(TuneConfig(tuner="random", search=("filters",)), BudgetClock(tmp_path, None))
+    oracle.ongoing_trials["tuner1"] = "3"
+    oracle.tuner_ids.update({"tuner1", "tuner2"})
     forever = threading.Event()  # KerasTuner's server loop, which looks for the end every 20 s.
 
     def tuners_finish():
         oracle.ongoing_trials.clear()
         oracle.tuner_ids.discard("tuner1")
         time.sleep(0.3)
-        assert not chief.search_over(oracle)  # tuner2 has not been told yet.
+        assert not exit_chief(oracle)  # tuner2 has not been told yet.
         oracle.tuner_ids.discard("tuner2")
 
     threading.Timer(0.2, tuners_finish).start()
     started = time.monotonic()
-    chief.serve(forever.wait, _Stop(), over=lambda: chief.search_over(oracle))
+    chief.serve(forever.wait, _Stop(), over=lambda: exit_chief(oracle))
     assert 0.5 <= time.monotonic() - started < 3.0
-    assert chief.search_over(oracle)
+    assert exit_chief(oracle)
 
 
 def test_a_tuner_stopped_between_trials_asks_for_no_other():

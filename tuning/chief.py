@@ -53,11 +53,6 @@ def leave_gpu_memory_to_tuners() -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def search_over(oracle) -> bool:
-    """KerasTuner's own end of a chief's search: no trial running and every tuner told the search is over."""
-    return not oracle.ongoing_trials and not oracle.tuner_ids
-
-
 def serve(
     search: Callable[[], None],
     stop: StopSignal | None,

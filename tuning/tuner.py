@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import time
@@ -68,11 +69,15 @@ class PipelineTuner(kt.Tuner):
     def search(self, *fit_args, **fit_kwargs):
         if not chief.is_distributed_chief():
             return super().search(*fit_args, **fit_kwargs)
+        # Imported here, as KerasTuner does: only a distributed chief needs gRPC.
+        from keras_tuner.src.distribute import oracle_chief
+
         # Every tuner launched must hear that the search is over before the chief ends.
         expected = chief.expected_tuners()
         self.oracle.tuner_ids.update(expected)
-        # Knowing every tuner, the chief sees the end as the last one is told; without, KerasTuner's own end holds.
-        over = (lambda: chief.search_over(self.oracle)) if expected else None
+        # Knowing every tuner, the chief sees the end (KerasTuner's own test of it) as the last one is told;
+        # without, KerasTuner's own end holds.
+        over = functools.partial(oracle_chief.exit_chief, self.oracle) if expected else None
         # A stopped tuner never asks the chief for another trial: the chief ends on its own stop.
         chief.serve(lambda: super(PipelineTuner, self).search(*fit_args, **fit_kwargs), self.stop, over=over)
 
