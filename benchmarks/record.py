@@ -77,7 +77,7 @@ def commit() -> str:
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         # The record's own files change as each section is saved; only changes to anything else are "+changes".
-        outputs = [f":(exclude){path.relative_to(ROOT)}" for path in (RESULTS, RECORD)]
+        outputs = [f":(exclude){path.relative_to(ROOT)}" for path in (RESULTS, RECORD, FIGURE)]
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
             cwd=ROOT,

@@ -295,15 +295,17 @@ def test_commit_ignores_the_records_own_files(tmp_path, monkeypatch):
 
     git("init", "-q")
     (tmp_path / "benchmarks").mkdir()
-    for name in ("code.py", "BENCHMARKS.md", "benchmarks/results.json"):
+    own = ("BENCHMARKS.md", "benchmarks/results.json", "benchmarks/recipes.png")
+    for name in ("code.py", *own):
         (tmp_path / name).write_text("0\n")
     git("add", "-A")
     git("commit", "-qm", "first")
     monkeypatch.setattr(record, "ROOT", tmp_path)
     monkeypatch.setattr(record, "RESULTS", tmp_path / "benchmarks" / "results.json")
     monkeypatch.setattr(record, "RECORD", tmp_path / "BENCHMARKS.md")
-    (tmp_path / "BENCHMARKS.md").write_text("1\n")  # Saving a section rewrites both of the record's files.
-    (tmp_path / "benchmarks" / "results.json").write_text("1\n")
+    monkeypatch.setattr(record, "FIGURE", tmp_path / "benchmarks" / "recipes.png")
+    for name in own:  # Saving a section rewrites the record, its figure and its JSON.
+        (tmp_path / name).write_text("1\n")
     assert not record.commit().endswith("+changes")
     (tmp_path / "code.py").write_text("1\n")
     assert record.commit().endswith("+changes")
