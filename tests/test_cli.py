@@ -150,7 +150,8 @@ def test_smoke_run_shows_our_progress_and_not_tensorflows_logs(tiny_data_dir, tm
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, timeout=300)
     output = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, output[-3000:]
-    # Lines as a terminal shows them: a progress bar redraws its own line with carriage returns.
+    # Standard output is a pipe here, as in a Slurm job's log: plain lines, no bar redrawn in place.
+    assert not re.search("[\x1b\r\b]", output), repr(output[:500])
     lines = output.rstrip("\n").split("\n")
     # float16 may add one line of ours: its measured speed, where it is the slower on this CPU.
     warnings = [line for line in lines if line.startswith("warning: mixed_float16 on this CPU: a float16 step ran")]

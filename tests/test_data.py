@@ -91,13 +91,18 @@ def test_swapped_files_are_caught(tmp_path):
         data_lib.load_directory(directory)
 
 
-def test_missing_file_and_directory(tmp_path):
+def test_missing_file_and_directory(tmp_path, monkeypatch):
     directory = write_dataset(tmp_path, n_train=100, n_test=20)
     _labels_file(directory, "t10k").unlink()
     with pytest.raises(data_lib.DataError, match="missing t10k-labels-idx1-ubyte"):
         data_lib.load_directory(directory)
-    with pytest.raises(data_lib.DataError, match="does not exist"):
+    with pytest.raises(data_lib.DataError, match=r"^--data_dir=\S+nope does not exist .*; give a directory holding"):
         data_lib.load_train_test(str(tmp_path / "nope"))
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "gone"))
+    with pytest.raises(data_lib.DataError, match=r"^\$FASHION_MNIST_DIR=\S+gone does not exist .*; give a directory"):
+        data_lib.load_train_test(None)
+    with pytest.raises(data_lib.DataError, match="does not exist or is not a directory; give a directory holding"):
+        data_lib.load_directory(tmp_path / "nope")
 
 
 @pytest.mark.slow

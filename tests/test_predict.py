@@ -90,6 +90,8 @@ def test_a_training_workdir_given_as_the_model_names_its_export(trained, tmp_pat
         predict.resolve_model_dir(workdir)
     with pytest.raises(predict.ModelNotFoundError, match="nor a base of numeric versions$"):
         predict.resolve_model_dir(tmp_path)
+    with pytest.raises(predict.ModelNotFoundError, match="gone does not exist: give --model an export"):
+        predict.resolve_model_dir(tmp_path / "gone")
     assert predict.resolve_model_dir(workdir / "export") == workdir / "export" / "1"
 
 

@@ -161,7 +161,10 @@ def load_directory(directory: str | Path) -> tuple[Split, Split]:
     """Loads and validates (train, test) from a directory of IDX files."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise DataError(f"data directory {directory} does not exist or is not a directory")
+        raise DataError(
+            f"data directory {directory} does not exist or is not a directory; "
+            "give a directory holding the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...)"
+        )
     return _load_split(directory, "train"), _load_split(directory, "test")
 
 
@@ -185,6 +188,12 @@ def load_train_test(data_dir: str | None = None) -> tuple[Split, Split, str]:
     """
     for description, path in candidate_directories(data_dir):
         explicit = description in ("--data_dir", "$FASHION_MNIST_DIR")
+        if explicit and not path.expanduser().is_dir():
+            raise DataError(
+                f"{description}={path} does not exist or is not a directory; give a directory holding "
+                "the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...), or leave it unset to use "
+                "the Debian package or a download"
+            )
         if explicit or path.is_dir():
             train, test = load_directory(path)
             source = f"{description} ({path})"

@@ -56,6 +56,10 @@ class ModelNotFoundError(FileNotFoundError):
 def resolve_model_dir(path: str | Path) -> Path:
     """A version directory as given, a `.tflite` file as given, or the highest numeric version under a base."""
     path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"{path} does not exist: give --model an export (e.g. WORKDIR/export) or a .tflite file"
+        )
     if (path / "saved_model.pb").exists() or (path.suffix == ".tflite" and path.is_file()):
         return path
     if path.name == tflite_lib.DIRECTORY and path.is_dir():

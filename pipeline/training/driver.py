@@ -16,7 +16,6 @@ import time
 import typing
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from pipeline import config as config_lib
@@ -32,6 +31,7 @@ from pipeline.runs.lock import WorkdirLock
 from pipeline.serving import export as export_lib
 from pipeline.training import loop, precision, preemption, restore, steps
 from pipeline.training import optimizer as optimizer_lib
+from pipeline.training import progress as progress_lib
 from pipeline.training import state as train_state
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def final_metrics(
         plural = "s" * (view_count > 1)
         print(f"Final evaluation in float32, as served: {view_count} view{plural} of each image", flush=True)
         # Counted in views, the network's unit of work, so the time left is right.
-        bar = keras.utils.Progbar(sum(len(split) * n for _, split, _, n in passes), unit_name="view")
+        bar = progress_lib.bar(sum(len(split) * n for _, split, _, n in passes), unit_name="view")
     if stop is not None:
         stop.check(strategy, "training (every epoch is checkpointed)")
     metrics, evaluated = {"preset": config.name}, 0

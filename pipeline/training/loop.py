@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -23,6 +22,7 @@ from pipeline.data import sources as data_lib
 from pipeline.runs import workdir as workdir_lib
 from pipeline.training import optimizer as optimizer_lib
 from pipeline.training import preemption, steps
+from pipeline.training import progress as progress_lib
 from pipeline.training import state as train_state
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def train_epoch(
     """
     chunk = config.train.steps_per_execution
     iterator = [iter(dataset)]  # The only reference, for `release_in_background`.
-    bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if progress else None
+    bar = progress_lib.bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if progress else None
     done, totals = int(state.epoch_step.numpy()), state.epoch_totals.numpy()
     started = time.perf_counter()
     while done < steps_per_epoch:
@@ -171,8 +171,7 @@ def train_epoch(
             # Periodic checkpoints: when the manager's own interval says one is due.
             path = train_state.save(state, periodic=not stopping)
             if stopping:
-                if bar:
-                    print(flush=True)  # End the progress bar's line.
+                progress_lib.end_line(bar)
                 raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
     release_in_background(iterator)
     return steps.summarize(totals)
