@@ -85,6 +85,8 @@ def test_slurm_job_trains_two_tasks_as_one_multi_worker_job(uninterrupted):
     assert len(prints) == 2 and prints[0] == prints[1], "both tasks end with the same weights"
     # A clean end: no worker reports an error or a crashed peer.
     assert not re.search(r"^E\d{4} |unhealthy|crashed|Traceback|error:", log, re.M), log[-3000:]
+    # A job's log is a file: progress in plain lines, not a bar redrawn with escapes and backspaces.
+    assert not re.search("[\x1b\b\r]", log), repr(log[:1000])
 
 
 def test_a_slurm_job_of_one_task_trains_on_its_own_devices(slurm, tiny_data_dir, tmp_path, machine_precision):
