@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from absl import flags
 
@@ -43,9 +44,12 @@ def main(argv: list[str]) -> None:
         common.fail("--export_base says where to export, and --noexport not to; give one of them", 2)
     from pipeline import config as config_lib
     from pipeline.cluster import environment
+    from pipeline.runs import run_config
 
     try:
         config = common.config_from_flags()
+        # Rerunning the command that started an older run resumes it as it ran.
+        config = run_config.as_the_run_ran(config, Path(FLAGS.workdir), _given_fields())
     except config_lib.ConfigError as e:
         common.fail(str(e), 2)
     try:
@@ -104,6 +108,15 @@ def main(argv: list[str]) -> None:
         }
         print(json.dumps(summary, indent=2))
         print(f"results in {FLAGS.workdir}: {', '.join(_outputs())}", flush=True)
+
+
+def _given_fields() -> set[str]:
+    """The `section.field` names the command line sets itself: its flags and the keys of its --config file."""
+    from pipeline import config_fields, config_files
+    from pipeline.config import Config
+
+    given = {f"{s}.{f.name}" for name, s, f, _ in config_fields.flag_fields(Config) if FLAGS[name].present}
+    return given | (config_files.fields_in_file(FLAGS.config) if FLAGS.config else set())
 
 
 def _outputs() -> list[str]:

@@ -200,9 +200,14 @@ def validate(config: Config) -> Config:
 
 def save(config: Config, path: Path) -> None:
     """Writes the config as JSON, atomically (a temporary file renamed into place)."""
+    write_json_atomically(to_dict(config), path)
+
+
+def write_json_atomically(data: dict, path: Path) -> None:
+    """Writes a config's dict as JSON, atomically; a failure is a ConfigError naming the fix."""
     tmp = Path(f"{path}.tmp")
     try:
-        tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -227,7 +232,7 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
 
 
-def _fields_predated(data: dict) -> dict:
+def fields_predated(data: dict) -> dict:
     """The fields a whole saved config (`save`) of an older version lacks, with their old values; {} otherwise.
 
     Such a file lists every field but ones added since (`setting(old=...)`),
@@ -240,6 +245,11 @@ def _fields_predated(data: dict) -> dict:
     return {name: FIELDS_ADDED[name] for name in missing} if set(missing) <= set(FIELDS_ADDED) else {}
 
 
+def fields_in_file(path: str | Path) -> set[str]:
+    """The `section.field` names a config file sets."""
+    return {f"{s}.{f}" for s, fields in _read(Path(path)).items() if isinstance(fields, dict) for f in fields}
+
+
 def load_file(path: str | Path, base: Config | None = None) -> Config:
     """Reads a config file to start a run from.
 
@@ -249,7 +259,7 @@ def load_file(path: str | Path, base: Config | None = None) -> Config:
     existed, so the file means what it meant when saved.
     """
     data = _read(Path(path))
-    predated = _fields_predated(data)
+    predated = fields_predated(data)
     if predated:
         # Said, because a file that lists nearly every field is read differently from one of overrides.
         log.info(

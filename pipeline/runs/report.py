@@ -16,8 +16,6 @@ matplotlib.use("Agg")  # Files only; never needs a display.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline import config as config_lib  # noqa: E402
-
 from pipeline import config_files
 from pipeline.data import sources as data_lib  # noqa: E402
 from pipeline.runs import workdir as workdir_lib  # noqa: E402

@@ -25,7 +25,7 @@ from pipeline.data import input_pipeline as ip
 from pipeline.data import sources as data_lib
 from pipeline.model import network as models
 from pipeline.model import views
-from pipeline.runs import final_model, report
+from pipeline.runs import final_model, report, run_config
 from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
 from pipeline.serving import export as export_lib
@@ -260,7 +260,7 @@ def train_and_evaluate(
             if chief:
                 # The resolved policy is recorded, so a resume trains on with it.
                 recorded = config.replace(train=dataclasses.replace(config.train, precision=policy))
-                config_files.save(recorded, workdir / "config.json")
+                run_config.save(recorded, workdir / run_config.RUN_CONFIG)
             history = workdir_lib.load_history(workdir, done)
             training_left = int(state.epoch.numpy()) < config.train.epochs
             position = int(state.epoch.numpy()), int(state.epoch_step.numpy())
