@@ -172,6 +172,22 @@ def test_trials_png_lays_its_panels_in_rows_of_four_and_stars_the_oracles_best(t
     assert (tmp_path / "trials.png").read_bytes() != (tmp_path / "unstarred.png").read_bytes()
 
 
+def test_trials_png_shows_trials_without_dropout_at_rate_zero_in_the_dropout_panel(tmp_path):
+    from PIL import Image
+
+    from tuning import results
+
+    rows = [
+        {"trial_id": str(i), "status": "COMPLETED", "val_accuracy": 0.5 + 0.01 * i, "epochs": 2, "seconds": 1.0}
+        | ({"dropout": True, "dropout_rate": 0.3} if i % 2 else {"dropout": False, "dropout_rate": None})
+        for i in range(4)
+    ]
+    assert [results._plotted(r, "dropout_rate") for r in rows] == [0.0, 0.3, 0.0, 0.3]
+    # The best trial had no dropout: the panel of rates is drawn, and the best is starred at 0.
+    results.plot_trials(rows, tmp_path / "trials.png", best_id="2")
+    assert Image.open(tmp_path / "trials.png").size == (100 * 4 * 2, 340)
+
+
 @pytest.mark.parametrize("tuner", ["random", "bayesian", "hyperband"])
 def test_a_search_with_the_same_seed_draws_the_same_trials_the_default_seed_too(tmp_path, tuner):
     import keras_tuner as kt

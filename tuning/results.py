@@ -85,6 +85,13 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def _plotted(row: dict, name: str):
+    """The value of hyperparameter `name` in `row` as its panel shows it: a trial without dropout at rate 0."""
+    if name == "dropout_rate" and row.get("dropout") is False:
+        return 0.0
+    return row.get(name)
+
+
 def plot_trials(rows: list[dict], path: Path, best_id: str | None = None) -> None:
     """Validation accuracy per trial, and against each main hyperparameter, coloured by epochs trained.
 
@@ -93,7 +100,7 @@ def plot_trials(rows: list[dict], path: Path, best_id: str | None = None) -> Non
     The best trial (`best_id`, the oracle's) is starred in every panel.
     """
     done = [r for r in rows if r["val_accuracy"] is not None]
-    names = [n for n in MAIN_HYPERPARAMETERS if len({r.get(n) for r in done if r.get(n) is not None}) > 1]
+    names = [n for n in MAIN_HYPERPARAMETERS if len({_plotted(r, n) for r in done} - {None}) > 1]
     panels = 1 + len(names)
     columns = min(panels, COLUMNS)
     grid = (-(-panels // columns), columns)
@@ -109,19 +116,20 @@ def plot_trials(rows: list[dict], path: Path, best_id: str | None = None) -> Non
         )
         per_trial.plot([i for i, _ in trials], [r["val_accuracy"] for _, r in trials], **style)
         for name, ax in by_name.items():
-            points = [(r[name], r["val_accuracy"]) for _, r in trials if r.get(name) is not None]
+            points = [(_plotted(r, name), r["val_accuracy"]) for _, r in trials if _plotted(r, name) is not None]
             ax.plot([p[0] for p in points], [p[1] for p in points], **style)
     for best_index, best in [(i, r) for i, r in enumerate(done) if r["trial_id"] == best_id]:
         label = f"best (trial {best['trial_id']})"
         star = dict(marker="*", markersize=14, color="black", linestyle="none", label=label)
         per_trial.plot([best_index], [best["val_accuracy"]], **star)
         for name, ax in by_name.items():
-            if best.get(name) is not None:
-                ax.plot([best[name]], [best["val_accuracy"]], **star)
+            if _plotted(best, name) is not None:
+                ax.plot([_plotted(best, name)], [best["val_accuracy"]], **star)
     per_trial.set(xlabel="trial (in the order of their ids)", ylabel="validation accuracy", title="per trial")
     per_trial.legend(fontsize=8)
+    per_trial.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for name, ax in by_name.items():
-        ax.set(xlabel=name, title=f"by {name}")
+        ax.set(xlabel=f"{name} (0: no dropout)" if name == "dropout_rate" else name, title=f"by {name}")
         if name in LOG_SCALE:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # Decades only: no crowded labels.
