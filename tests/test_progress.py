@@ -26,7 +26,8 @@ def test_a_log_file_gets_a_plain_line_per_interval_and_none_at_the_end():
     bar.update(500, [("loss", 0.4)])  # Too soon after the last line.
     now[0] += 60.0
     bar.update(1000, [("loss", 0.3)])  # The end: the caller's summary follows.
-    assert out.getvalue() == "  400/1000 steps (40%), 35 s, about 52 s left, loss 0.4123, accuracy 0.8600\n"
+    # The time left from the pace since the first update (300 steps in 25 s), not from the start.
+    assert out.getvalue() == "  400/1000 steps (40%), 35 s, about 50 s left, loss 0.4123, accuracy 0.8600\n"
     assert not re.search("[\x1b\r\b]", out.getvalue())
 
 

@@ -39,18 +39,23 @@ class PlainProgress:
         self.target, self.unit_name, self.interval, self.clock = target, unit_name, interval, clock
         self.stream = stream
         self.started = self.last = clock()
+        # The time left is read from the pace since the first update: a resumed
+        # epoch starts part done, and the first compiled call includes tracing.
+        self.first: tuple[int, float] | None = None
 
     def update(self, current: int, values: Sequence[tuple[str, float]] | None = None, finalize=None) -> None:
         """Writes a line when `interval` seconds have passed since the last one (or the start) and work remains."""
         now = self.clock()
+        if self.first is None:
+            self.first = (current, now)
         if current >= self.target or now - self.last < self.interval:
             return
         self.last = now
-        elapsed = now - self.started
         parts = [f"  {current}/{self.target} {self.unit_name}s ({100 * current // max(self.target, 1)}%)"]
-        parts.append(f"{elapsed:.0f} s")
-        if current > 0:
-            parts.append(f"about {elapsed * (self.target - current) / current:.0f} s left")
+        parts.append(f"{now - self.started:.0f} s")
+        done_since, seconds_since = current - self.first[0], now - self.first[1]
+        if done_since > 0:
+            parts.append(f"about {seconds_since * (self.target - current) / done_since:.0f} s left")
         parts += [f"{name} {value:.4f}" for name, value in values or ()]
         stream = self.stream or sys.stdout
         stream.write(", ".join(parts) + "\n")
