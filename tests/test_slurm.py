@@ -84,7 +84,9 @@ def test_slurm_job_trains_two_tasks_as_one_multi_worker_job(uninterrupted):
     prints = _fingerprints(log)
     assert len(prints) == 2 and prints[0] == prints[1], "both tasks end with the same weights"
     # A clean end: no worker reports an error or a crashed peer.
-    assert not re.search(r"^E\d{4} |unhealthy|crashed|Traceback|error:", log, re.M), log[-3000:]
+    assert not re.search(r"^(\d+: )?E\d{4} |unhealthy|crashed|Traceback|error:", log, re.M), log[-3000:]
+    # Each task's lines carry its task number, so the two tasks' reports of an epoch tell apart.
+    assert re.search(r"^0: epoch 2: ", log, re.M) and re.search(r"^1: epoch 2: ", log, re.M), log[-3000:]
     # A job's log is a file: progress in plain lines, not a bar redrawn with escapes and backspaces.
     assert not re.search("[\x1b\b\r]", log), repr(log[:1000])
 
