@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
     sys.stdout = common.WithoutLines(sys.stdout, ("True",))
     try:
         if chief.is_distributed_chief():
-            chief.leave_gpu_memory_to_tuners()
+            chief.leave_gpus_to_tuners(retrains=FLAGS.retrain_best)
         strategy = strategies.make_strategy(FLAGS.strategy)
         common.measure_precision_quietly(base.train.precision)
         with StopSignal() as stop:

@@ -90,12 +90,18 @@ def test_the_chief_knows_the_tuners_it_waits_for(monkeypatch):
     assert chief.expected_tuners() == set()
 
 
-def test_the_chief_of_a_launched_search_takes_gpu_memory_only_as_it_needs_it(monkeypatch):
+def test_the_chief_of_a_launched_search_leaves_the_gpus_to_its_tuners(monkeypatch):
     import tensorflow as tf
 
     gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
-    growing = []
+    growing, visible = [], []
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
     monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda gpu, on: growing.append((gpu.name, on)))
-    chief.leave_gpu_memory_to_tuners()
-    assert growing == [(gpu.name, True) for gpu in gpus]
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda devices, kind=None: visible.append((devices, kind)))
+    # It retrains the best at the end: it keeps the GPUs and takes memory only as it needs it.
+    chief.leave_gpus_to_tuners(retrains=True)
+    assert growing == [(gpu.name, True) for gpu in gpus] and visible == []
+    # It never trains: it hides them, so it opens no CUDA context there.
+    growing.clear()
+    chief.leave_gpus_to_tuners(retrains=False)
+    assert visible == [([], "GPU")] and growing == []

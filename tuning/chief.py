@@ -37,19 +37,28 @@ def expected_tuners() -> set[str]:
     return {name for name in os.environ.get("FMNIST_SEARCH_TUNERS", "").split(",") if name}
 
 
-def leave_gpu_memory_to_tuners() -> None:
-    """Makes this process take GPU memory as it needs it, not nearly all of every GPU it sees at once.
+def leave_gpus_to_tuners(retrains: bool) -> None:
+    """Keeps the chief off the GPUs its tuners train on: hidden, or taken from only as it needs them.
 
     Under `fmnist-launch --tuner_workers=N` the chief sees every GPU of the
     host, and its tuners train on them. The chief trains nothing while they
-    search (with `--retrain_best` it retrains once they are done), but
+    search. Without `--retrain_best` it never does, so it hides every GPU
+    from itself and opens no CUDA context on them. With it, it retrains once
+    they are done, so it keeps them but takes memory only as it needs it:
     TensorFlow's default reserves nearly all of a GPU's memory at the first
     allocation there, leaving the tuners none. Call it before TensorFlow
     initialises its devices.
+
+    Args:
+      retrains: the chief retrains the best config when the search ends.
     """
     import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and not retrains:
+        tf.config.set_visible_devices([], "GPU")
+        return
+    for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 

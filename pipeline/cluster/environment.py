@@ -229,7 +229,7 @@ def search_gpu_share(gpus: list[str], rank: int, node: int, local: int, tasks_he
 
     The chief (task 0, the first on the step's first node) trains only once
     the search is over (`--retrain_best`): it sees every GPU of its node and
-    takes memory as it needs it (`tuning.chief.leave_gpu_memory_to_tuners`),
+    takes memory as it needs it (`tuning.chief.leave_gpus_to_tuners`),
     while the node's tuners share those GPUs. Elsewhere a node's tuners share
     its GPUs. A trial mirrors over whatever its tuner has, so shares may
     differ by one GPU where the GPUs do not divide evenly.
