@@ -98,6 +98,19 @@ def test_two_launched_tuners_search_on_their_own_gpus_and_the_chief_retrains_on_
     assert not re.search(r"unhealthy|crashed|Traceback", done.stdout)
 
 
+@pytest.mark.skipif(len(GPUS) < 2, reason="two launched tuners need two GPUs")
+def test_a_launched_search_without_a_retrain_leaves_every_gpu_to_its_tuners(real_data_dir, tmp_path):
+    # The chief hides the GPUs from itself before TensorFlow initialises them (it would fail after).
+    launch = [sys.executable, "-m", "launch.launch", "--tuner_workers=2", "--"]
+    tune = [sys.executable, "-m", "launch.tune", f"--workdir={tmp_path}", f"--data_dir={real_data_dir}"]
+    tune += ["--preset=fast", "--tuner=random", "--max_trials=2", "--max_epochs=1", "--search_space=filters", *SHORT]
+    done = run([*launch, *tune], timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["trials"] == 2 and "retrained" not in summary
+    assert not re.search(r"unhealthy|crashed|Traceback", done.stdout)
+
+
 def test_an_export_from_a_gpu_run_serves_on_cpu_as_trained(real_data_dir, tmp_path):
     done = run(_train(tmp_path, real_data_dir, "--preset=fast", *SHORT), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
