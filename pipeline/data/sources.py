@@ -157,13 +157,20 @@ def _check_official_digest(path: Path, content: bytes) -> None:
         )
 
 
-def load_directory(directory: str | Path) -> tuple[Split, Split]:
-    """Loads and validates (train, test) from a directory of IDX files."""
+def load_directory(directory: str | Path, named_by: str | None = None) -> tuple[Split, Split]:
+    """Loads and validates (train, test) from a directory of IDX files.
+
+    Args:
+      directory: the directory.
+      named_by: the flag or variable that named it (`--data_dir`), for the error when it is missing.
+    """
     directory = Path(directory).expanduser()
     if not directory.is_dir():
+        where = f"{named_by}={directory}" if named_by else f"data directory {directory}"
+        unset = ", or leave it unset to use the Debian package or a download" if named_by else ""
         raise DataError(
-            f"data directory {directory} does not exist or is not a directory; "
-            "give a directory holding the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...)"
+            f"{where} does not exist or is not a directory; "
+            f"give a directory holding the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...){unset}"
         )
     return _load_split(directory, "train"), _load_split(directory, "test")
 
@@ -188,14 +195,8 @@ def load_train_test(data_dir: str | None = None) -> tuple[Split, Split, str]:
     """
     for description, path in candidate_directories(data_dir):
         explicit = description in ("--data_dir", "$FASHION_MNIST_DIR")
-        if explicit and not path.expanduser().is_dir():
-            raise DataError(
-                f"{description}={path} does not exist or is not a directory; give a directory holding "
-                "the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...), or leave it unset to use "
-                "the Debian package or a download"
-            )
         if explicit or path.is_dir():
-            train, test = load_directory(path)
+            train, test = load_directory(path, named_by=description if explicit else None)
             source = f"{description} ({path})"
             log.debug("Fashion-MNIST from %s: %d train, %d test", source, len(train), len(test))
             return train, test, source

@@ -86,13 +86,9 @@ def save(config: Config, path: Path) -> None:
     A field is left out only while its value is still the one the run used
     before the field existed.
     """
-    predated = predated_fields(path)
-    absent = {name for name, old in predated.items() if value_of(config, name) == old}
-    if not absent:
-        config_files.save(config, path)
-        return
     data = config_files.to_dict(config)
-    for name in absent:
-        section, field = name.split(".")
-        del data[section][field]
+    for name, old in predated_fields(path).items():
+        if value_of(config, name) == old:
+            section, field = name.split(".")
+            del data[section][field]
     config_files.write_json_atomically(data, path)
