@@ -121,10 +121,14 @@ def main(argv: list[str]) -> None:
     try:
         if chief.is_distributed_chief():
             chief.leave_gpus_to_tuners(retrains=FLAGS.retrain_best)
-        strategy = strategies.make_strategy(FLAGS.strategy)
-        common.measure_precision_quietly(base.train.precision)
+
+        def make_strategy():
+            strategy = strategies.make_strategy(FLAGS.strategy)
+            common.measure_precision_quietly(base.train.precision)
+            return strategy
+
         with StopSignal() as stop:
-            summary = run_search(FLAGS.workdir, base, tune, strategy, FLAGS.retrain_best, stop)
+            summary = run_search(FLAGS.workdir, base, tune, make_strategy, FLAGS.retrain_best, stop)
     except TrainingStopped as e:
         common.fail(f"search {e}", e.exit_code)
     except (ValueError, *common.input_errors()) as e:

@@ -342,7 +342,7 @@ def test_once_the_budget_is_spent_the_oracle_ends_the_running_trial_and_hands_ou
 
     monkeypatch.setattr(search, "build_tuner", tuner_whose_budget_ends_with_the_first_report)
     with caplog.at_level("INFO", logger="tuning"):
-        summary = search.run_search(tmp_path, base, tune, strategies.make_strategy("default"))
+        summary = search.run_search(tmp_path, base, tune, lambda: strategies.make_strategy("default"))
     oracle = built[0].oracle
     (trial,) = oracle.trials.values()
     # The trial the budget ran out in keeps the score of the epoch it trained: completed, not failed.

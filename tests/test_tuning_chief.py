@@ -105,3 +105,46 @@ def test_the_chief_of_a_launched_search_leaves_the_gpus_to_its_tuners(monkeypatc
     growing.clear()
     chief.leave_gpus_to_tuners(retrains=False)
     assert visible == [([], "GPU")] and growing == []
+
+
+@pytest.mark.parametrize("distributed", [True, False])
+def test_a_distributed_chief_makes_its_strategy_only_to_retrain(monkeypatch, tmp_path, distributed):
+    # A strategy initialises every GPU the process sees: the chief of a
+    # distributed search trains no trial, and its tuners' GPUs stay theirs while they search.
+    import types
+
+    from pipeline import config as config_lib
+    from pipeline import presets
+    from tuning import search
+    from tuning.oracle import TuneConfig
+
+    if distributed:
+        monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+        monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    else:
+        for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+            monkeypatch.delenv(name, raising=False)
+    base = presets.preset("smoke").replace(data=config_lib.DataConfig(validation_size=64))
+    events = []
+    best_trial = types.SimpleNamespace(score=0.9, trial_id="00", hyperparameters=None)
+    oracle = types.SimpleNamespace(trials={}, get_best_trials=lambda n: [best_trial])
+    tuner = types.SimpleNamespace(oracle=oracle, search=lambda: events.append("search"))
+
+    def build_tuner(directory, base, tune, strategy, stop):
+        events.append(("tuner", strategy))
+        return tuner
+
+    def make_strategy():
+        events.append("strategy made")
+        return "the strategy"
+
+    monkeypatch.setattr(search, "build_tuner", build_tuner)
+    monkeypatch.setattr(search, "write_results", lambda directory, tuner, base, tune, trial: base)
+    monkeypatch.setattr(search, "describe_searched", lambda hp: "")
+    monkeypatch.setattr(search, "train_and_evaluate", lambda c, d, strategy, stop: events.append(("retrain", strategy)))
+    search.run_search(tmp_path, base, TuneConfig(tuner="random", max_trials=1), make_strategy, retrain_best=True)
+    if distributed:
+        assert events == [("tuner", None), "search", "strategy made", ("retrain", "the strategy")]
+    else:  # Its own trials and the retrain share one strategy.
+        assert events == ["strategy made", ("tuner", "the strategy"), "search", ("retrain", "the strategy")]

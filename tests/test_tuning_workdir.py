@@ -115,7 +115,7 @@ def test_a_search_and_a_training_run_never_share_a_directory(tiny_data_dir, tmp_
     (search_dir / "search_config.json").write_text("{}")
     strategy = tf.distribute.get_strategy()
     with pytest.raises(workdir_lib.WorkdirError, match=f"{run_dir} holds a training run .config.json., not a search"):
-        run_search(run_dir, base, TuneConfig(tuner="random", max_trials=1, max_epochs=1), strategy)
+        run_search(run_dir, base, TuneConfig(tuner="random", max_trials=1, max_epochs=1), lambda: strategy)
     with pytest.raises(workdir_lib.WorkdirError, match="holds a search .search_config.json., not a training run"):
         train_and_evaluate(base, search_dir, strategy, progress=False)
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]

@@ -43,11 +43,12 @@ def leave_gpus_to_tuners(retrains: bool) -> None:
     Under `fmnist-launch --tuner_workers=N` the chief sees every GPU of the
     host, and its tuners train on them. The chief trains nothing while they
     search. Without `--retrain_best` it never does, so it hides every GPU
-    from itself and opens no CUDA context on them. With it, it retrains once
-    they are done, so it keeps them but takes memory only as it needs it:
-    TensorFlow's default reserves nearly all of a GPU's memory at the first
-    allocation there, leaving the tuners none. Call it before TensorFlow
-    initialises its devices.
+    from itself and opens no CUDA context on them. With it, it keeps them
+    for the retrain, and opens them only then (`run_search` makes the
+    chief's strategy once the search is over), taking memory only as it
+    needs it: TensorFlow's default reserves nearly all of a GPU's memory at
+    the first allocation there, and tuners told the search is over may still
+    be releasing theirs. Call it before TensorFlow initialises its devices.
 
     Args:
       retrains: the chief retrains the best config when the search ends.

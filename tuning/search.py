@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import config as config_lib
@@ -14,6 +15,7 @@ from pipeline.runs import workdir as workdir_lib
 from pipeline.runs.lock import WorkdirLock
 from pipeline.training.driver import train_and_evaluate
 from pipeline.training.preemption import StopSignal
+from tuning import chief as chief_lib
 from tuning import results
 from tuning.oracle import TuneConfig
 from tuning.tuner import build_tuner, describe_search, describe_searched
@@ -113,7 +115,7 @@ def run_search(
     directory: str | Path,
     base: config_lib.Config,
     tune: TuneConfig,
-    strategy,
+    make_strategy: Callable[[], object],
     retrain_best: bool = False,
     stop: StopSignal | None = None,
 ) -> dict:
@@ -122,6 +124,17 @@ def run_search(
     The chief holds the directory's lock; tuner workers share it. A stop
     signal saves the running trial's step and raises `TrainingStopped`; a
     rerun continues that trial where it stopped.
+
+    Args:
+      directory: the search directory.
+      base: the config the searched groups vary.
+      tune: the search algorithm and its budget.
+      make_strategy: makes the strategy trials (and the retrain) train
+        under. The chief of a distributed search trains no trial, so it makes
+        its strategy only to retrain: a strategy initialises every GPU the
+        process sees, and those GPUs are its tuners' while they search.
+      retrain_best: retrain the best config through `train_and_evaluate`.
+      stop: the installed stop signal, if any.
 
     Returns:
       {"best_config": path, "best_val_accuracy": float, "trials": n} and, with
@@ -136,6 +149,7 @@ def run_search(
     with WorkdirLock(directory) if chief else contextlib.nullcontext():
         if chief:
             _check_same_search(directory, base, tune)
+        strategy = None if chief_lib.is_distributed_chief() else make_strategy()
         tuner = build_tuner(directory, base, tune, strategy, stop)
         if chief:
             log.info(describe_search(base, tune))
@@ -168,6 +182,8 @@ def run_search(
         )
         if retrain_best:
             set_aside_if_retrained_for_another(directory / "best_run", best)
-            summary["retrained"] = train_and_evaluate(best, directory / "best_run", strategy, stop=stop)
+            summary["retrained"] = train_and_evaluate(
+                best, directory / "best_run", strategy or make_strategy(), stop=stop
+            )
         workdir_lib.write_json(directory / "summary.json", summary)
         return summary
