@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import config as config_lib
 from pipeline import config_files
@@ -19,6 +20,9 @@ from tuning import chief as chief_lib
 from tuning import results
 from tuning.oracle import TuneConfig
 from tuning.tuner import build_tuner, describe_search, describe_searched
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def run_search(
     directory: str | Path,
     base: config_lib.Config,
     tune: TuneConfig,
-    make_strategy: Callable[[], object],
+    make_strategy: Callable[[], tf.distribute.Strategy],
     retrain_best: bool = False,
     stop: StopSignal | None = None,
 ) -> dict:
@@ -183,7 +187,7 @@ def run_search(
         if retrain_best:
             set_aside_if_retrained_for_another(directory / "best_run", best)
             summary["retrained"] = train_and_evaluate(
-                best, directory / "best_run", strategy or make_strategy(), stop=stop
+                best, directory / "best_run", make_strategy() if strategy is None else strategy, stop=stop
             )
         workdir_lib.write_json(directory / "summary.json", summary)
         return summary
