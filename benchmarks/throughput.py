@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import alternate
+from benchmarks.common import alternate, rounds
 from pipeline import config as config_lib
 from pipeline import presets
 from pipeline.data import augment as augment_lib
@@ -26,6 +28,8 @@ from pipeline.training import precision, steps
 # linear rule with a warm-up) validated lower (the record's candidate recipes).
 RECOMMENDED = {"global_batch_size": 256, "precision": "auto", "steps_per_execution": 16}
 RECOMMENDED_ROW = "ours recommended: batch 256 at the same learning rate, precision auto"
+# Batches each pipeline yields before its timed ones.
+_WARM_UP_BATCHES = 5
 
 
 def our_trainer(config: config_lib.Config, images, labels, num_steps: int):
@@ -94,14 +98,24 @@ def training_throughput(images, labels, quick: bool) -> list[dict]:
     ]
 
 
-def _pipeline_reader(dataset: tf.data.Dataset, batches: int, batch: int):
-    iterator = iter(dataset)
-    next(iterator)
+def _pipeline_reader(make_dataset: Callable[[], tf.data.Dataset], batches: int, batch: int):
+    """A turn that builds its pipeline, warms it up, then times `batches` batches of it.
 
-    def run() -> int:
+    The iterator lives only for its own turn: a live iterator of another
+    contender keeps threads of its own busy (a parallel map refilling, an
+    autotuning thread waking) and slowed the pipeline being timed.
+    """
+
+    def run() -> float:
+        iterator = iter(make_dataset())
+        for _ in range(_WARM_UP_BATCHES):  # The shuffle buffer fills, the threads start.
+            next(iterator)
+        start = time.perf_counter()
         for _ in range(batches):
             next(iterator)
-        return batches * batch
+        seconds = time.perf_counter() - start
+        del iterator
+        return batches * batch / seconds
 
     return run
 
@@ -129,23 +143,47 @@ def _one_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def input_headroom(images, labels, model_rate: float, quick: bool) -> list[dict]:
-    """Input pipeline alone, with and without each step, against the model's consumption."""
-    batch, batches = 128, 50 if quick else 300
+    """Input pipeline alone, with and without each step, against the model's consumption.
+
+    Each turn times one pipeline alone (`_pipeline_reader`), in rotating
+    turns; the rate is the median turn's.
+    """
+    batch, batches = 128, 50 if quick else 400
     augment = config_lib.AugmentConfig()
-    ours = ip.train_dataset(images, labels, batch, 0, 0, augment)
+
+    def ours():
+        return ip.train_dataset(images, labels, batch, 0, 0, augment)
+
     contenders = {
         "ours: shuffle indices, gather batches, parallel vectorised augment, prefetch": ours,
-        "ours without prefetch": ip.train_dataset(images, labels, batch, 0, 0, augment, prefetch=False),
-        "ours on one thread (no parallel map)": _one_thread(ours),
-        "examples, not indices, through cache and shuffle, then batch": _example_pipeline(
+        "ours without prefetch": lambda: ip.train_dataset(images, labels, batch, 0, 0, augment, prefetch=False),
+        "ours on one thread (no parallel map)": lambda: _one_thread(ours()),
+        "examples, not indices, through cache and shuffle, then batch": lambda: _example_pipeline(
             images, labels, batch, augment, cache=True, per_example=False
         ),
-        "the same without cache": _example_pipeline(images, labels, batch, augment, cache=False, per_example=False),
-        "augment mapped per example": _example_pipeline(images, labels, batch, augment, cache=True, per_example=True),
+        "the same without cache": lambda: _example_pipeline(
+            images, labels, batch, augment, cache=False, per_example=False
+        ),
+        "augment mapped per example": lambda: _example_pipeline(
+            images, labels, batch, augment, cache=True, per_example=True
+        ),
     }
-    readers = {k: _pipeline_reader(ds, batches, batch) for k, ds in contenders.items()}
-    rates = alternate(readers, repeats=2 if quick else 3)
+    # Per-example augmentation is two orders of magnitude slower: fewer batches keep its turn short.
+    turns = {
+        k: _pipeline_reader(make, batches // 10 if "per example" in k else batches, batch)
+        for k, make in contenders.items()
+    }
+    rates = _median_rates(turns, repeats=2 if quick else 3)
     return [{"pipeline": k, "examples/s": v, "headroom vs model": v / model_rate} for k, v in rates.items()]
+
+
+def _median_rates(turns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """The median rate of each contender over `repeats` rotating rounds; each turn returns its own rate."""
+    rates: dict[str, list[float]] = {name: [] for name in turns}
+    for order in rounds(list(turns), repeats):
+        for name in order:
+            rates[name].append(turns[name]())
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def model_flops_per_example(model: keras.Model) -> float:
