@@ -7,8 +7,6 @@ epoch's augmented batches are the same wherever and whenever it is replayed
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 
@@ -51,11 +49,13 @@ def _inside_boxes(top_left: tf.Tensor, bottom_right: tf.Tensor, height: int, wid
     return (y >= top) & (y < bottom) & (x >= left) & (x < right)
 
 
-def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Random erasing: zero one random rectangle in a fraction of the images."""
+def _erase(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor, erasing=None) -> tf.Tensor:
+    """Random erasing: zero one random rectangle in a fraction of the images; none where `erasing` is False."""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     apply = tf.random.stateless_uniform([batch], seeds[0]) < config.erase_probability
+    if erasing is not None:
+        apply &= erasing
     side = tf.sqrt(config.erase_max_fraction)
     size = tf.random.stateless_uniform([batch, 2], seeds[1], 0.1, side) * [height, width]
     corner = tf.random.stateless_uniform([batch, 2], seeds[2]) * ([height, width] - size)
@@ -96,16 +96,18 @@ def cutmix(images: tf.Tensor, labels: tf.Tensor, probability: float, seed: tf.Te
     return mixed, own * (1.0 - pasted) + partner * pasted
 
 
-def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor, flip=None) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor, flip=None, erasing=None) -> tf.Tensor:
     """Augments a float batch [B, H, W, 1]; deterministic for a given `seed` pair.
 
     `flip` (bool [B]), when given, says which images to mirror (`alternating_flips`).
+    `erasing` (bool scalar), when given, turns random erasing off for the
+    batch where False; the other augmentations draw as with it on.
     """
     seeds = tf.random.experimental.stateless_split(seed, 3)
     if config.flip or config.max_shift:
         images = _flip_and_shift(images, config, seeds, flip)
     if config.erase_probability:
-        images = _erase(images, config, seeds[2])
+        images = _erase(images, config, seeds[2], erasing)
     return images
 
 
@@ -119,8 +121,9 @@ def alternating_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return first ^ (epoch % 2 == 0)
 
 
-def for_epoch(config: AugmentConfig, epoch: int, epochs: int) -> AugmentConfig:
-    """The augmentation of epoch `epoch` (from 1) of `epochs`: no erasing in the final `erase_off_final_epochs`."""
-    if epoch > epochs - config.erase_off_final_epochs:
-        return dataclasses.replace(config, erase_probability=0.0)
-    return config
+def erases_in(config: AugmentConfig, epoch, epochs: int):
+    """Whether epoch `epoch` (from 1; an int or an int64 tensor) of `epochs` erases.
+
+    Erasing stops for the final `erase_off_final_epochs`.
+    """
+    return epoch <= epochs - config.erase_off_final_epochs

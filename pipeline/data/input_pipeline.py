@@ -27,9 +27,9 @@ def pipeline_options() -> tf.data.Options:
     The pipeline runs many times faster than any model here consumes
     (benchmark record, input pipeline), so it needs no tuning: without it a
     parallel map uses one call per core and prefetching grows its own buffer.
-    And each epoch iterates a new dataset: with autotuning on, destroying the
-    previous epoch's iterator waited for the autotuning thread, and about
-    half the epochs stalled for seconds with the processor idle.
+    And each epoch's validation iterates its dataset anew: with autotuning on,
+    destroying an iterator waited for the autotuning thread, and about half
+    the epochs stalled for seconds with the processor idle.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -90,8 +90,10 @@ def train_dataset(
     context: tf.distribute.InputContext | None = None,
     prefetch: bool = True,
     start_batch: int = 0,
+    final_epoch: int | None = None,
+    batches_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
-    """An endless stream of shuffled, augmented, normalised training batches.
+    """Shuffled, augmented, normalised training batches: one endless epoch, or a run's epochs in turn.
 
     Args:
       images: uint8 [N, 28, 28].
@@ -99,14 +101,20 @@ def train_dataset(
       batch_size: batch size of this dataset: the per-replica batch times the
         replicas this pipeline feeds (see `per_replica_batch_size`).
       seed: the run's seed.
-      epoch: folded into the seeds, so epoch k shuffles and augments the same
-        way whether or not the run was interrupted before it.
+      epoch: the (first) epoch; folded into the seeds, so epoch k shuffles and
+        augments the same way whether or not the run was interrupted before it.
       augment: augmentation settings.
       context: the input context under a distribution strategy.
       prefetch: overlap input preparation with the training step.
-      start_batch: batches of this epoch already trained (a run resumed
+      start_batch: batches of `epoch` already trained (a run resumed
         mid-epoch): the stream starts with the next one, shuffled and
         augmented exactly as in an uninterrupted epoch.
+      final_epoch: None for an endless stream in `epoch`'s order (its
+        shuffle repeats afresh); else the run's last epoch: the stream holds
+        `batches_per_epoch` batches of each epoch from `epoch` to it, and
+        stops erasing in the final `augment.erase_off_final_epochs`
+        (`augment.erases_in`).
+      batches_per_epoch: with `final_epoch`, the batches of each epoch.
 
     Returns:
       Dataset of (float32 [B, 28, 28, 1], int64 [B]); with CutMix the labels
@@ -114,49 +122,70 @@ def train_dataset(
     """
     images, labels = _shard(images, labels, context)
     shard_id = context.input_pipeline_id if context else 0
-    this_epoch = epoch_seed(seed, epoch, shard_id)
+    num_examples = len(labels)
+    flips = None
+    if augment.enabled and augment.flip and augment.flip_mode == "alternating":
+        # The half mirrored in odd epochs is drawn once per run (epoch 0's seed).
+        flips = tf.constant(augment_lib.alternating_flips(num_examples, epoch_seed(seed, 0, shard_id), 1))
+    erasing = None
+    if final_epoch is not None and augment.erase_off_final_epochs:
+        erasing = lambda e: augment_lib.erases_in(augment, e, final_epoch)  # noqa: E731
     # The shard stays in memory as two tensors and only indices flow through
     # the pipeline: a scalar per example through shuffle and batch, then one
     # gather per batch. It needs no cache and runs as fast as caching and
     # shuffling the images (benchmark record, input pipeline). tf.data's
     # shuffle order depends only on the seed and buffer size, so this is
     # exactly the order of shuffling the examples themselves.
-    flips = None
-    if augment.enabled and augment.flip and augment.flip_mode == "alternating":
-        # The half mirrored in odd epochs is drawn once per run (epoch 0's seed).
-        flips = tf.constant(augment_lib.alternating_flips(len(labels), epoch_seed(seed, 0, shard_id), epoch))
     images = tf.constant(images)
     labels = tf.constant(labels.astype(np.int64))
-    ds = tf.data.Dataset.range(len(labels))
-    # Shuffle the whole shard before batching so every batch is a fresh
-    # random sample; repeat after shuffle so epochs do not blend.
-    ds = ds.shuffle(len(labels), seed=this_epoch, reshuffle_each_iteration=True).repeat()
-    # Fixed-size batches: every replica takes the same number of steps.
-    ds = ds.batch(batch_size, drop_remainder=True).skip(start_batch)
-    if flips is None:
-        ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
-    else:
-        ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index), tf.gather(flips, index)))
+
+    def batches_of(e: int) -> tf.data.Dataset:
+        """(epoch, batch number, indices) of epoch `e`'s batches: index datasets only, nothing traced."""
+        # Shuffle the whole shard before batching so every batch is a fresh
+        # random sample; repeat after shuffle so epochs do not blend. The
+        # seed stays a Python int: tf.data compares a tensor seed in Python,
+        # which fails inside a traced function when the global seed is 0.
+        ds = tf.data.Dataset.range(num_examples)
+        ds = ds.shuffle(num_examples, seed=epoch_seed(seed, e, shard_id), reshuffle_each_iteration=True).repeat()
+        # Fixed-size batches: every replica takes the same number of steps.
+        skip = start_batch if e == epoch else 0
+        ds = ds.batch(batch_size, drop_remainder=True).skip(skip)
+        if final_epoch is not None:
+            ds = ds.take(batches_per_epoch - skip)
+        return tf.data.Dataset.zip(tf.data.Dataset.from_tensors(tf.constant(e, tf.int64)).repeat(), ds.enumerate(skip))
+
+    def prepare(e, i, index):
+        batch = tf.gather(images, index), tf.gather(labels, index)
+        if flips is not None:
+            batch += (tf.gather(flips, index) ^ tf.equal(e % 2, 0),)
+        # Seeds are per batch and stateless.
+        batch_seed = tf.stack([epoch_seed(seed, e, shard_id), i])
+        return prepare_train(batch, augment, batch_seed, erasing(e) if erasing else None)
+
+    # One dataset for the whole run, the epochs in turn: building a dataset
+    # traces its functions, a noticeable part of a short epoch on a CPU and
+    # more of one on an accelerator, and a single iterator prepares the next
+    # epoch's first batches while this one ends and validates.
+    ds = batches_of(epoch)
+    for later in range(epoch + 1, (final_epoch or epoch) + 1):
+        ds = ds.concatenate(batches_of(later))
     # Normalise and augment whole batches (vectorised), after the gather from
-    # the raw uint8 arrays so each epoch sees new augmentations; seeds are
-    # per batch and stateless.
-    ds = ds.enumerate(start=start_batch).map(
-        lambda i, batch: prepare_train(batch, augment, tf.stack([tf.cast(this_epoch, tf.int64), i])),
-        num_parallel_calls=AUTOTUNE,
-    )
+    # the raw uint8 arrays so each epoch sees new augmentations.
+    ds = ds.map(lambda e, batch: prepare(e, *batch), num_parallel_calls=AUTOTUNE)
     return (ds.prefetch(AUTOTUNE) if prefetch else ds).with_options(pipeline_options())
 
 
-def prepare_train(batch, augment: AugmentConfig, seed):
+def prepare_train(batch, augment: AugmentConfig, seed, erasing=None):
     """Normalises a gathered uint8 batch and, when enabled, augments it with the per-batch `seed`.
 
     `batch` is (images, labels) or, with alternating flips, (images, labels, flips).
+    `erasing` (a bool scalar), when given, turns random erasing off for the batch.
     Returns (images, labels), or with CutMix (images, float targets [B, classes]).
     """
     images, labels, *flip = batch
     images = normalize(images)
     if augment.enabled:
-        images = augment_lib.augment_batch(images, augment, seed, flip[0] if flip else None)
+        images = augment_lib.augment_batch(images, augment, seed, flip[0] if flip else None, erasing)
         if augment.cutmix_probability:
             # A stream of its own: the other augmentations draw as without it.
             mix_seed = tf.random.experimental.stateless_fold_in(seed, 1)
@@ -210,7 +239,13 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
-    """Returns (train_fn(epoch, start_step) -> distributed dataset, eval_fn(split) -> (dataset, steps))."""
+    """Returns (train_fn, eval_fn).
+
+    `train_fn(epoch, start_step)` is the distributed dataset of the rest of
+    the run: the batches of epochs `epoch` to `config.train.epochs` in turn,
+    starting `start_step` steps into `epoch`. `eval_fn(split)` is (dataset,
+    steps) of a split, built once per split and iterated afresh each time.
+    """
     replicas = strategy.num_replicas_in_sync
     per_replica = per_replica_batch_size(config.train.global_batch_size, replicas)
     log.debug(
@@ -228,6 +263,9 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
     # Each step takes one batch per replica from its worker's pipeline.
     replicas_per_pipeline = replicas // strategies.num_workers(strategy)
 
+    # Each pipeline yields one batch per replica it feeds at each step.
+    batches_per_epoch = steps_per_epoch(len(train), config.train.global_batch_size) * replicas_per_pipeline
+
     def train_fn(epoch: int, start_step: int = 0):
         return distribute(
             lambda ctx: train_dataset(
@@ -236,18 +274,28 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
                 per_replica,
                 config.train.seed,
                 epoch,
-                augment_lib.for_epoch(config.augment, epoch, config.train.epochs),
+                config.augment,
                 ctx,
                 start_batch=start_step * replicas_per_pipeline,
+                final_epoch=config.train.epochs,
+                batches_per_epoch=batches_per_epoch,
             )
         )
 
+    built: dict[int, tuple] = {}
+
     def eval_fn(split: data_lib.Split):
-        pipelines = strategies.num_workers(strategy)
-        num_steps = eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
-        ds = distribute(
-            lambda ctx: eval_dataset(split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx)
-        )
-        return ds, num_steps
+        # Validation runs every epoch: the dataset is built once (the split is
+        # kept beside it, so its id names no other split).
+        if id(split) not in built:
+            pipelines = strategies.num_workers(strategy)
+            num_steps = eval_steps(len(split), per_replica * replicas_per_pipeline, pipelines)
+            ds = distribute(
+                lambda ctx: eval_dataset(
+                    split.images, split.labels, per_replica, num_steps * replicas_per_pipeline, ctx
+                )
+            )
+            built[id(split)] = (split, ds, num_steps)
+        return built[id(split)][1:]
 
     return train_fn, eval_fn

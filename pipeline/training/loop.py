@@ -34,8 +34,9 @@ def release_in_background(holder: list) -> None:
     Destroying a tf.data iterator waits for its autotuning thread to wake,
     which took seconds with the processor idle. Our datasets turn autotuning
     off (`input_pipeline.pipeline_options`), but the per-device datasets
-    that tf.distribute builds around them autotune regardless, so each
-    epoch's iterators are destroyed off the training thread. The thread is
+    that tf.distribute builds around them autotune regardless, so the run's
+    training stream and each validation's iterator are destroyed off the
+    training thread. The thread is
     not a daemon: the interpreter waits for it at exit, since killing a
     thread inside TensorFlow's destructor aborts the process.
     """
@@ -138,7 +139,7 @@ def train_epoch(
     strategy,
     state: train_state.TrainState,
     train_steps_fn,
-    dataset,
+    iterator,
     steps_per_epoch: int,
     progress: bool,
     stop: preemption.StopSignal | None,
@@ -146,18 +147,18 @@ def train_epoch(
 ) -> dict[str, float]:
     """Trains the rest of one epoch in compiled calls of `steps_per_execution` steps.
 
-    After every call: show progress; when a stop was requested on any worker,
+    `iterator` is the run's stream of batches (`input_pipeline.train_dataset`),
+    at this epoch's next batch. After every call: show progress; when a stop was requested on any worker,
     save the position and raise `TrainingStopped`; every
     `checkpoint_every_steps` steps, save the position.
     """
     chunk = config.train.steps_per_execution
-    iterator = [iter(dataset)]  # The only reference, for `release_in_background`.
     bar = progress_lib.bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if progress else None
     done, totals = int(state.epoch_step.numpy()), state.epoch_totals.numpy()
     started = time.perf_counter()
     while done < steps_per_epoch:
         n = min(chunk, steps_per_epoch - done)
-        totals = train_steps_fn(iterator[0], tf.constant(n), tf.constant(totals, tf.float64)).numpy()
+        totals = train_steps_fn(iterator, tf.constant(n), tf.constant(totals, tf.float64)).numpy()
         done += n
         if bar:
             running = steps.summarize(totals)
@@ -173,7 +174,6 @@ def train_epoch(
             if stopping:
                 progress_lib.end_line(bar)
                 raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
-    release_in_background(iterator)
     return steps.summarize(totals)
 
 
@@ -223,66 +223,74 @@ def fit(
     splits = ("train", "val") if validating else ("train",)
     writers = {s: tf.summary.create_file_writer(str(out_dir / "tensorboard" / s)) for s in splits}
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0
-    for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
-        start_step = int(state.epoch_step.numpy())
-        if start_step == 0 and should_stop(config, state, epoch - 1):
-            log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
-            break
-        start, seconds_before = time.perf_counter(), float(state.epoch_seconds.numpy())
-        if progress:
-            print(f"Epoch {epoch}/{config.train.epochs}", flush=True)
-        running = train_epoch(
-            config,
-            strategy,
-            state,
-            train_steps,
-            train_fn(epoch, start_step),
-            steps_per_epoch,
-            progress,
-            stop,
-            seconds_before,
-        )
-        val = {}
-        if validating:
-            with optimizer_lib.averaged_weights(state.optimizer):
-                val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
-                if record_if_best(state, {"epoch": epoch, "val_accuracy": val["accuracy"]}):
-                    with workdir_lib.writing("the best weights", out_dir / "best"):
-                        state.best_manager.save(checkpoint_number=epoch)
-        seconds = seconds_before + time.perf_counter() - start
-        elapsed += seconds
-        record = {
-            "epoch": epoch,
-            "train_loss": running["loss"],
-            "train_accuracy": running["accuracy"],
-            **({"val_loss": val["loss"], "val_accuracy": val["accuracy"]} if validating else {}),
-            "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
-            "seconds": seconds,
-            "elapsed_seconds": elapsed,
-            # Where the epoch trained: a resume may run on another number of workers or devices.
-            "workers": strategies.num_workers(strategy),
-            "replicas": strategy.num_replicas_in_sync,
-        }
-        log.info(
-            "epoch %d: train loss %.4f acc %.4f | %s | %.1fs",
-            epoch,
-            record["train_loss"],
-            record["train_accuracy"],
-            f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if validating else "no validation split",
-            seconds,
-        )
-        history.append(record)
-        write_summaries(writers, epoch, record)
-        state.epoch.assign(epoch)
-        for variable in (state.epoch_step, state.epoch_totals, state.epoch_seconds):
-            variable.assign(tf.zeros_like(variable))
-        # History before checkpoint: a crash between the two re-runs the epoch
-        # and the history is truncated to the checkpoint's epoch on resume.
-        if strategies.is_chief(strategy):
-            workdir_lib.write_json(out_dir / "history.json", history)
-        path = train_state.save(state)
-        if on_epoch_end and on_epoch_end(record):
-            break
-        if stop is not None and epoch < config.train.epochs and stop.agreed(strategy):
-            raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
+    # One stream of batches for the rest of the run, started in the first
+    # epoch's time; the list holds its only reference, for `release_in_background`.
+    stream = []
+    try:
+        for epoch in range(int(state.epoch.numpy()) + 1, config.train.epochs + 1):
+            start_step = int(state.epoch_step.numpy())
+            if start_step == 0 and should_stop(config, state, epoch - 1):
+                log.info("early stopping: no better validation accuracy since epoch %d", int(state.best_epoch.numpy()))
+                break
+            start, seconds_before = time.perf_counter(), float(state.epoch_seconds.numpy())
+            if progress:
+                print(f"Epoch {epoch}/{config.train.epochs}", flush=True)
+            if not stream:
+                stream.append(iter(train_fn(epoch, start_step)))
+            running = train_epoch(
+                config,
+                strategy,
+                state,
+                train_steps,
+                stream[0],
+                steps_per_epoch,
+                progress,
+                stop,
+                seconds_before,
+            )
+            val = {}
+            if validating:
+                with optimizer_lib.averaged_weights(state.optimizer):
+                    val = evaluate(strategy, eval_steps, eval_fn, dataset.validation)
+                    if record_if_best(state, {"epoch": epoch, "val_accuracy": val["accuracy"]}):
+                        with workdir_lib.writing("the best weights", out_dir / "best"):
+                            state.best_manager.save(checkpoint_number=epoch)
+            seconds = seconds_before + time.perf_counter() - start
+            elapsed += seconds
+            record = {
+                "epoch": epoch,
+                "train_loss": running["loss"],
+                "train_accuracy": running["accuracy"],
+                **({"val_loss": val["loss"], "val_accuracy": val["accuracy"]} if validating else {}),
+                "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
+                "seconds": seconds,
+                "elapsed_seconds": elapsed,
+                # Where the epoch trained: a resume may run on another number of workers or devices.
+                "workers": strategies.num_workers(strategy),
+                "replicas": strategy.num_replicas_in_sync,
+            }
+            log.info(
+                "epoch %d: train loss %.4f acc %.4f | %s | %.1fs",
+                epoch,
+                record["train_loss"],
+                record["train_accuracy"],
+                f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if validating else "no validation split",
+                seconds,
+            )
+            history.append(record)
+            write_summaries(writers, epoch, record)
+            state.epoch.assign(epoch)
+            for variable in (state.epoch_step, state.epoch_totals, state.epoch_seconds):
+                variable.assign(tf.zeros_like(variable))
+            # History before checkpoint: a crash between the two re-runs the epoch
+            # and the history is truncated to the checkpoint's epoch on resume.
+            if strategies.is_chief(strategy):
+                workdir_lib.write_json(out_dir / "history.json", history)
+            path = train_state.save(state)
+            if on_epoch_end and on_epoch_end(record):
+                break
+            if stop is not None and epoch < config.train.epochs and stop.agreed(strategy):
+                raise preemption.TrainingStopped(_stopped_message(stop, state, path), stop.signum)
+    finally:
+        release_in_background(stream)
     return history
