@@ -262,8 +262,6 @@ def distributed_datasets(config: Config, strategy, dataset: data_lib.Dataset):
 
     # Each step takes one batch per replica from its worker's pipeline.
     replicas_per_pipeline = replicas // strategies.num_workers(strategy)
-
-    # Each pipeline yields one batch per replica it feeds at each step.
     batches_per_epoch = steps_per_epoch(len(train), config.train.global_batch_size) * replicas_per_pipeline
 
     def train_fn(epoch: int, start_step: int = 0):

@@ -128,6 +128,31 @@ def record_if_best(state: train_state.TrainState, record: dict) -> bool:
     return False
 
 
+def epoch_record(epoch: int, running: dict, val: dict, state, strategy, seconds: float, elapsed: float) -> dict:
+    """One epoch's line of `history.json` (validation left out when `val` is empty), also logged."""
+    record = {
+        "epoch": epoch,
+        "train_loss": running["loss"],
+        "train_accuracy": running["accuracy"],
+        **({"val_loss": val["loss"], "val_accuracy": val["accuracy"]} if val else {}),
+        "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
+        "seconds": seconds,
+        "elapsed_seconds": elapsed,
+        # Where the epoch trained: a resume may run on another number of workers or devices.
+        "workers": strategies.num_workers(strategy),
+        "replicas": strategy.num_replicas_in_sync,
+    }
+    log.info(
+        "epoch %d: train loss %.4f acc %.4f | %s | %.1fs",
+        epoch,
+        record["train_loss"],
+        record["train_accuracy"],
+        f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "no validation split",
+        seconds,
+    )
+    return record
+
+
 def should_stop(config: config_lib.Config, state: train_state.TrainState, epoch: int) -> bool:
     """Early stopping: `patience` epochs since the best one."""
     patience = config.train.early_stopping_patience
@@ -257,26 +282,7 @@ def fit(
                             state.best_manager.save(checkpoint_number=epoch)
             seconds = seconds_before + time.perf_counter() - start
             elapsed += seconds
-            record = {
-                "epoch": epoch,
-                "train_loss": running["loss"],
-                "train_accuracy": running["accuracy"],
-                **({"val_loss": val["loss"], "val_accuracy": val["accuracy"]} if validating else {}),
-                "learning_rate": float(np.asarray(state.optimizer.learning_rate)),
-                "seconds": seconds,
-                "elapsed_seconds": elapsed,
-                # Where the epoch trained: a resume may run on another number of workers or devices.
-                "workers": strategies.num_workers(strategy),
-                "replicas": strategy.num_replicas_in_sync,
-            }
-            log.info(
-                "epoch %d: train loss %.4f acc %.4f | %s | %.1fs",
-                epoch,
-                record["train_loss"],
-                record["train_accuracy"],
-                f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if validating else "no validation split",
-                seconds,
-            )
+            record = epoch_record(epoch, running, val, state, strategy, seconds, elapsed)
             history.append(record)
             write_summaries(writers, epoch, record)
             state.epoch.assign(epoch)
