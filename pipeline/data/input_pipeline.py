@@ -110,8 +110,8 @@ def train_dataset(
         mid-epoch): the stream starts with the next one, shuffled and
         augmented exactly as in an uninterrupted epoch.
       final_epoch: None for an endless stream in `epoch`'s order (its
-        shuffle repeats afresh); else the run's last epoch: the stream holds
-        `batches_per_epoch` batches of each epoch from `epoch` to it, and
+        shuffle repeats afresh); else the run's last epoch: the stream starts
+        with `batches_per_epoch` batches of each epoch from `epoch` to it, and
         stops erasing in the final `augment.erase_off_final_epochs`
         (`augment.erases_in`).
       batches_per_epoch: with `final_epoch`, the batches of each epoch.
@@ -167,8 +167,14 @@ def train_dataset(
     # more of one on an accelerator, and a single iterator prepares the next
     # epoch's first batches while this one ends and validates.
     ds = batches_of(epoch)
-    for later in range(epoch + 1, (final_epoch or epoch) + 1):
+    for later in range(epoch + 1, (epoch if final_epoch is None else final_epoch) + 1):
         ds = ds.concatenate(batches_of(later))
+    # Endless, though nothing reads past the run's last batch: tf.distribute
+    # treats a finite dataset as one that may end in a partial batch, checks
+    # every step for data on every worker and drops the batch's static size,
+    # which changes the step's kernels (batch-norm statistics differed in
+    # their last bit from a worker's own iterator).
+    ds = ds.repeat()
     # Normalise and augment whole batches (vectorised), after the gather from
     # the raw uint8 arrays so each epoch sees new augmentations.
     ds = ds.map(lambda e, batch: prepare(e, *batch), num_parallel_calls=AUTOTUNE)

@@ -36,9 +36,9 @@ def release_in_background(holder: list) -> None:
     off (`input_pipeline.pipeline_options`), but the per-device datasets
     that tf.distribute builds around them autotune regardless, so the run's
     training stream and each validation's iterator are destroyed off the
-    training thread. The thread is
-    not a daemon: the interpreter waits for it at exit, since killing a
-    thread inside TensorFlow's destructor aborts the process.
+    training thread. The thread is not a daemon: the interpreter waits for
+    it at exit, since killing a thread inside TensorFlow's destructor aborts
+    the process.
     """
     threading.Thread(target=holder.clear, name="release-iterator").start()
 
