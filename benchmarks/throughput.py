@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from collections.abc import Callable
 
@@ -11,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import alternate, rounds
+from benchmarks.common import alternate, median_rates
 from pipeline import config as config_lib
 from pipeline import presets
 from pipeline.data import augment as augment_lib
@@ -173,17 +172,8 @@ def input_headroom(images, labels, model_rate: float, quick: bool) -> list[dict]
         k: _pipeline_reader(make, batches // 10 if "per example" in k else batches, batch)
         for k, make in contenders.items()
     }
-    rates = _median_rates(turns, repeats=2 if quick else 3)
+    rates = median_rates(turns, repeats=2 if quick else 3)
     return [{"pipeline": k, "examples/s": v, "headroom vs model": v / model_rate} for k, v in rates.items()]
-
-
-def _median_rates(turns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """The median rate of each contender over `repeats` rotating rounds; each turn returns its own rate."""
-    rates: dict[str, list[float]] = {name: [] for name in turns}
-    for order in rounds(list(turns), repeats):
-        for name in order:
-            rates[name].append(turns[name]())
-    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def model_flops_per_example(model: keras.Model) -> float:

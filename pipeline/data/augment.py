@@ -118,7 +118,12 @@ def alternating_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     even ones: every image is seen both ways in any two consecutive epochs.
     """
     first = np.random.default_rng(seed).random(num_examples) < 0.5
-    return first ^ (epoch % 2 == 0)
+    return mirrored_in(first, epoch)
+
+
+def mirrored_in(odd_epochs: np.ndarray | tf.Tensor, epoch):
+    """Which images epoch `epoch` (an int or an int64 tensor) mirrors, of those `odd_epochs` mirrors in odd epochs."""
+    return odd_epochs ^ (epoch % 2 == 0)
 
 
 def erases_in(config: AugmentConfig, epoch, epochs: int):

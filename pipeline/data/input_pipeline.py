@@ -157,7 +157,7 @@ def train_dataset(
     def prepare(e, i, index):
         batch = tf.gather(images, index), tf.gather(labels, index)
         if flips is not None:
-            batch += (tf.gather(flips, index) ^ tf.equal(e % 2, 0),)
+            batch += (augment_lib.mirrored_in(tf.gather(flips, index), e),)
         # Seeds are per batch and stateless.
         batch_seed = tf.stack([epoch_seed(seed, e, shard_id), i])
         return prepare_train(batch, augment, batch_seed, erasing(e) if erasing else None)
