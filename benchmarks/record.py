@@ -90,7 +90,12 @@ def commit() -> str:
 
 
 def machine() -> dict:
-    """The processor, cores, bf16/AMX flags and TensorFlow version of this machine."""
+    """The processor, cores, bf16/AMX flags, the instructions oneDNN is held to, and TensorFlow's version.
+
+    `ONEDNN_MAX_CPU_ISA` makes this processor stand in for an older kind (a
+    Xeon with AMX held to AVX512_CORE trains as a CPU without bf16
+    instructions), so a measurement under it is of another kind of machine.
+    """
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -103,6 +108,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "avx512_bf16": "avx512_bf16" in cpuinfo,
         "amx_bf16": "amx_bf16" in cpuinfo,
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None,
         "tensorflow": tf.__version__,
         "python": platform.python_version(),
     }
@@ -168,7 +174,8 @@ def table(section: dict) -> str:
 
 def _bf16_flags(m: dict) -> str:
     yes = lambda flag: "yes" if m.get(flag) else "no"  # noqa: E731
-    return f"AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}"
+    held = f", oneDNN held to {m['onednn_max_cpu_isa']}" if m.get("onednn_max_cpu_isa") else ""
+    return f"AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}{held}"
 
 
 def describe_machine(m: dict) -> str:
@@ -177,7 +184,7 @@ def describe_machine(m: dict) -> str:
 
 
 def processor(m: dict) -> str:
-    """The kind of machine: CPU model and its bf16 and AMX instructions (the same model name can differ in them)."""
+    """The kind of machine: CPU model, bf16 and AMX instructions (one model name can differ in them), oneDNN's hold."""
     return f"{m['cpu']}, {_bf16_flags(m)}"
 
 

@@ -195,6 +195,22 @@ def test_a_comparison_measured_on_another_kind_of_machine_keeps_the_earlier_mach
     assert sections["training_throughput"]["machine"]["cpu"] == "Another CPU"
 
 
+def test_a_processor_held_to_older_instructions_is_recorded_as_another_kind_of_machine(tmp_path, monkeypatch):
+    from benchmarks import record
+
+    path = tmp_path / "results.json"
+    rows, columns = [{"setting": "a", "examples/s": 1.0}], ["setting", "examples/s"]
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    record.save_section("training_throughput", "Throughput", rows, columns, False, path)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    held = record.save_section("training_throughput", "Throughput", rows, columns, False, path)
+    assert record.processor(held["machine"]).endswith(", oneDNN held to AVX512_CORE")
+    assert "oneDNN held to AVX512_CORE, TensorFlow" in record.describe_machine(held["machine"])
+    sections = record.read(path)["sections"]
+    unheld = sections["training_throughput@" + record.processor(dict(held["machine"], onednn_max_cpu_isa=None))]
+    assert "held" not in record.describe_machine(unheld["machine"])
+
+
 def test_each_group_of_seed_runs_keeps_its_own_section_in_order_with_its_note(tmp_path):
     from benchmarks import record
 
