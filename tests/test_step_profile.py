@@ -77,6 +77,12 @@ def test_each_processor_also_stands_in_for_the_older_kinds_of_cpu():
     # Without bf16 instructions auto picks float32 without measuring: bf16 is not profiled.
     plain = step_profile.variants({"amx_bf16": False, "avx512_bf16": False})
     assert list(plain) == ["float32 (no bf16 instructions)"]
+    # A processor already held with ONEDNN_MAX_CPU_ISA (its children inherit it) is that one kind.
+    held = step_profile.variants({"amx_bf16": True, "avx512_bf16": True, "onednn_max_cpu_isa": "AVX512_CORE"})
+    assert list(held.values()) == [
+        ("float32", None, "held to AVX512_CORE"),
+        ("mixed_bfloat16", None, "held to AVX512_CORE"),
+    ]
 
 
 def _child(rate, picks, speedup=None):
