@@ -35,7 +35,8 @@ def draw_recipes(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path | N
             ax.scatter(seconds, accuracy, color=colour, s=28, alpha=0.8, label=f"{recipe} ({len(rows)} seeds)")
             ax.annotate(recipe, (max(seconds), max(accuracy)), textcoords="offset points", xytext=(6, 2), fontsize=9)
         ax.set_xscale("log")
-        ax.set_title(machine, fontsize=10)
+        # A held processor's title names the hold on a second line.
+        ax.set_title(machine.replace(", oneDNN", ",\noneDNN"), fontsize=10)
         ax.set_xlabel("training seconds (log scale; 2 cores)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
