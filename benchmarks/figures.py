@@ -6,6 +6,7 @@ measuring nothing.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 # The recipe rows' columns the figure plots.
@@ -35,8 +36,8 @@ def draw_recipes(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path | N
             ax.scatter(seconds, accuracy, color=colour, s=28, alpha=0.8, label=f"{recipe} ({len(rows)} seeds)")
             ax.annotate(recipe, (max(seconds), max(accuracy)), textcoords="offset points", xytext=(6, 2), fontsize=9)
         ax.set_xscale("log")
-        # A held processor's title names the hold on a second line.
-        ax.set_title(machine.replace(", oneDNN", ",\noneDNN"), fontsize=10)
+        # Long machine names (a processor held with ONEDNN_MAX_CPU_ISA says so) wrap inside their panel.
+        ax.set_title("\n".join(textwrap.wrap(machine, 70)), fontsize=10)
         ax.set_xlabel("training seconds (log scale; 2 cores)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
